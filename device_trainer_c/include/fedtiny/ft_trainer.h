@@ -1,0 +1,107 @@
+/*
+ * fedtiny on-device trainer: plan -> init -> step.
+ *
+ *   ft_trainer_plan()   exact arena bytes for a model and config (nothing allocated)
+ *   ft_trainer_init()   lays every buffer out in the caller's arena; no malloc anywhere
+ *   ft_trainer_train_epochs() / ft_trainer_step() / ft_trainer_evaluate()
+ *
+ * A step runs the frozen prefix in int8 (CMSIS-NN-compatible kernels), dequantizes the
+ * boundary activation, runs the trainable suffix in float32, softmax cross-entropy, backward
+ * through the suffix, and SGD (optional momentum and weight decay). Gradients of a batch are
+ * accumulated one sample at a time, so the arena does not grow with the batch size.
+ *
+ * Samples are int8 tensors: either model inputs (config.with_prefix = 1) or cached
+ * boundary features, the int8 output of the last frozen layer (with_prefix = 0).
+ */
+#ifndef FT_TRAINER_H
+#define FT_TRAINER_H
+
+#include <stdint.h>
+
+#include "fedtiny/ft_model.h"
+#include "fedtiny/ft_status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FT_TRAINER_VERSION "0.1.0"
+#define FT_ARENA_ALIGN 8u
+
+typedef struct {
+    float lr;           /* > 0 */
+    float momentum;     /* [0, 1); 0 allocates no momentum buffer */
+    float weight_decay; /* >= 0, L2 added to every trainable tensor's gradient */
+    int32_t batch_size; /* >= 1 */
+    int32_t with_prefix; /* 1: samples are model inputs; 0: samples are boundary features */
+} ft_train_config;
+
+/* Itemised arena plan. Offsets are from the arena start; sizes in bytes. */
+typedef struct {
+    uint32_t arena_bytes;  /* end of the highest buffer: what the arena must hold */
+    uint32_t params_bytes, momentum_bytes, grads_bytes;
+    uint32_t prefix_bytes;  /* int8 ping-pong buffers of the frozen prefix */
+    uint32_t scratch_bytes; /* kernel context buffer (max *_get_buffer_size()) */
+    uint32_t acts_bytes;    /* float activations kept for backward */
+    uint32_t grad_acts_bytes;
+    int32_t param_count;  /* trainable scalars */
+    int32_t sample_size;  /* int8 elements per sample */
+    int32_t feature_size; /* elements of the boundary activation */
+} ft_plan;
+
+typedef struct {
+    const ft_model *model;
+    ft_train_config cfg;
+    ft_plan plan;
+    uint8_t *arena;
+    uint32_t arena_size;
+    uint32_t hwm; /* highest arena byte handed out + 1 */
+    float *params, *momentum, *grads;
+    int8_t *prefix[2];
+    void *scratch;
+    float *acts[FT_MAX_LAYERS + 1]; /* acts[k]: input of trainable layer k; acts[L]: logits */
+    float *grad_acts[2];
+    int32_t w_off[FT_MAX_LAYERS], b_off[FT_MAX_LAYERS]; /* per trainable layer, into params */
+    int32_t initialized;
+} ft_trainer;
+
+typedef struct {
+    const int8_t *x;      /* count * sample_size int8 values, sample-major */
+    const uint8_t *y;     /* count labels in [0, num_classes) */
+    int32_t count;
+    int32_t sample_size;  /* must equal plan.sample_size */
+} ft_dataset;
+
+typedef struct {
+    float loss;     /* mean cross-entropy */
+    int32_t correct;
+    int32_t count;
+    int32_t steps;  /* optimizer steps taken (training only) */
+} ft_stats;
+
+ft_status ft_trainer_plan(const ft_model *model, const ft_train_config *cfg, ft_plan *plan);
+ft_status ft_trainer_init(ft_trainer *tr, const ft_model *model, const ft_train_config *cfg, void *arena,
+                          uint32_t arena_size);
+uint32_t ft_trainer_arena_hwm(const ft_trainer *tr);
+
+/* Zero the gradients, then add the gradients of the summed loss over samples idx[0..n) (or
+ * 0..n-1 when idx is NULL). Returns the summed loss and correct count in *stats. */
+ft_status ft_trainer_accumulate(ft_trainer *tr, const ft_dataset *data, const uint32_t *idx, int32_t n,
+                                ft_stats *stats);
+/* Apply SGD with the accumulated gradients divided by n (the batch size used). */
+ft_status ft_trainer_apply(ft_trainer *tr, int32_t n);
+/* Epoch loop: each epoch visits the samples in the order ft_permute(i, count, key(seed, epoch))
+ * in batches of cfg.batch_size (the last batch may be smaller). Stats are of the last epoch. */
+ft_status ft_trainer_train_epochs(ft_trainer *tr, const ft_dataset *data, int32_t epochs, uint32_t seed,
+                                  ft_stats *stats);
+/* Loss and accuracy over the data; logits (count * num_classes floats) may be NULL. */
+ft_status ft_trainer_evaluate(ft_trainer *tr, const ft_dataset *data, float *logits, ft_stats *stats);
+
+/* Shuffling key for (seed, epoch). */
+uint32_t ft_epoch_key(uint32_t seed, uint32_t epoch);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FT_TRAINER_H */

@@ -1,0 +1,74 @@
+/*
+ * Reference int8 convolution with CMSIS-NN's arithmetic (fedtiny's own implementation).
+ *   acc = bias[oc] + sum (in + input_offset) * w      over the window inside the input
+ *   out = clamp(requantize(acc, mult[oc], shift[oc]) + output_offset, act.min, act.max)
+ * Padded positions contribute nothing, as the input zero point would.
+ * Direct loops: no scratch buffer is needed.
+ */
+#include "fedtiny/ft_nn.h"
+#include "ft_nn_support.h"
+
+#include <stddef.h>
+
+int32_t arm_convolve_s8_get_buffer_size(const cmsis_nn_dims *input_dims, const cmsis_nn_dims *filter_dims)
+{
+    (void)input_dims;
+    (void)filter_dims;
+    return 0;
+}
+
+arm_cmsis_nn_status arm_convolve_s8(const cmsis_nn_context *ctx,
+                                    const cmsis_nn_conv_params *conv_params,
+                                    const cmsis_nn_per_channel_quant_params *quant_params,
+                                    const cmsis_nn_dims *input_dims, const int8_t *input_data,
+                                    const cmsis_nn_dims *filter_dims, const int8_t *filter_data,
+                                    const cmsis_nn_dims *bias_dims, const int32_t *bias_data,
+                                    const cmsis_nn_dims *output_dims, int8_t *output_data)
+{
+    (void)ctx;
+    (void)bias_dims;
+    if (filter_dims->c != input_dims->c || filter_dims->n != output_dims->c) {
+        return ARM_CMSIS_NN_ARG_ERROR;
+    }
+    const int32_t in_h = input_dims->h, in_w = input_dims->w, in_c = input_dims->c;
+    const int32_t k_h = filter_dims->h, k_w = filter_dims->w;
+    const int32_t out_h = output_dims->h, out_w = output_dims->w, out_c = output_dims->c;
+    const int32_t in_off = conv_params->input_offset, out_off = conv_params->output_offset;
+    const int32_t act_min = conv_params->activation.min, act_max = conv_params->activation.max;
+
+    for (int32_t b = 0; b < input_dims->n; b++) {
+        const int8_t *in = input_data + (size_t)b * in_h * in_w * in_c;
+        int8_t *out = output_data + (size_t)b * out_h * out_w * out_c;
+        for (int32_t oy = 0; oy < out_h; oy++) {
+            const int32_t base_y = oy * conv_params->stride.h - conv_params->padding.h;
+            for (int32_t ox = 0; ox < out_w; ox++) {
+                const int32_t base_x = ox * conv_params->stride.w - conv_params->padding.w;
+                for (int32_t oc = 0; oc < out_c; oc++) {
+                    int32_t acc = bias_data != NULL ? bias_data[oc] : 0;
+                    const int8_t *w = filter_data + (size_t)oc * k_h * k_w * in_c;
+                    for (int32_t ky = 0; ky < k_h; ky++) {
+                        const int32_t iy = base_y + ky * conv_params->dilation.h;
+                        if (iy < 0 || iy >= in_h) {
+                            continue;
+                        }
+                        for (int32_t kx = 0; kx < k_w; kx++) {
+                            const int32_t ix = base_x + kx * conv_params->dilation.w;
+                            if (ix < 0 || ix >= in_w) {
+                                continue;
+                            }
+                            const int8_t *px = in + ((size_t)iy * in_w + ix) * in_c;
+                            const int8_t *wk = w + ((size_t)ky * k_w + kx) * in_c;
+                            for (int32_t ic = 0; ic < in_c; ic++) {
+                                acc += ((int32_t)px[ic] + in_off) * (int32_t)wk[ic];
+                            }
+                        }
+                    }
+                    acc = ft_nn_requantize(acc, quant_params->multiplier[oc], quant_params->shift[oc]);
+                    acc += out_off;
+                    out[((size_t)oy * out_w + ox) * out_c + oc] = (int8_t)ft_nn_clamp(acc, act_min, act_max);
+                }
+            }
+        }
+    }
+    return ARM_CMSIS_NN_SUCCESS;
+}

@@ -1,0 +1,286 @@
+/* Trainer runtime: init, per-sample forward/backward, SGD, epochs, evaluation. */
+#include "fedtiny/ft_trainer.h"
+
+#include <stddef.h>
+#include <string.h>
+
+#include "fedtiny/ft_math.h"
+#include "ft_layers_f32.h"
+
+ft_status ft_trainer_layout(const ft_model *m, const ft_train_config *cfg, uint8_t *base, ft_trainer *tr,
+                            ft_plan *plan);
+
+ft_status ft_trainer_init(ft_trainer *tr, const ft_model *model, const ft_train_config *cfg, void *arena,
+                          uint32_t arena_size)
+{
+    if (tr == NULL || model == NULL || cfg == NULL || arena == NULL) {
+        return FT_ERR_NULL_ARG;
+    }
+    memset(tr, 0, sizeof *tr);
+    ft_plan plan;
+    ft_status st = ft_trainer_plan(model, cfg, &plan);
+    if (st != FT_OK) {
+        return st;
+    }
+    if (arena_size < plan.arena_bytes) {
+        return FT_ERR_ARENA_TOO_SMALL;
+    }
+    if (((uintptr_t)arena & (FT_ARENA_ALIGN - 1u)) != 0) {
+        return FT_ERR_BAD_CONFIG;
+    }
+    st = ft_trainer_layout(model, cfg, (uint8_t *)arena, tr, &tr->plan);
+    if (st != FT_OK) {
+        return st;
+    }
+    tr->model = model;
+    tr->cfg = *cfg;
+    tr->arena = (uint8_t *)arena;
+    tr->arena_size = arena_size;
+    const int32_t first = model->first_trainable;
+    for (int32_t i = first; i < model->num_layers; i++) {
+        const ft_layer *l = &model->layers[i];
+        if (l->weight_count > 0) {
+            memcpy(tr->params + tr->w_off[i - first], l->w_f32, (size_t)l->weight_count * sizeof(float));
+            memcpy(tr->params + tr->b_off[i - first], l->b_f32, (size_t)l->bias_count * sizeof(float));
+        }
+    }
+    if (tr->momentum != NULL) {
+        memset(tr->momentum, 0, tr->plan.momentum_bytes);
+    }
+    memset(tr->grads, 0, tr->plan.grads_bytes);
+    tr->initialized = 1;
+    return FT_OK;
+}
+
+uint32_t ft_trainer_arena_hwm(const ft_trainer *tr) { return tr != NULL ? tr->hwm : 0; }
+
+uint32_t ft_epoch_key(uint32_t seed, uint32_t epoch) { return ft_hash32(ft_hash32(seed) ^ (epoch * 0x9E3779B9u)); }
+
+static ft_status ft_check_data(const ft_trainer *tr, const ft_dataset *data)
+{
+    if (tr == NULL || data == NULL) {
+        return FT_ERR_NULL_ARG;
+    }
+    if (!tr->initialized) {
+        return FT_ERR_NOT_INITIALIZED;
+    }
+    if (data->count < 0 || data->sample_size != tr->plan.sample_size || (data->count > 0 && (data->x == NULL || data->y == NULL))) {
+        return FT_ERR_BAD_DATA;
+    }
+    for (int32_t i = 0; i < data->count; i++) {
+        if (data->y[i] >= tr->model->num_classes) {
+            return FT_ERR_BAD_LABEL;
+        }
+    }
+    return FT_OK;
+}
+
+/* Forward one sample; the logits end in acts[L]. */
+static ft_status ft_forward(ft_trainer *tr, const int8_t *x)
+{
+    const ft_model *m = tr->model;
+    const int32_t first = m->first_trainable;
+    const int8_t *feat = x;
+    float scale = m->input_scale;
+    int32_t zp = m->input_zero_point;
+    if (tr->cfg.with_prefix && first > 0) {
+        int slot = 0;
+        for (int32_t i = 0; i < first; i++) {
+            const ft_layer *l = &m->layers[i];
+            if (l->type == FT_LAYER_FLATTEN) {
+                continue;
+            }
+            ft_status st = ft_layer_forward_s8(l, feat, tr->prefix[slot], tr->scratch, (int32_t)tr->plan.scratch_bytes);
+            if (st != FT_OK) {
+                return st;
+            }
+            feat = tr->prefix[slot];
+            slot ^= 1;
+        }
+    }
+    if (first > 0) {
+        scale = m->layers[first - 1].out_scale;
+        zp = m->layers[first - 1].output_offset;
+    }
+    float *a0 = tr->acts[0];
+    for (int32_t k = 0; k < tr->plan.feature_size; k++) {
+        a0[k] = scale * (float)((int32_t)feat[k] - zp);
+    }
+    for (int32_t i = first; i < m->num_layers; i++) {
+        const int32_t k = i - first;
+        ft_layer_forward_f32(&m->layers[i], tr->params + tr->w_off[k], tr->params + tr->b_off[k], tr->acts[k],
+                             tr->acts[k + 1]);
+    }
+    return FT_OK;
+}
+
+/* Softmax cross-entropy of the logits; writes dL/dlogits to grad (if not NULL). */
+static float ft_softmax_xent(const float *z, int32_t n, int32_t label, float *grad, int32_t *argmax)
+{
+    int32_t best = 0;
+    for (int32_t c = 1; c < n; c++) {
+        if (z[c] > z[best]) {
+            best = c;
+        }
+    }
+    *argmax = best;
+    const float zmax = z[best];
+    float sum = 0.0f;
+    for (int32_t c = 0; c < n; c++) {
+        sum += ft_expf(z[c] - zmax);
+    }
+    if (grad != NULL) {
+        for (int32_t c = 0; c < n; c++) {
+            grad[c] = ft_expf(z[c] - zmax) / sum - (c == label ? 1.0f : 0.0f);
+        }
+    }
+    return ft_logf(sum) - (z[label] - zmax);
+}
+
+static void ft_backward(ft_trainer *tr)
+{
+    const ft_model *m = tr->model;
+    const int32_t first = m->first_trainable, n_train = m->num_layers - first;
+    for (int32_t k = n_train - 1; k >= 0; k--) {
+        const ft_layer *l = &m->layers[first + k];
+        float *gout = tr->grad_acts[(n_train - 1 - k) % 2];
+        float *gin = k > 0 ? tr->grad_acts[(n_train - k) % 2] : NULL;
+        const int has = l->weight_count > 0;
+        ft_layer_backward_f32(l, tr->params + tr->w_off[k], tr->acts[k], tr->acts[k + 1], gout, gin,
+                              has ? tr->grads + tr->w_off[k] : NULL, has ? tr->grads + tr->b_off[k] : NULL);
+    }
+}
+
+/* Forward, loss and backward of sample i; gradients are added to tr->grads. */
+static ft_status ft_sample_grads(ft_trainer *tr, const ft_dataset *data, uint32_t i, ft_stats *acc)
+{
+    const int32_t n_train = tr->model->num_layers - tr->model->first_trainable;
+    ft_status st = ft_forward(tr, data->x + (size_t)i * data->sample_size);
+    if (st != FT_OK) {
+        return st;
+    }
+    int32_t pred;
+    acc->loss += ft_softmax_xent(tr->acts[n_train], tr->model->num_classes, data->y[i], tr->grad_acts[0], &pred);
+    acc->correct += pred == data->y[i];
+    acc->count += 1;
+    ft_backward(tr);
+    return FT_OK;
+}
+
+ft_status ft_trainer_accumulate(ft_trainer *tr, const ft_dataset *data, const uint32_t *idx, int32_t n,
+                                ft_stats *stats)
+{
+    ft_status st = ft_check_data(tr, data);
+    if (st != FT_OK) {
+        return st;
+    }
+    if (n < 0 || n > data->count) {
+        return FT_ERR_BAD_DATA;
+    }
+    memset(tr->grads, 0, tr->plan.grads_bytes);
+    ft_stats s = {0.0f, 0, 0, 0};
+    for (int32_t j = 0; j < n; j++) {
+        const uint32_t i = idx != NULL ? idx[j] : (uint32_t)j;
+        if (i >= (uint32_t)data->count) {
+            return FT_ERR_BAD_DATA;
+        }
+        if ((st = ft_sample_grads(tr, data, i, &s)) != FT_OK) {
+            return st;
+        }
+    }
+    if (stats != NULL) {
+        *stats = s;
+    }
+    return FT_OK;
+}
+
+ft_status ft_trainer_apply(ft_trainer *tr, int32_t n)
+{
+    if (tr == NULL) {
+        return FT_ERR_NULL_ARG;
+    }
+    if (!tr->initialized) {
+        return FT_ERR_NOT_INITIALIZED;
+    }
+    if (n < 1) {
+        return FT_ERR_BAD_CONFIG;
+    }
+    const float inv_n = 1.0f / (float)n;
+    const float lr = tr->cfg.lr, mu = tr->cfg.momentum, wd = tr->cfg.weight_decay;
+    for (int32_t k = 0; k < tr->plan.param_count; k++) {
+        float g = tr->grads[k] * inv_n + wd * tr->params[k];
+        if (tr->momentum != NULL) {
+            tr->momentum[k] = mu * tr->momentum[k] + g;
+            g = tr->momentum[k];
+        }
+        tr->params[k] = tr->params[k] - lr * g;
+    }
+    return FT_OK;
+}
+
+ft_status ft_trainer_train_epochs(ft_trainer *tr, const ft_dataset *data, int32_t epochs, uint32_t seed,
+                                  ft_stats *stats)
+{
+    ft_status st = ft_check_data(tr, data);
+    if (st != FT_OK) {
+        return st;
+    }
+    if (epochs < 0 || data->count < 1) {
+        return FT_ERR_BAD_CONFIG;
+    }
+    const int32_t bs = tr->cfg.batch_size;
+    ft_stats total = {0.0f, 0, 0, 0};
+    int32_t steps = 0;
+    for (int32_t e = 0; e < epochs; e++) {
+        const uint32_t key = ft_epoch_key(seed, (uint32_t)e);
+        total = (ft_stats){0.0f, 0, 0, 0};
+        for (int32_t start = 0; start < data->count; start += bs) {
+            const int32_t n = data->count - start < bs ? data->count - start : bs;
+            memset(tr->grads, 0, tr->plan.grads_bytes);
+            for (int32_t j = 0; j < n; j++) {
+                const uint32_t i = ft_permute((uint32_t)(start + j), (uint32_t)data->count, key);
+                if ((st = ft_sample_grads(tr, data, i, &total)) != FT_OK) {
+                    return st;
+                }
+            }
+            if ((st = ft_trainer_apply(tr, n)) != FT_OK) {
+                return st;
+            }
+            steps++;
+        }
+    }
+    if (stats != NULL) {
+        total.loss = total.count > 0 ? total.loss / (float)total.count : 0.0f;
+        total.steps = steps;
+        *stats = total;
+    }
+    return FT_OK;
+}
+
+ft_status ft_trainer_evaluate(ft_trainer *tr, const ft_dataset *data, float *logits, ft_stats *stats)
+{
+    ft_status st = ft_check_data(tr, data);
+    if (st != FT_OK) {
+        return st;
+    }
+    const int32_t n_train = tr->model->num_layers - tr->model->first_trainable;
+    const int32_t classes = tr->model->num_classes;
+    ft_stats s = {0.0f, 0, data->count, 0};
+    for (int32_t i = 0; i < data->count; i++) {
+        st = ft_forward(tr, data->x + (size_t)i * data->sample_size);
+        if (st != FT_OK) {
+            return st;
+        }
+        int32_t pred;
+        s.loss += ft_softmax_xent(tr->acts[n_train], classes, data->y[i], NULL, &pred);
+        s.correct += pred == data->y[i];
+        if (logits != NULL) {
+            memcpy(logits + (size_t)i * classes, tr->acts[n_train], (size_t)classes * sizeof(float));
+        }
+    }
+    s.loss = data->count > 0 ? s.loss / (float)data->count : 0.0f;
+    if (stats != NULL) {
+        *stats = s;
+    }
+    return FT_OK;
+}
