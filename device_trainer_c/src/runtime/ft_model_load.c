@@ -161,7 +161,8 @@ static ft_status ft_check_geometry(ft_layer *l)
     return FT_OK;
 }
 
-static ft_status ft_parse_layer(const ft_loader *ld, const uint8_t *rec, ft_layer *l, uint32_t size)
+static ft_status ft_parse_layer(const ft_loader *ld, const uint8_t *rec, ft_layer *l, int32_t expect_trainable,
+                                uint32_t size)
 {
     memset(l, 0, sizeof *l);
     l->type = rec[0];
@@ -183,7 +184,7 @@ static ft_status ft_parse_layer(const ft_loader *ld, const uint8_t *rec, ft_laye
     if (l->act != FT_ACT_NONE && l->act != FT_ACT_RELU && l->act != FT_ACT_RELU6) {
         return FT_ERR_BAD_ACTIVATION;
     }
-    if (l->trainable > 1) {
+    if (l->trainable != expect_trainable) {
         return FT_ERR_BAD_TRAINABLE_LAYOUT;
     }
     ft_status st = ft_check_geometry(l);
@@ -303,12 +304,10 @@ ft_status ft_model_load(ft_model *model, const uint8_t *bytes, uint32_t size)
     int32_t prev_h = model->in_h, prev_w = model->in_w, prev_c = model->in_c;
     for (int32_t i = 0; i < model->num_layers; i++) {
         ft_layer *l = &model->layers[i];
-        ft_status st = ft_parse_layer(&ld, bytes + layer_table + (uint32_t)i * FT_LAYER_RECORD_BYTES, l, size);
+        ft_status st = ft_parse_layer(&ld, bytes + layer_table + (uint32_t)i * FT_LAYER_RECORD_BYTES, l,
+                                      i >= model->first_trainable, size);
         if (st != FT_OK) {
             return st;
-        }
-        if (l->trainable != (i >= model->first_trainable)) {
-            return FT_ERR_BAD_TRAINABLE_LAYOUT;
         }
         if (l->type == FT_LAYER_FC || l->type == FT_LAYER_FLATTEN) {
             if ((int64_t)l->in_h * l->in_w * l->in_c != (int64_t)prev_h * prev_w * prev_c) {

@@ -1,0 +1,280 @@
+// pybind11 bindings of the device trainer: this file only binds. Argument checking, shapes
+// and exceptions live in fedtiny/trainer/*.py; functions here return ft_status codes.
+// Arrays are taken as C-contiguous numpy arrays of the exact dtype (no implicit copies).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+
+extern "C" {
+#include "fedtiny/ft_math.h"
+#include "fedtiny/ft_model.h"
+#include "fedtiny/ft_nn.h"
+#include "fedtiny/ft_trainer.h"
+#include "ft_layers_f32.h"
+#include "../../src/nn/ft_nn_support.h"
+}
+
+namespace py = pybind11;
+template <typename T>
+using arr = py::array_t<T, py::array::c_style>;
+
+struct ModelHandle {
+    arr<uint8_t> bytes;  // keeps the model bytes alive: tensors are used in place
+    ft_model model;
+};
+
+struct TrainerHandle {
+    std::shared_ptr<ModelHandle> model;
+    arr<uint8_t> arena;  // caller-owned arena
+    ft_trainer tr;
+};
+
+static ft_dataset dataset(const arr<int8_t> &x, const arr<uint8_t> &y, int sample_size) {
+    return ft_dataset{x.data(), y.data(), static_cast<int32_t>(y.size()), sample_size};
+}
+
+static py::tuple stats(ft_status st, const ft_stats &s) {
+    return py::make_tuple(static_cast<int>(st), s.loss, s.correct, s.count, s.steps);
+}
+
+static ft_train_config config(float lr, float momentum, float wd, int batch, int with_prefix) {
+    return ft_train_config{lr, momentum, wd, batch, with_prefix};
+}
+
+static py::dict plan_dict(const ft_plan &p) {
+    py::dict d;
+    d["arena_bytes"] = p.arena_bytes;
+    d["params_bytes"] = p.params_bytes;
+    d["momentum_bytes"] = p.momentum_bytes;
+    d["grads_bytes"] = p.grads_bytes;
+    d["prefix_bytes"] = p.prefix_bytes;
+    d["scratch_bytes"] = p.scratch_bytes;
+    d["acts_bytes"] = p.acts_bytes;
+    d["grad_acts_bytes"] = p.grad_acts_bytes;
+    d["param_count"] = p.param_count;
+    d["sample_size"] = p.sample_size;
+    d["feature_size"] = p.feature_size;
+    return d;
+}
+
+static cmsis_nn_dims dims(py::sequence s) {
+    return cmsis_nn_dims{s[0].cast<int32_t>(), s[1].cast<int32_t>(), s[2].cast<int32_t>(), s[3].cast<int32_t>()};
+}
+
+static cmsis_nn_context context(arr<uint8_t> &buf) {
+    return cmsis_nn_context{buf.size() ? buf.mutable_data() : nullptr, static_cast<int32_t>(buf.size())};
+}
+
+static cmsis_nn_tile tile(py::sequence hw) { return cmsis_nn_tile{hw[1].cast<int32_t>(), hw[0].cast<int32_t>()}; }
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "fedtiny device trainer (C) bindings; use fedtiny.trainer instead of this module.";
+    m.attr("TRAINER_VERSION") = FT_TRAINER_VERSION;
+    m.attr("MAX_LAYERS") = FT_MAX_LAYERS;
+    m.attr("ARENA_ALIGN") = FT_ARENA_ALIGN;
+    m.attr("TRAINER_STRUCT_BYTES") = sizeof(ft_trainer);
+    m.def("status_name", [](int s) { return std::string(ft_status_name(static_cast<ft_status>(s))); });
+    m.def("crc32", [](const arr<uint8_t> &b) { return ft_crc32(b.data(), static_cast<uint32_t>(b.size())); });
+
+    py::class_<ModelHandle, std::shared_ptr<ModelHandle>>(m, "ModelHandle")
+        .def_property_readonly("num_layers", [](const ModelHandle &h) { return h.model.num_layers; })
+        .def_property_readonly("first_trainable", [](const ModelHandle &h) { return h.model.first_trainable; })
+        .def_property_readonly("num_classes", [](const ModelHandle &h) { return h.model.num_classes; })
+        .def_property_readonly("input_shape", [](const ModelHandle &h) {
+            return py::make_tuple(h.model.in_h, h.model.in_w, h.model.in_c);
+        })
+        .def_property_readonly("input_scale", [](const ModelHandle &h) { return h.model.input_scale; })
+        .def_property_readonly("input_zero_point", [](const ModelHandle &h) { return h.model.input_zero_point; })
+        .def("layer", [](const ModelHandle &h, int i) {
+            const ft_layer &l = h.model.layers[i];
+            py::dict d;
+            d["type"] = l.type; d["act"] = l.act; d["trainable"] = l.trainable;
+            d["in_shape"] = py::make_tuple(l.in_h, l.in_w, l.in_c);
+            d["out_shape"] = py::make_tuple(l.out_h, l.out_w, l.out_c);
+            d["kernel"] = py::make_tuple(l.k_h, l.k_w); d["stride"] = py::make_tuple(l.stride_h, l.stride_w);
+            d["padding"] = py::make_tuple(l.pad_h, l.pad_w); d["dilation"] = py::make_tuple(l.dil_h, l.dil_w);
+            d["ch_mult"] = l.ch_mult; d["input_offset"] = l.input_offset; d["output_offset"] = l.output_offset;
+            d["act_min"] = l.act_min; d["act_max"] = l.act_max; d["out_scale"] = l.out_scale;
+            d["weight_count"] = l.weight_count; d["bias_count"] = l.bias_count;
+            d["scratch_bytes"] = ft_layer_scratch_bytes_s8(&l);
+            return d;
+        });
+
+    m.def("model_load", [](arr<uint8_t> bytes) {
+        auto h = std::make_shared<ModelHandle>();
+        h->bytes = bytes;
+        ft_status st = ft_model_load(&h->model, h->bytes.data(), static_cast<uint32_t>(h->bytes.size()));
+        return py::make_tuple(static_cast<int>(st), st == FT_OK ? py::cast(h) : py::none());
+    });
+    m.def("layer_forward_s8", [](const ModelHandle &h, int i, const arr<int8_t> &in, arr<int8_t> out,
+                                 arr<uint8_t> scratch) {
+        return static_cast<int>(ft_layer_forward_s8(&h.model.layers[i], in.data(), out.mutable_data(),
+                                                    scratch.size() ? scratch.mutable_data() : nullptr,
+                                                    static_cast<int32_t>(scratch.size())));
+    });
+    m.def("layer_forward_f32", [](const ModelHandle &h, int i, const arr<float> &w, const arr<float> &b,
+                                  const arr<float> &in, arr<float> out) {
+        ft_layer_forward_f32(&h.model.layers[i], w.data(), b.data(), in.data(), out.mutable_data());
+    });
+    m.def("layer_backward_f32", [](const ModelHandle &h, int i, const arr<float> &w, const arr<float> &in,
+                                   const arr<float> &out, arr<float> gout, py::object gin, arr<float> gw,
+                                   arr<float> gb) {
+        float *gin_p = gin.is_none() ? nullptr : gin.cast<arr<float>>().mutable_data();
+        ft_layer_backward_f32(&h.model.layers[i], w.data(), in.data(), out.data(), gout.mutable_data(), gin_p,
+                              gw.size() ? gw.mutable_data() : nullptr, gb.size() ? gb.mutable_data() : nullptr);
+    });
+
+    m.def("plan", [](const ModelHandle &h, float lr, float mom, float wd, int batch, int with_prefix) {
+        ft_train_config cfg = config(lr, mom, wd, batch, with_prefix);
+        ft_plan p{};
+        ft_status st = ft_trainer_plan(&h.model, &cfg, &p);
+        return py::make_tuple(static_cast<int>(st), plan_dict(p));
+    });
+
+    py::class_<TrainerHandle, std::shared_ptr<TrainerHandle>>(m, "TrainerHandle")
+        .def("hwm", [](const TrainerHandle &t) { return ft_trainer_arena_hwm(&t.tr); })
+        .def("params", [](TrainerHandle &t) {  // zero-copy view into the arena
+            return py::array_t<float>({t.tr.plan.param_count}, {sizeof(float)}, t.tr.params, t.arena);
+        })
+        .def("grads", [](TrainerHandle &t) {
+            return py::array_t<float>({t.tr.plan.param_count}, {sizeof(float)}, t.tr.grads, t.arena);
+        })
+        .def("offsets", [](const TrainerHandle &t, int k) { return py::make_tuple(t.tr.w_off[k], t.tr.b_off[k]); })
+        .def("train_epochs", [](TrainerHandle &t, const arr<int8_t> &x, const arr<uint8_t> &y, int epochs,
+                                uint32_t seed) {
+            ft_dataset d = dataset(x, y, t.tr.plan.sample_size);
+            ft_stats s{};
+            ft_status st;
+            {
+                py::gil_scoped_release release;
+                st = ft_trainer_train_epochs(&t.tr, &d, epochs, seed, &s);
+            }
+            return stats(st, s);
+        })
+        .def("accumulate", [](TrainerHandle &t, const arr<int8_t> &x, const arr<uint8_t> &y) {
+            ft_dataset d = dataset(x, y, t.tr.plan.sample_size);
+            ft_stats s{};
+            ft_status st = ft_trainer_accumulate(&t.tr, &d, nullptr, d.count, &s);
+            return stats(st, s);
+        })
+        .def("apply", [](TrainerHandle &t, int n) { return static_cast<int>(ft_trainer_apply(&t.tr, n)); })
+        .def("evaluate", [](TrainerHandle &t, const arr<int8_t> &x, const arr<uint8_t> &y, arr<float> logits) {
+            ft_dataset d = dataset(x, y, t.tr.plan.sample_size);
+            ft_stats s{};
+            ft_status st;
+            {
+                py::gil_scoped_release release;
+                st = ft_trainer_evaluate(&t.tr, &d, logits.size() ? logits.mutable_data() : nullptr, &s);
+            }
+            return stats(st, s);
+        });
+
+    m.def("trainer_init", [](std::shared_ptr<ModelHandle> h, float lr, float mom, float wd, int batch,
+                             int with_prefix, arr<uint8_t> arena) {
+        auto t = std::make_shared<TrainerHandle>();
+        t->model = h;
+        t->arena = arena;
+        ft_train_config cfg = config(lr, mom, wd, batch, with_prefix);
+        ft_status st = ft_trainer_init(&t->tr, &h->model, &cfg, t->arena.mutable_data(),
+                                       static_cast<uint32_t>(t->arena.size()));
+        return py::make_tuple(static_cast<int>(st), st == FT_OK ? py::cast(t) : py::none());
+    });
+
+    // ---- CMSIS-NN-named int8 kernels (one sample batch per call; dims are [N, H, W, C]) ----
+    m.def("arm_convolve_s8", [](const arr<int8_t> &in, py::sequence in_dims, const arr<int8_t> &w,
+                                py::sequence w_dims, const arr<int32_t> &bias, arr<int32_t> mult, arr<int32_t> shift,
+                                int in_off, int out_off, py::sequence stride, py::sequence pad, py::sequence dil,
+                                int act_min, int act_max, py::sequence out_dims, arr<int8_t> out, arr<uint8_t> ctx_buf) {
+        cmsis_nn_conv_params p{in_off, out_off, tile(stride), tile(pad), tile(dil), {act_min, act_max}};
+        cmsis_nn_per_channel_quant_params q{mult.mutable_data(), shift.mutable_data()};
+        cmsis_nn_dims id = dims(in_dims), fd = dims(w_dims), od = dims(out_dims), bd{1, 1, 1, od.c};
+        cmsis_nn_context ctx = context(ctx_buf);
+        return static_cast<int>(arm_convolve_s8(&ctx, &p, &q, &id, in.data(), &fd, w.data(), &bd,
+                                                bias.size() ? bias.data() : nullptr, &od, out.mutable_data()));
+    });
+    m.def("arm_depthwise_conv_s8", [](const arr<int8_t> &in, py::sequence in_dims, const arr<int8_t> &w,
+                                      py::sequence w_dims, const arr<int32_t> &bias, arr<int32_t> mult,
+                                      arr<int32_t> shift, int ch_mult, int in_off, int out_off, py::sequence stride,
+                                      py::sequence pad, py::sequence dil, int act_min, int act_max,
+                                      py::sequence out_dims, arr<int8_t> out, arr<uint8_t> ctx_buf) {
+        cmsis_nn_dw_conv_params p{in_off, out_off, ch_mult, tile(stride), tile(pad), tile(dil), {act_min, act_max}};
+        cmsis_nn_per_channel_quant_params q{mult.mutable_data(), shift.mutable_data()};
+        cmsis_nn_dims id = dims(in_dims), fd = dims(w_dims), od = dims(out_dims), bd{1, 1, 1, od.c};
+        cmsis_nn_context ctx = context(ctx_buf);
+        return static_cast<int>(arm_depthwise_conv_s8(&ctx, &p, &q, &id, in.data(), &fd, w.data(), &bd,
+                                                      bias.size() ? bias.data() : nullptr, &od, out.mutable_data()));
+    });
+    m.def("arm_fully_connected_s8", [](const arr<int8_t> &in, py::sequence in_dims, const arr<int8_t> &w,
+                                       py::sequence w_dims, const arr<int32_t> &bias, int mult, int shift, int in_off,
+                                       int w_off, int out_off, int act_min, int act_max, py::sequence out_dims,
+                                       arr<int8_t> out, arr<uint8_t> ctx_buf) {
+        cmsis_nn_fc_params p{in_off, w_off, out_off, {act_min, act_max}};
+        cmsis_nn_per_tensor_quant_params q{mult, shift};
+        cmsis_nn_dims id = dims(in_dims), fd = dims(w_dims), od = dims(out_dims), bd{1, 1, 1, od.c};
+        cmsis_nn_context ctx = context(ctx_buf);
+        return static_cast<int>(arm_fully_connected_s8(&ctx, &p, &q, &id, in.data(), &fd, w.data(), &bd,
+                                                       bias.size() ? bias.data() : nullptr, &od, out.mutable_data()));
+    });
+    m.def("arm_fully_connected_per_channel_s8", [](const arr<int8_t> &in, py::sequence in_dims, const arr<int8_t> &w,
+                                                   py::sequence w_dims, const arr<int32_t> &bias, arr<int32_t> mult,
+                                                   arr<int32_t> shift, int in_off, int out_off, int act_min,
+                                                   int act_max, py::sequence out_dims, arr<int8_t> out, arr<uint8_t> ctx_buf) {
+        cmsis_nn_fc_params p{in_off, 0, out_off, {act_min, act_max}};
+        cmsis_nn_per_channel_quant_params q{mult.mutable_data(), shift.mutable_data()};
+        cmsis_nn_dims id = dims(in_dims), fd = dims(w_dims), od = dims(out_dims), bd{1, 1, 1, od.c};
+        cmsis_nn_context ctx = context(ctx_buf);
+        return static_cast<int>(arm_fully_connected_per_channel_s8(&ctx, &p, &q, &id, in.data(), &fd, w.data(), &bd,
+                                                                   bias.size() ? bias.data() : nullptr, &od,
+                                                                   out.mutable_data()));
+    });
+    m.def("arm_avgpool_s8", [](const arr<int8_t> &in, py::sequence in_dims, py::sequence window, py::sequence stride,
+                               py::sequence pad, int act_min, int act_max, py::sequence out_dims, arr<int8_t> out, arr<uint8_t> ctx_buf) {
+        cmsis_nn_pool_params p{tile(stride), tile(pad), {act_min, act_max}};
+        cmsis_nn_dims id = dims(in_dims), od = dims(out_dims);
+        cmsis_nn_dims fd{1, window[0].cast<int32_t>(), window[1].cast<int32_t>(), 1};
+        cmsis_nn_context ctx = context(ctx_buf);
+        return static_cast<int>(arm_avgpool_s8(&ctx, &p, &id, in.data(), &fd, &od, out.mutable_data()));
+    });
+    m.def("arm_convolve_s8_get_buffer_size", [](py::sequence in_dims, py::sequence w_dims) {
+        cmsis_nn_dims id = dims(in_dims), fd = dims(w_dims);
+        return arm_convolve_s8_get_buffer_size(&id, &fd);
+    });
+    m.def("arm_depthwise_conv_wrapper_s8_get_buffer_size", [](py::sequence in_dims, py::sequence w_dims,
+                                                              py::sequence out_dims, int ch_mult) {
+        cmsis_nn_dw_conv_params p{0, 0, ch_mult, {1, 1}, {0, 0}, {1, 1}, {-128, 127}};
+        cmsis_nn_dims id = dims(in_dims), fd = dims(w_dims), od = dims(out_dims);
+        return arm_depthwise_conv_wrapper_s8_get_buffer_size(&p, &id, &fd, &od);
+    });
+    m.def("arm_fully_connected_s8_get_buffer_size", [](py::sequence w_dims) {
+        cmsis_nn_dims fd = dims(w_dims);
+        return arm_fully_connected_s8_get_buffer_size(&fd);
+    });
+    m.def("arm_avgpool_s8_get_buffer_size", &arm_avgpool_s8_get_buffer_size);
+    m.def("arm_nn_requantize", [](const arr<int32_t> &val, const arr<int32_t> &mult, const arr<int32_t> &shift) {
+        arr<int32_t> out(val.size());
+        for (py::ssize_t i = 0; i < val.size(); i++) {
+            out.mutable_data()[i] = ft_nn_requantize(val.data()[i], mult.data()[i], shift.data()[i]);
+        }
+        return out;
+    });
+
+    // ---- deterministic math used by the training path ----
+    m.def("expf", [](const arr<float> &x) {
+        arr<float> out(x.size());
+        for (py::ssize_t i = 0; i < x.size(); i++) out.mutable_data()[i] = ft_expf(x.data()[i]);
+        return out;
+    });
+    m.def("logf", [](const arr<float> &x) {
+        arr<float> out(x.size());
+        for (py::ssize_t i = 0; i < x.size(); i++) out.mutable_data()[i] = ft_logf(x.data()[i]);
+        return out;
+    });
+    m.def("permutation", [](uint32_t n, uint32_t key) {
+        arr<uint32_t> out(n);
+        for (uint32_t i = 0; i < n; i++) out.mutable_data()[i] = ft_permute(i, n, key);
+        return out;
+    });
+    m.def("epoch_key", &ft_epoch_key);
+}

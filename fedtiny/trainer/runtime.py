@@ -1,0 +1,312 @@
+"""Typed Python face of the C trainer: argument checks, shapes and exceptions.
+
+>>> model = Model(model_bytes)
+>>> trainer = Trainer(model, TrainConfig(lr=0.05, batch_size=16))
+>>> trainer.plan.arena_bytes, trainer.arena_hwm
+>>> stats = trainer.train_epochs(x_int8, y, epochs=2, seed=0)
+>>> result = trainer.evaluate(x_int8, y, return_logits=True)
+
+Samples are int8 arrays shaped ``(N, *sample_shape)`` or ``(N, sample_size)``: model inputs
+when ``TrainConfig.with_prefix`` is true (the frozen int8 prefix runs on every step),
+otherwise boundary features from :meth:`Model.prefix_features` (computed once; the
+frozen layers never change).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from fedtiny import _core
+from fedtiny.errors import ConfigError, ModelFormatError, TrainerError
+from fedtiny.trainer import model_format
+from fedtiny.trainer.model_format import ModelSpec, weight_shape
+
+
+class LayerOutput(NamedTuple):
+    """Output of one layer for a batch: int8 values (frozen layers, else None) and floats
+    (dequantized for frozen layers, computed in float32 for trainable layers)."""
+
+    index: int
+    type: str
+    int8: np.ndarray | None
+    real: np.ndarray
+
+
+class Model:
+    """A validated model. Holds the bytes the C trainer uses in place."""
+
+    def __init__(self, data: bytes | bytearray | memoryview | np.ndarray | ModelSpec) -> None:
+        if isinstance(data, ModelSpec):
+            data = model_format.to_bytes(data)
+        self._bytes = model_format.as_aligned_bytes(data)
+        status, handle = _core.model_load(self._bytes)
+        if status != 0:
+            raise ModelFormatError(_core.status_name(status), "model rejected")
+        self._handle = handle
+        self.spec: ModelSpec = model_format.from_bytes(self._bytes)
+        self.layers: list[dict] = [handle.layer(i) for i in range(handle.num_layers)]
+        self._scratch = np.zeros(max([0] + [lay["scratch_bytes"] for lay in self.layers]), dtype=np.uint8)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Model:
+        with open(path, "rb") as fh:
+            return cls(fh.read())
+
+    def to_bytes(self) -> bytes:
+        return self._bytes.tobytes()
+
+    @property
+    def num_classes(self) -> int:
+        return self._handle.num_classes
+
+    @property
+    def first_trainable(self) -> int:
+        return self._handle.first_trainable
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self._handle.input_shape)
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        """Shape of the boundary activation (input of the first trainable layer)."""
+        first = self.first_trainable
+        return tuple(self.layers[first - 1]["out_shape"]) if first > 0 else self.input_shape
+
+    @property
+    def feature_quant(self) -> tuple[float, int]:
+        """(scale, zero point) of the boundary activation."""
+        first = self.first_trainable
+        if first == 0:
+            return self._handle.input_scale, self._handle.input_zero_point
+        return self.layers[first - 1]["out_scale"], self.layers[first - 1]["output_offset"]
+
+    def quantize_input(self, x: np.ndarray) -> np.ndarray:
+        """Quantize real-valued inputs with the model's input scale and zero point."""
+        scale, zp = self._handle.input_scale, self._handle.input_zero_point
+        return np.clip(np.round(np.asarray(x, dtype=np.float64) / scale) + zp, -128, 127).astype(np.int8)
+
+    def _batch(self, x: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
+        x = np.asarray(x)
+        size = int(np.prod(shape))
+        if x.dtype != np.int8:
+            raise TrainerError("BAD_DATA", f"{what} must be int8, got {x.dtype}")
+        if x.ndim < 1 or x.size != x.shape[0] * size:
+            raise TrainerError("BAD_DATA", f"{what} must hold N samples of shape {shape}, got {x.shape}")
+        return np.ascontiguousarray(x.reshape(x.shape[0], size))
+
+    def prefix_features(self, x: np.ndarray) -> np.ndarray:
+        """Run the frozen int8 prefix on model inputs; returns int8 ``(N, *feature_shape)``."""
+        xs = self._batch(x, self.input_shape, "inputs")
+        out = np.empty((xs.shape[0], int(np.prod(self.feature_shape))), dtype=np.int8)
+        for n in range(xs.shape[0]):
+            cur = xs[n]
+            for i in range(self.first_trainable):
+                nxt = np.empty(int(np.prod(self.layers[i]["out_shape"])), dtype=np.int8)
+                self._check(_core.layer_forward_s8(self._handle, i, cur, nxt, self._scratch), i)
+                cur = nxt
+            out[n] = cur
+        return out.reshape((xs.shape[0],) + self.feature_shape)
+
+    def forward(self, x: np.ndarray, params: list[tuple[np.ndarray, np.ndarray]] | None = None) -> list[LayerOutput]:
+        """Per-layer outputs for a batch of model inputs. ``params`` (per trainable layer,
+        (weight, bias)) defaults to the model's stored float values."""
+        xs = self._batch(x, self.input_shape, "inputs")
+        if params is None:
+            params = [(lay.weights, lay.bias) for lay in self.spec.layers[self.first_trainable :]]
+        n = xs.shape[0]
+        outputs: list[LayerOutput] = []
+        cur8 = xs
+        curf = None
+        for i, info in enumerate(self.layers):
+            size = int(np.prod(info["out_shape"]))
+            if not info["trainable"]:
+                out8 = np.empty((n, size), dtype=np.int8)
+                for s in range(n):
+                    self._check(_core.layer_forward_s8(self._handle, i, cur8[s], out8[s], self._scratch), i)
+                real = info["out_scale"] * (out8.astype(np.float32) - info["output_offset"])
+                outputs.append(LayerOutput(i, model_format.LAYER_NAMES[info["type"]], out8, real))
+                cur8 = out8
+                continue
+            if curf is None:
+                scale, zp = self.feature_quant
+                curf = (np.float32(scale) * (cur8.astype(np.float32) - np.float32(zp))).astype(np.float32)
+            w, b = params[i - self.first_trainable]
+            w = np.ascontiguousarray(w if w is not None else np.zeros(0), dtype=np.float32).ravel()
+            b = np.ascontiguousarray(b if b is not None else np.zeros(0), dtype=np.float32).ravel()
+            outf = np.empty((n, size), dtype=np.float32)
+            for s in range(n):
+                _core.layer_forward_f32(self._handle, i, w, b, curf[s], outf[s])
+            outputs.append(LayerOutput(i, model_format.LAYER_NAMES[info["type"]], None, outf))
+            curf = outf
+        return outputs
+
+    @staticmethod
+    def _check(status: int, layer: int) -> None:
+        if status != 0:
+            raise TrainerError(_core.status_name(status), f"layer {layer}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """SGD settings of the on-device trainer."""
+
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 16
+    with_prefix: bool = False
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not (0.0 <= self.momentum < 1.0):
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size}")
+
+    def _args(self) -> tuple[float, float, float, int, int]:
+        return (float(self.lr), float(self.momentum), float(self.weight_decay), int(self.batch_size),
+                int(bool(self.with_prefix)))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Itemised arena plan (bytes) of a model and config."""
+
+    arena_bytes: int
+    params_bytes: int
+    momentum_bytes: int
+    grads_bytes: int
+    prefix_bytes: int
+    scratch_bytes: int
+    acts_bytes: int
+    grad_acts_bytes: int
+    param_count: int
+    sample_size: int
+    feature_size: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def plan(model: Model, config: TrainConfig) -> Plan:
+    """Exact arena bytes the trainer will use for ``model`` under ``config``."""
+    status, d = _core.plan(model._handle, *config._args())
+    if status != 0:
+        raise TrainerError(_core.status_name(status), "plan")
+    return Plan(**d)
+
+
+class EpochStats(NamedTuple):
+    loss: float  # mean loss over the last epoch (before each step's update)
+    accuracy: float
+    samples: int
+    steps: int
+
+
+class EvalResult(NamedTuple):
+    loss: float
+    accuracy: float
+    samples: int
+    logits: np.ndarray | None
+
+
+class Trainer:
+    """The C trainer on a caller-owned arena (a numpy buffer, or one you pass)."""
+
+    def __init__(self, model: Model, config: TrainConfig, arena: np.ndarray | None = None) -> None:
+        self.model = model
+        self.config = config
+        self.plan = plan(model, config)
+        if arena is None:
+            arena = np.zeros(self.plan.arena_bytes + _core.ARENA_ALIGN, dtype=np.uint8)
+            start = (-arena.ctypes.data) % _core.ARENA_ALIGN
+            arena = arena[start : start + self.plan.arena_bytes]
+        if not isinstance(arena, np.ndarray) or arena.dtype != np.uint8 or not arena.flags.c_contiguous:
+            raise TrainerError("BAD_CONFIG", "arena must be a C-contiguous uint8 numpy array")
+        self.arena = arena
+        status, handle = _core.trainer_init(model._handle, *config._args(), arena)
+        if status != 0:
+            raise TrainerError(_core.status_name(status), "trainer init")
+        self._handle = handle
+        self._sample_shape = model.input_shape if (config.with_prefix or model.first_trainable == 0) else model.feature_shape
+
+    @property
+    def arena_hwm(self) -> int:
+        """Highest arena byte the trainer uses (reported by the C trainer)."""
+        return int(self._handle.hwm())
+
+    def _data(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        xs = self.model._batch(x, self._sample_shape, "samples")
+        y = np.asarray(y)
+        if y.ndim != 1 or y.shape[0] != xs.shape[0]:
+            raise TrainerError("BAD_DATA", f"labels must be 1-D with {xs.shape[0]} entries, got {y.shape}")
+        if y.size and (y.min() < 0 or y.max() >= self.model.num_classes):
+            raise TrainerError("BAD_LABEL", f"labels must be in [0, {self.model.num_classes})")
+        return xs, np.ascontiguousarray(y, dtype=np.uint8)
+
+    def _raise(self, status: int, what: str) -> None:
+        if status != 0:
+            raise TrainerError(_core.status_name(status), what)
+
+    def train_epochs(self, x: np.ndarray, y: np.ndarray, epochs: int = 1, seed: int = 0) -> EpochStats:
+        """SGD over ``epochs`` shuffled passes (order fixed by ``seed``)."""
+        xs, ys = self._data(x, y)
+        if int(epochs) != epochs or epochs < 0:
+            raise ConfigError(f"epochs must be an integer >= 0, got {epochs}")
+        if xs.shape[0] == 0:
+            raise TrainerError("BAD_DATA", "no samples to train on")
+        status, loss, correct, count, steps = self._handle.train_epochs(xs, ys, int(epochs), int(seed) & 0xFFFFFFFF)
+        self._raise(status, "train_epochs")
+        return EpochStats(float(loss), correct / count if count else 0.0, int(count), int(steps))
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, return_logits: bool = False) -> EvalResult:
+        xs, ys = self._data(x, y)
+        logits = np.empty((xs.shape[0], self.model.num_classes) if return_logits else 0, dtype=np.float32)
+        status, loss, correct, count, _ = self._handle.evaluate(xs, ys, logits.reshape(-1))
+        self._raise(status, "evaluate")
+        return EvalResult(float(loss), correct / count if count else 0.0, int(count), logits if return_logits else None)
+
+    def gradients(self, x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Mean-loss gradients per trainable layer (weight, bias), without updating."""
+        xs, ys = self._data(x, y)
+        status, *_ = self._handle.accumulate(xs, ys)
+        self._raise(status, "gradients")
+        return self._split(self._handle.grads() / np.float32(max(1, xs.shape[0])))
+
+    def _split(self, flat: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for k, layer in enumerate(self.model.spec.layers[self.model.first_trainable :]):
+            w_off, b_off = self._handle.offsets(k)
+            info = self.model.layers[self.model.first_trainable + k]
+            wc, bc = info["weight_count"], info["bias_count"]
+            w = flat[w_off : w_off + wc].reshape(weight_shape(layer)) if wc else np.zeros(0, np.float32)
+            out.append((w.copy(), flat[b_off : b_off + bc].copy()))
+        return out
+
+    def get_params(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Copies of the trainable parameters per layer (weight, bias)."""
+        return self._split(self._handle.params())
+
+    def set_params(self, params: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Overwrite the trainable parameters (shapes as :meth:`get_params` returns)."""
+        current = self.get_params()
+        if len(params) != len(current):
+            raise TrainerError("BAD_CONFIG", f"expected {len(current)} layers of parameters, got {len(params)}")
+        view = self._handle.params()
+        for k, ((w, b), (w0, b0)) in enumerate(zip(params, current)):
+            w, b = np.asarray(w, dtype=np.float32), np.asarray(b, dtype=np.float32)
+            if w.shape != w0.shape or b.shape != b0.shape:
+                raise TrainerError("BAD_CONFIG", f"layer {k}: expected shapes {w0.shape}, {b0.shape}; got {w.shape}, {b.shape}")
+            if not (np.isfinite(w).all() and np.isfinite(b).all()):
+                raise TrainerError("BAD_CONFIG", f"layer {k}: parameters must be finite")
+            w_off, b_off = self._handle.offsets(k)
+            view[w_off : w_off + w.size] = w.ravel()
+            view[b_off : b_off + b.size] = b

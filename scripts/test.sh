@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up and run every test: the standalone C build with -Werror, the C unit tests under
+# ASan + UBSan, the Cortex-M4 cross build, and the Python test suite.
+# Usage: bash scripts/test.sh [extra pytest arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+bash scripts/setup.sh
+
+echo "== C: host build (-Wall -Wextra -Werror) and unit tests under ASan + UBSan"
+cmake -S device_trainer_c -B build/test-c -DFEDTINY_BUILD_TESTS=ON -DFEDTINY_SANITIZE=ON \
+      -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake --build build/test-c -j 2 >/dev/null
+if ! ctest --test-dir build/test-c -V > build/test-c/ctest.log 2>&1; then
+    cat build/test-c/ctest.log
+    exit 1
+fi
+grep -E "ft_expf|loader:|plan:|training:|tests passed" build/test-c/ctest.log
+
+echo "== C: Cortex-M4F cross build (arm-none-eabi-gcc, -mfloat-abi=hard -mfpu=fpv4-sp-d16)"
+cmake -S device_trainer_c -B build/test-m4 -DCMAKE_TOOLCHAIN_FILE=cmake/arm-none-eabi-cortex-m4.cmake \
+      -DCMAKE_BUILD_TYPE=MinSizeRel >/dev/null
+cmake --build build/test-m4 -j 2 >/dev/null
+arm-none-eabi-size -t build/test-m4/libfedtiny_trainer.a | tail -n 1 | \
+    awk '{print "libfedtiny_trainer.a for Cortex-M4F: text " $1 " B, data " $2 " B, bss " $3 " B"}'
+
+echo "== Python tests"
+"$PY" -m pytest "$@"
