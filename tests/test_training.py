@@ -67,6 +67,22 @@ def test_sgd_momentum_weight_decay_against_numpy(task, features):
     np.testing.assert_allclose(b, w2[1], rtol=1e-5, atol=1e-7)
 
 
+def test_step_is_one_sgd_update(task, features):
+    f_train, _ = features
+    x, y = f_train[:32], task.y_train[:32]
+    lr, wd = 0.01, 0.1
+    rng = np.random.default_rng(1)
+    w0 = rng.normal(0, 0.05, (10, 48)).astype(np.float32), rng.normal(0, 0.05, 10).astype(np.float32)
+    trainer = Trainer(task.model, TrainConfig(lr=lr, weight_decay=wd))
+    trainer.set_params([w0])
+    g0 = trainer.gradients(x, y)[0]
+    loss = trainer.evaluate(x, y).loss
+    stats = trainer.step(x, y)
+    assert stats.steps == 1 and stats.samples == 32 and abs(stats.loss - loss) < 1e-6
+    for got, p, g in zip(trainer.get_params()[0], w0, g0):
+        np.testing.assert_allclose(got, p - lr * (g + wd * p), rtol=1e-6, atol=1e-8)
+
+
 def test_bad_data_and_settings_are_refused(task, features):
     f_train, _ = features
     trainer = Trainer(task.model, TrainConfig())

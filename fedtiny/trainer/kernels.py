@@ -89,6 +89,15 @@ def _window_out(x: np.ndarray, k: Pair, stride: Pair, pad: Pair, dil: Pair, out_
     return oh, ow
 
 
+def _window_args(x, kernel, cout, bias, multiplier, shift, stride, padding, dilation, activation, output_hw):
+    """Checked arguments shared by the convolutions: quantization, bias, geometry, output."""
+    mult, sh = _quant(multiplier, shift, cout)
+    st, pd, dl = _pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(dilation, "dilation", 1)
+    oh, ow = _window_out(x, kernel, st, pd, dl, output_hw)
+    out = np.empty((x.shape[0], oh, ow, cout), dtype=np.int8)
+    return mult, sh, _bias(bias, cout), st, pd, dl, _act(activation), out
+
+
 def arm_convolve_s8(input: np.ndarray, filter: np.ndarray, bias: np.ndarray | None, multiplier: np.ndarray,
                     shift: np.ndarray, *, input_offset: int, output_offset: int, stride: int | Pair = 1,
                     padding: int | Pair = 0, dilation: int | Pair = 1, activation: Pair = (-128, 127),
@@ -97,13 +106,8 @@ def arm_convolve_s8(input: np.ndarray, filter: np.ndarray, bias: np.ndarray | No
     x, w = _arr(input, np.int8, "input", 4), _arr(filter, np.int8, "filter", 4)
     if w.shape[3] != x.shape[3]:
         raise KernelError(f"filter C_IN {w.shape[3]} != input channels {x.shape[3]}")
-    cout = w.shape[0]
-    mult, sh = _quant(multiplier, shift, cout)
-    b = _bias(bias, cout)
-    st, pd, dl = _pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(dilation, "dilation", 1)
-    oh, ow = _window_out(x, (w.shape[1], w.shape[2]), st, pd, dl, output_hw)
-    out = np.empty((x.shape[0], oh, ow, cout), dtype=np.int8)
-    lo, hi = _act(activation)
+    mult, sh, b, st, pd, dl, (lo, hi), out = _window_args(x, w.shape[1:3], w.shape[0], bias, multiplier, shift, stride,
+                                                          padding, dilation, activation, output_hw)
     ctx = _ctx(_core.arm_convolve_s8_get_buffer_size(x.shape, w.shape))
     rc = _core.arm_convolve_s8(x, x.shape, w, w.shape, b, mult, sh, _range(input_offset, -127, 128, "input_offset"),
                                _range(output_offset, -128, 127, "output_offset"), st, pd, dl, lo, hi, out.shape,
@@ -121,12 +125,8 @@ def arm_depthwise_conv_s8(input: np.ndarray, filter: np.ndarray, bias: np.ndarra
     if ch_mult < 1 or w.shape[2] != x.shape[3] * ch_mult:
         raise KernelError(f"filter channels {w.shape[2]} != input channels {x.shape[3]} * ch_mult {ch_mult}")
     cout = w.shape[2]
-    mult, sh = _quant(multiplier, shift, cout)
-    b = _bias(bias, cout)
-    st, pd, dl = _pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(dilation, "dilation", 1)
-    oh, ow = _window_out(x, (w.shape[0], w.shape[1]), st, pd, dl, output_hw)
-    out = np.empty((x.shape[0], oh, ow, cout), dtype=np.int8)
-    lo, hi = _act(activation)
+    mult, sh, b, st, pd, dl, (lo, hi), out = _window_args(x, w.shape[0:2], cout, bias, multiplier, shift, stride,
+                                                          padding, dilation, activation, output_hw)
     wdims = (1, w.shape[0], w.shape[1], cout)
     ctx = _ctx(_core.arm_depthwise_conv_wrapper_s8_get_buffer_size(x.shape, wdims, out.shape, int(ch_mult)))
     rc = _core.arm_depthwise_conv_s8(x, x.shape, w, wdims, b, mult, sh, int(ch_mult),

@@ -267,6 +267,16 @@ class Trainer:
         self._raise(status, "train_epochs")
         return EpochStats(float(loss), correct / count if count else 0.0, int(count), int(steps))
 
+    def step(self, x: np.ndarray, y: np.ndarray) -> EpochStats:
+        """One SGD step on exactly this batch (no shuffling); returns the batch's mean loss
+        and accuracy before the update."""
+        xs, ys = self._data(x, y)
+        if xs.shape[0] == 0:
+            raise TrainerError("BAD_DATA", "empty batch")
+        status, loss, correct, count, steps = self._handle.step(xs, ys)
+        self._raise(status, "step")
+        return EpochStats(float(loss) / count, correct / count, int(count), int(steps))
+
     def evaluate(self, x: np.ndarray, y: np.ndarray, return_logits: bool = False) -> EvalResult:
         xs, ys = self._data(x, y)
         logits = np.empty((xs.shape[0], self.model.num_classes) if return_logits else 0, dtype=np.float32)

@@ -3,7 +3,7 @@
  *
  *   ft_trainer_plan()   exact arena bytes for a model and config (nothing allocated)
  *   ft_trainer_init()   lays every buffer out in the caller's arena; no malloc anywhere
- *   ft_trainer_train_epochs() / ft_trainer_step() / ft_trainer_evaluate()
+ *   ft_trainer_step() / ft_trainer_train_epochs() / ft_trainer_evaluate()
  *
  * A step runs the frozen prefix in int8 (CMSIS-NN-compatible kernels), dequantizes the
  * boundary activation, runs the trainable suffix in float32, softmax cross-entropy, backward
@@ -90,6 +90,8 @@ ft_status ft_trainer_accumulate(ft_trainer *tr, const ft_dataset *data, const ui
                                 ft_stats *stats);
 /* Apply SGD with the accumulated gradients divided by n (the batch size used). */
 ft_status ft_trainer_apply(ft_trainer *tr, int32_t n);
+/* One SGD step on samples idx[0..n) (0..n-1 when idx is NULL): accumulate, then apply. */
+ft_status ft_trainer_step(ft_trainer *tr, const ft_dataset *data, const uint32_t *idx, int32_t n, ft_stats *stats);
 /* Epoch loop: each epoch visits the samples in the order ft_permute(i, count, key(seed, epoch))
  * in batches of cfg.batch_size (the last batch may be smaller). Stats are of the last epoch. */
 ft_status ft_trainer_train_epochs(ft_trainer *tr, const ft_dataset *data, int32_t epochs, uint32_t seed,

@@ -160,6 +160,12 @@ PYBIND11_MODULE(_core, m) {
             return stats(st, s);
         })
         .def("apply", [](TrainerHandle &t, int n) { return static_cast<int>(ft_trainer_apply(&t.tr, n)); })
+        .def("step", [](TrainerHandle &t, const arr<int8_t> &x, const arr<uint8_t> &y) {
+            ft_dataset d = dataset(x, y, t.tr.plan.sample_size);
+            ft_stats s{};
+            ft_status st = ft_trainer_step(&t.tr, &d, nullptr, d.count, &s);
+            return stats(st, s);
+        })
         .def("evaluate", [](TrainerHandle &t, const arr<int8_t> &x, const arr<uint8_t> &y, arr<float> logits) {
             ft_dataset d = dataset(x, y, t.tr.plan.sample_size);
             ft_stats s{};

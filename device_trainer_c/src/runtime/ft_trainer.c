@@ -218,6 +218,20 @@ ft_status ft_trainer_apply(ft_trainer *tr, int32_t n)
     return FT_OK;
 }
 
+ft_status ft_trainer_step(ft_trainer *tr, const ft_dataset *data, const uint32_t *idx, int32_t n, ft_stats *stats)
+{
+    ft_stats s = {0.0f, 0, 0, 0};
+    ft_status st = ft_trainer_accumulate(tr, data, idx, n, &s);
+    if (st == FT_OK) {
+        st = ft_trainer_apply(tr, n);
+    }
+    s.steps = st == FT_OK ? 1 : 0;
+    if (stats != NULL) {
+        *stats = s;
+    }
+    return st;
+}
+
 ft_status ft_trainer_train_epochs(ft_trainer *tr, const ft_dataset *data, int32_t epochs, uint32_t seed,
                                   ft_stats *stats)
 {
