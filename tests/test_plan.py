@@ -36,19 +36,20 @@ def _painted_peak(model: Model, config: TrainConfig, x: np.ndarray, y: np.ndarra
 
 @pytest.mark.parametrize("suffix", SUFFIXES, ids="-".join)
 @pytest.mark.parametrize("with_prefix", [False, True])
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_plan_equals_measured_high_water_mark(suffix, with_prefix, momentum):
+@pytest.mark.parametrize("momentum,prox_mu", [(0.0, 0.0), (0.9, 0.0), (0.9, 0.1)])
+def test_plan_equals_measured_high_water_mark(suffix, with_prefix, momentum, prox_mu):
     rng = np.random.default_rng(len(suffix) * 10 + int(with_prefix))
     spec = random_model(rng, frozen=("conv2d", "dwconv2d"), trainable=suffix)
     model = Model(spec)
-    config = TrainConfig(lr=0.01, momentum=momentum, batch_size=3, with_prefix=with_prefix)
+    config = TrainConfig(lr=0.01, momentum=momentum, batch_size=3, with_prefix=with_prefix, prox_mu=prox_mu)
     x = rng.integers(-128, 128, (7, *model.input_shape)).astype(np.int8)
     samples = x if with_prefix else model.prefix_features(x)
     y = rng.integers(0, model.num_classes, 7)
     p = plan(model, config)
     peak, hwm = _painted_peak(model, config, samples, y)
     assert peak == p.arena_bytes == hwm
-    parts = (p.params_bytes + p.momentum_bytes + p.grads_bytes + p.prefix_bytes + p.scratch_bytes + p.acts_bytes
+    assert p.anchor_bytes == (p.params_bytes if prox_mu > 0 else 0)
+    parts = (p.params_bytes + p.momentum_bytes + p.grads_bytes + p.anchor_bytes + p.prefix_bytes + p.scratch_bytes + p.acts_bytes
              + p.grad_acts_bytes)
     assert parts <= p.arena_bytes < parts + 8 * (2 * len(suffix) + 8)  # only alignment padding in between
 

@@ -83,6 +83,28 @@ def test_step_is_one_sgd_update(task, features):
         np.testing.assert_allclose(got, p - lr * (g + wd * p), rtol=1e-6, atol=1e-8)
 
 
+def test_fedprox_term_pulls_towards_the_anchor(task, features):
+    """Two steps with prox_mu: the second step's gradient includes mu * (w1 - w0)."""
+    f_train, _ = features
+    x, y = f_train[:32], task.y_train[:32]
+    lr, mu = 0.01, 0.5
+    rng = np.random.default_rng(2)
+    w0 = rng.normal(0, 0.05, (10, 48)).astype(np.float32), rng.normal(0, 0.05, 10).astype(np.float32)
+    probe = Trainer(task.model, TrainConfig(lr=lr))
+    probe.set_params([w0])
+    g0 = probe.gradients(x, y)[0]
+    w1 = [p - lr * g for p, g in zip(w0, g0)]  # first step: w == anchor, no pull
+    probe.set_params([tuple(w1)])
+    g1 = probe.gradients(x, y)[0]
+    w2 = [p1 - lr * (g + mu * (p1 - p0)) for p0, p1, g in zip(w0, w1, g1)]
+    trainer = Trainer(task.model, TrainConfig(lr=lr, prox_mu=mu))
+    trainer.set_params([w0])  # also sets the anchor
+    trainer.step(x, y)
+    trainer.step(x, y)
+    for got, want in zip(trainer.get_params()[0], w2):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
 def test_bad_data_and_settings_are_refused(task, features):
     f_train, _ = features
     trainer = Trainer(task.model, TrainConfig())
@@ -98,6 +120,7 @@ def test_bad_data_and_settings_are_refused(task, features):
         trainer.train_epochs(f_train, task.y_train[:-1])
     with pytest.raises(TrainerError, match="BAD_CONFIG"):
         trainer.set_params([(np.zeros((10, 47), np.float32), np.zeros(10, np.float32))])
-    for kwargs in ({"lr": 0.0}, {"lr": float("nan")}, {"momentum": 1.0}, {"weight_decay": -1.0}, {"batch_size": 0}):
+    for kwargs in ({"lr": 0.0}, {"lr": float("nan")}, {"momentum": 1.0}, {"weight_decay": -1.0}, {"batch_size": 0},
+                   {"prox_mu": -0.1}):
         with pytest.raises(ConfigError):
             TrainConfig(**kwargs)

@@ -184,7 +184,7 @@ static void test_training(void)
 {
     ft_model m;
     CHECK(ft_model_load(&m, model_buf, model_len) == FT_OK);
-    ft_train_config cfg = {0.5f, 0.9f, 1e-4f, 8, 1};
+    ft_train_config cfg = {0.5f, 0.9f, 1e-4f, 8, 1, 0.0f};
     ft_plan plan;
     CHECK(ft_trainer_plan(&m, &cfg, &plan) == FT_OK);
     static uint8_t arena[4096] __attribute__((aligned(8)));

@@ -160,6 +160,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     batch_size: int = 16
     with_prefix: bool = False
+    prox_mu: float = 0.0  # FedProx: adds prox_mu * (w - anchor) to every gradient
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.lr) and self.lr > 0):
@@ -170,10 +171,12 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if int(self.batch_size) != self.batch_size or self.batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size}")
+        if not (np.isfinite(self.prox_mu) and self.prox_mu >= 0):
+            raise ConfigError(f"prox_mu must be >= 0, got {self.prox_mu}")
 
-    def _args(self) -> tuple[float, float, float, int, int]:
+    def _args(self) -> tuple[float, float, float, int, int, float]:
         return (float(self.lr), float(self.momentum), float(self.weight_decay), int(self.batch_size),
-                int(bool(self.with_prefix)))
+                int(bool(self.with_prefix)), float(self.prox_mu))
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,7 @@ class Plan:
     params_bytes: int
     momentum_bytes: int
     grads_bytes: int
+    anchor_bytes: int
     prefix_bytes: int
     scratch_bytes: int
     acts_bytes: int
@@ -306,7 +310,8 @@ class Trainer:
         return self._split(self._handle.params())
 
     def set_params(self, params: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Overwrite the trainable parameters (shapes as :meth:`get_params` returns)."""
+        """Overwrite the trainable parameters (shapes as :meth:`get_params` returns). With
+        ``prox_mu > 0`` the new parameters also become the FedProx anchor."""
         current = self.get_params()
         if len(params) != len(current):
             raise TrainerError("BAD_CONFIG", f"expected {len(current)} layers of parameters, got {len(params)}")
@@ -320,3 +325,4 @@ class Trainer:
             w_off, b_off = self._handle.offsets(k)
             view[w_off : w_off + w.size] = w.ravel()
             view[b_off : b_off + b.size] = b
+        self._raise(self._handle.set_anchor(), "set_params")

@@ -34,12 +34,13 @@ typedef struct {
     float weight_decay; /* >= 0, L2 added to every trainable tensor's gradient */
     int32_t batch_size; /* >= 1 */
     int32_t with_prefix; /* 1: samples are model inputs; 0: samples are boundary features */
+    float prox_mu;       /* >= 0: FedProx term mu/2 |w - anchor|^2; > 0 allocates the anchor */
 } ft_train_config;
 
 /* Itemised arena plan. Offsets are from the arena start; sizes in bytes. */
 typedef struct {
     uint32_t arena_bytes;  /* end of the highest buffer: what the arena must hold */
-    uint32_t params_bytes, momentum_bytes, grads_bytes;
+    uint32_t params_bytes, momentum_bytes, grads_bytes, anchor_bytes;
     uint32_t prefix_bytes;  /* int8 ping-pong buffers of the frozen prefix */
     uint32_t scratch_bytes; /* kernel context buffer (max *_get_buffer_size()) */
     uint32_t acts_bytes;    /* float activations kept for backward */
@@ -56,7 +57,7 @@ typedef struct {
     uint8_t *arena;
     uint32_t arena_size;
     uint32_t hwm; /* highest arena byte handed out + 1 */
-    float *params, *momentum, *grads;
+    float *params, *momentum, *grads, *anchor;
     int8_t *prefix[2];
     void *scratch;
     float *acts[FT_MAX_LAYERS + 1]; /* acts[k]: input of trainable layer k; acts[L]: logits */
@@ -88,7 +89,11 @@ uint32_t ft_trainer_arena_hwm(const ft_trainer *tr);
  * 0..n-1 when idx is NULL). Returns the summed loss and correct count in *stats. */
 ft_status ft_trainer_accumulate(ft_trainer *tr, const ft_dataset *data, const uint32_t *idx, int32_t n,
                                 ft_stats *stats);
-/* Apply SGD with the accumulated gradients divided by n (the batch size used). */
+/* Copy the current parameters into the FedProx anchor (no-op when prox_mu == 0). Call it after
+ * loading the global model at the start of a round. */
+ft_status ft_trainer_set_anchor(ft_trainer *tr);
+/* Apply SGD with the accumulated gradients divided by n (the batch size used):
+ * g = grad / n + weight_decay * w + prox_mu * (w - anchor). */
 ft_status ft_trainer_apply(ft_trainer *tr, int32_t n);
 /* One SGD step on samples idx[0..n) (0..n-1 when idx is NULL): accumulate, then apply. */
 ft_status ft_trainer_step(ft_trainer *tr, const ft_dataset *data, const uint32_t *idx, int32_t n, ft_stats *stats);

@@ -39,8 +39,8 @@ static py::tuple stats(ft_status st, const ft_stats &s) {
     return py::make_tuple(static_cast<int>(st), s.loss, s.correct, s.count, s.steps);
 }
 
-static ft_train_config config(float lr, float momentum, float wd, int batch, int with_prefix) {
-    return ft_train_config{lr, momentum, wd, batch, with_prefix};
+static ft_train_config config(float lr, float momentum, float wd, int batch, int with_prefix, float prox_mu) {
+    return ft_train_config{lr, momentum, wd, batch, with_prefix, prox_mu};
 }
 
 static py::dict plan_dict(const ft_plan &p) {
@@ -49,6 +49,7 @@ static py::dict plan_dict(const ft_plan &p) {
     d["params_bytes"] = p.params_bytes;
     d["momentum_bytes"] = p.momentum_bytes;
     d["grads_bytes"] = p.grads_bytes;
+    d["anchor_bytes"] = p.anchor_bytes;
     d["prefix_bytes"] = p.prefix_bytes;
     d["scratch_bytes"] = p.scratch_bytes;
     d["acts_bytes"] = p.acts_bytes;
@@ -126,8 +127,8 @@ PYBIND11_MODULE(_core, m) {
                               gw.size() ? gw.mutable_data() : nullptr, gb.size() ? gb.mutable_data() : nullptr);
     });
 
-    m.def("plan", [](const ModelHandle &h, float lr, float mom, float wd, int batch, int with_prefix) {
-        ft_train_config cfg = config(lr, mom, wd, batch, with_prefix);
+    m.def("plan", [](const ModelHandle &h, float lr, float mom, float wd, int batch, int with_prefix, float prox) {
+        ft_train_config cfg = config(lr, mom, wd, batch, with_prefix, prox);
         ft_plan p{};
         ft_status st = ft_trainer_plan(&h.model, &cfg, &p);
         return py::make_tuple(static_cast<int>(st), plan_dict(p));
@@ -159,6 +160,7 @@ PYBIND11_MODULE(_core, m) {
             ft_status st = ft_trainer_accumulate(&t.tr, &d, nullptr, d.count, &s);
             return stats(st, s);
         })
+        .def("set_anchor", [](TrainerHandle &t) { return static_cast<int>(ft_trainer_set_anchor(&t.tr)); })
         .def("apply", [](TrainerHandle &t, int n) { return static_cast<int>(ft_trainer_apply(&t.tr, n)); })
         .def("step", [](TrainerHandle &t, const arr<int8_t> &x, const arr<uint8_t> &y) {
             ft_dataset d = dataset(x, y, t.tr.plan.sample_size);
@@ -178,11 +180,11 @@ PYBIND11_MODULE(_core, m) {
         });
 
     m.def("trainer_init", [](std::shared_ptr<ModelHandle> h, float lr, float mom, float wd, int batch,
-                             int with_prefix, arr<uint8_t> arena) {
+                             int with_prefix, float prox, arr<uint8_t> arena) {
         auto t = std::make_shared<TrainerHandle>();
         t->model = h;
         t->arena = arena;
-        ft_train_config cfg = config(lr, mom, wd, batch, with_prefix);
+        ft_train_config cfg = config(lr, mom, wd, batch, with_prefix, prox);
         ft_status st = ft_trainer_init(&t->tr, &h->model, &cfg, t->arena.mutable_data(),
                                        static_cast<uint32_t>(t->arena.size()));
         return py::make_tuple(static_cast<int>(st), st == FT_OK ? py::cast(t) : py::none());

@@ -49,6 +49,20 @@ ft_status ft_trainer_init(ft_trainer *tr, const ft_model *model, const ft_train_
     }
     memset(tr->grads, 0, tr->plan.grads_bytes);
     tr->initialized = 1;
+    return ft_trainer_set_anchor(tr);
+}
+
+ft_status ft_trainer_set_anchor(ft_trainer *tr)
+{
+    if (tr == NULL) {
+        return FT_ERR_NULL_ARG;
+    }
+    if (!tr->initialized) {
+        return FT_ERR_NOT_INITIALIZED;
+    }
+    if (tr->anchor != NULL) {
+        memcpy(tr->anchor, tr->params, tr->plan.anchor_bytes);
+    }
     return FT_OK;
 }
 
@@ -206,9 +220,12 @@ ft_status ft_trainer_apply(ft_trainer *tr, int32_t n)
         return FT_ERR_BAD_CONFIG;
     }
     const float inv_n = 1.0f / (float)n;
-    const float lr = tr->cfg.lr, mu = tr->cfg.momentum, wd = tr->cfg.weight_decay;
+    const float lr = tr->cfg.lr, mu = tr->cfg.momentum, wd = tr->cfg.weight_decay, prox = tr->cfg.prox_mu;
     for (int32_t k = 0; k < tr->plan.param_count; k++) {
         float g = tr->grads[k] * inv_n + wd * tr->params[k];
+        if (tr->anchor != NULL) {
+            g = g + prox * (tr->params[k] - tr->anchor[k]);
+        }
         if (tr->momentum != NULL) {
             tr->momentum[k] = mu * tr->momentum[k] + g;
             g = tr->momentum[k];

@@ -40,7 +40,7 @@ ft_status ft_trainer_layout(const ft_model *m, const ft_train_config *cfg, uint8
         return FT_ERR_BAD_TRAINABLE_LAYOUT;
     }
     if (!(cfg->lr > 0.0f) || !(cfg->momentum >= 0.0f && cfg->momentum < 1.0f) || !(cfg->weight_decay >= 0.0f) ||
-        cfg->batch_size < 1 || (cfg->with_prefix != 0 && cfg->with_prefix != 1)) {
+        cfg->batch_size < 1 || (cfg->with_prefix != 0 && cfg->with_prefix != 1) || !(cfg->prox_mu >= 0.0f)) {
         return FT_ERR_BAD_CONFIG;
     }
     ft_plan p = {0};
@@ -91,6 +91,7 @@ ft_status ft_trainer_layout(const ft_model *m, const ft_train_config *cfg, uint8
     float *params = ft_bump_take(&b, pbytes);
     float *momentum = ft_bump_take(&b, cfg->momentum > 0.0f ? pbytes : 0);
     float *grads = ft_bump_take(&b, pbytes);
+    float *anchor = ft_bump_take(&b, cfg->prox_mu > 0.0f ? pbytes : 0);
     int8_t *prefix0 = ft_bump_take(&b, prefix_size[0]);
     int8_t *prefix1 = ft_bump_take(&b, prefix_size[1]);
     void *scratch_buf = ft_bump_take(&b, (uint32_t)scratch);
@@ -108,6 +109,7 @@ ft_status ft_trainer_layout(const ft_model *m, const ft_train_config *cfg, uint8
     p.params_bytes = pbytes;
     p.momentum_bytes = cfg->momentum > 0.0f ? pbytes : 0;
     p.grads_bytes = pbytes;
+    p.anchor_bytes = cfg->prox_mu > 0.0f ? pbytes : 0;
     p.prefix_bytes = prefix_size[0] + prefix_size[1];
     p.scratch_bytes = (uint32_t)scratch;
     p.acts_bytes = acts_bytes;
@@ -118,6 +120,7 @@ ft_status ft_trainer_layout(const ft_model *m, const ft_train_config *cfg, uint8
         tr->params = params;
         tr->momentum = momentum;
         tr->grads = grads;
+        tr->anchor = anchor;
         tr->prefix[0] = prefix0;
         tr->prefix[1] = prefix1;
         tr->scratch = scratch_buf;

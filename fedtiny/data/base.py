@@ -1,0 +1,103 @@
+"""The data interface of fedtiny: what a task hands to the experiment.
+
+A *task* is a function ``build(cfg) -> FederatedTask`` registered under a name with
+:func:`register_task`. To plug in your own data set, write such a function (returning float32
+samples shaped ``(N, H, W, C)`` and integer labels) and register it; select it with
+``fedtiny dataset.name=<your name>`` (see ``conf/dataset/`` for the shared options).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedtiny.errors import ConfigError
+
+
+@dataclass
+class Split:
+    """Samples ``x`` (float32, ``(N, H, W, C)``) and labels ``y`` (int64, ``(N,)``)."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.x = np.ascontiguousarray(self.x, dtype=np.float32)
+        self.y = np.ascontiguousarray(self.y, dtype=np.int64)
+        if self.x.ndim != 4 or self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"Split needs x (N, H, W, C) and y (N,), got {self.x.shape} and {self.y.shape}")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def take(self, idx: np.ndarray) -> Split:
+        return Split(self.x[idx], self.y[idx])
+
+    @staticmethod
+    def concat(parts: list[Split]) -> Split:
+        return Split(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]))
+
+
+@dataclass
+class ClientData:
+    """One federated device: a name (e.g. ``subject07-left``) and its local splits."""
+
+    name: str
+    train: Split
+    test: Split
+
+
+@dataclass
+class FederatedTask:
+    """Everything an experiment needs from a data set.
+
+    ``pretrain``/``pretrain_val``: the vendor's data, used only to pretrain and calibrate the
+    backbone. ``clients``: the field devices, in partition-id order. ``server_test``:
+    held-out field data the server evaluates the global model on each round.
+    """
+
+    name: str
+    input_shape: tuple[int, int, int]
+    class_names: list[str]
+    pretrain: Split
+    pretrain_val: Split
+    clients: list[ClientData]
+    server_test: Split
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+_TASKS: dict[str, Callable[..., FederatedTask]] = {}
+
+
+def register_task(name: str) -> Callable[[Callable[..., FederatedTask]], Callable[..., FederatedTask]]:
+    """Decorator: make ``build(cfg) -> FederatedTask`` available as ``dataset.name=<name>``."""
+
+    def wrap(fn: Callable[..., FederatedTask]) -> Callable[..., FederatedTask]:
+        _TASKS[name] = fn
+        return fn
+
+    return wrap
+
+
+def task_names() -> list[str]:
+    return sorted(_TASKS)
+
+
+def build_task(name: str, cfg) -> FederatedTask:
+    if name not in _TASKS:
+        raise ConfigError(f"unknown dataset '{name}' (known: {', '.join(task_names())})")
+    return _TASKS[name](cfg)
+
+
+def temporal_split(n: int, test_fraction: float, gap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the first part (train) and the last part (test) of n time-ordered windows,
+    with `gap` windows dropped in between so overlapping windows never straddle the split."""
+    n_test = int(round(n * test_fraction))
+    n_train = max(0, n - n_test - gap)
+    return np.arange(n_train), np.arange(n - n_test, n)

@@ -1,0 +1,7 @@
+"""PyTorch backbones, pretraining on vendor data, and int8 export to the trainer's format."""
+
+from fedtiny.models.export import export_int8
+from fedtiny.models.nets import build_net
+from fedtiny.models.pretrain import Backbone, get_backbone
+
+__all__ = ["Backbone", "build_net", "export_int8", "get_backbone"]
