@@ -95,9 +95,15 @@ def build_task(name: str, cfg) -> FederatedTask:
     return _TASKS[name](cfg)
 
 
-def temporal_split(n: int, test_fraction: float, gap: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the first part (train) and the last part (test) of n time-ordered windows,
-    with `gap` windows dropped in between so overlapping windows never straddle the split."""
-    n_test = int(round(n * test_fraction))
-    n_train = max(0, n - n_test - gap)
-    return np.arange(n_train), np.arange(n - n_test, n)
+def temporal_split(n: int, fractions: tuple[float, ...], gap: int) -> list[np.ndarray]:
+    """Split n time-ordered windows into consecutive parts: the last parts get `fractions` of
+    the windows, the first part the rest; `gap` windows are dropped between parts so
+    overlapping windows never straddle a boundary."""
+    sizes = [int(round(n * f)) for f in fractions]
+    first = max(0, n - sum(sizes) - gap * len(sizes))
+    parts, start = [np.arange(first)], first
+    for size in sizes:
+        start += gap
+        parts.append(np.arange(start, min(n, start + size)))
+        start += size
+    return parts

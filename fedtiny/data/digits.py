@@ -1,9 +1,9 @@
 """sklearn's 8x8 digits (shipped with scikit-learn): a tiny, fast task for tests.
 
-A fixed share of the images is the vendor's pretraining data; the rest is split over
-``num_clients`` devices with a Dirichlet label skew (flwr-datasets ``DirichletPartitioner``),
-each with a random local train/test split. The server test set is the union of the clients'
-test splits.
+A fixed share of the images is the vendor's pretraining data, ``holdout_fraction`` of the rest
+is the server's held-out field data, and the remainder is split over ``num_clients`` devices
+with a Dirichlet label skew (flwr-datasets ``DirichletPartitioner``), each with a random local
+train/test split.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def build(cfg) -> FederatedTask:
     order = rng.permutation(len(d.target))
     n_vendor = int(len(order) * cfg.pretrain_fraction)
     full = Split(x, d.target)
-    vendor, field = order[:n_vendor], np.sort(order[n_vendor:])
+    n_hold = int(len(order) * cfg.holdout_fraction)
+    vendor, hold, field = order[:n_vendor], order[n_vendor : n_vendor + n_hold], np.sort(order[n_vendor + n_hold :])
     n_val = max(1, int(n_vendor * 0.15))
     field_split = full.take(field)
     parts = dirichlet_partitions(field_split.y, cfg.num_clients, cfg.alpha, cfg.seed, min_partition_size=5)
@@ -42,5 +43,5 @@ def build(cfg) -> FederatedTask:
     return FederatedTask(
         name="digits", input_shape=(8, 8, 1), class_names=[str(i) for i in range(10)],
         pretrain=full.take(vendor[n_val:]), pretrain_val=full.take(vendor[:n_val]), clients=clients,
-        server_test=Split.concat([c.test for c in clients]),
+        server_test=full.take(np.sort(hold)),
     )

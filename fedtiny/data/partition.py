@@ -6,11 +6,10 @@ arrays themselves never go through Arrow.
 
 from __future__ import annotations
 
-import os
+import contextlib
+import io
 
 import numpy as np
-
-os.environ.setdefault("TQDM_DISABLE", "1")  # flwr-datasets prints a progress bar per partitioner
 
 
 def natural_partitions(ids: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
@@ -22,6 +21,8 @@ def natural_partitions(ids: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
     ds = Dataset.from_dict({"idx": np.arange(len(ids)), "natural_id": [str(i) for i in ids]})
     part = NaturalIdPartitioner(partition_by="natural_id")
     part.dataset = ds
+    with contextlib.redirect_stderr(io.StringIO()):  # its index pass draws a tqdm bar
+        part.load_partition(0)
     parts = [np.asarray(part.load_partition(p)["idx"], dtype=np.int64) for p in range(part.num_partitions)]
     names = [part.partition_id_to_natural_id[p] for p in range(part.num_partitions)]
     return parts, names

@@ -3,12 +3,12 @@
 6 axes (accelerometer + gyroscope) at 50 Hz, 10 subjects, 7 shoulder-rehabilitation
 exercises, recorded on both wrists. Windows of ``window_s`` seconds with ``overlap``; each
 recording is split in time (first part train, last part test, one window dropped between so
-overlapping windows never leak). Channels are standardised with the vendor data's statistics.
+overlapping windows never leak), then a last part held out for the server. Channels are standardised with the vendor data's statistics.
 
 Vendor (pretraining) subjects train the backbone. Field devices are the remaining subjects,
 one device per wrist (``device: subject_side``) or per subject (``device: subject``), grouped
-with flwr-datasets' ``NaturalIdPartitioner``. The server's held-out field data is the union of
-the devices' test windows.
+with flwr-datasets' ``NaturalIdPartitioner``. The server's held-out field data is the last
+``holdout_fraction`` of every field recording, which no device trains or tests on.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def build(cfg) -> FederatedTask:
     gap = int(np.ceil(length / step)) - 1
 
     # windows per recording, split in time
-    train_x, train_y, test_x, test_y, train_dev, test_dev, vendor_x, vendor_y = ([] for _ in range(8))
+    train_x, train_y, test_x, test_y, train_dev, test_dev, vendor_x, vendor_y, hold_x, hold_y = ([] for _ in range(10))
     for rec, label, subj, side in zip(data["X"], data["y"], data["subject"], data["side"]):
         win = _windows(np.asarray(rec, np.float32), length, step)
         subj = int(subj)
@@ -57,7 +57,8 @@ def build(cfg) -> FederatedTask:
             vendor_y.append(np.full(len(win), int(label)))
             continue
         device = f"subject{subj:02d}" + (f"-{SIDES[int(side)]}" if cfg.device == "subject_side" else "")
-        tr, te = temporal_split(len(win), cfg.test_fraction, gap)
+        tr, te, ho = temporal_split(len(win), (cfg.test_fraction, cfg.holdout_fraction), gap)
+        hold_x.append(win[ho]); hold_y.append(np.full(len(ho), int(label)))
         train_x.append(win[tr]); train_y.append(np.full(len(tr), int(label))); train_dev += [device] * len(tr)
         test_x.append(win[te]); test_y.append(np.full(len(te), int(label))); test_dev += [device] * len(te)
 
@@ -79,6 +80,6 @@ def build(cfg) -> FederatedTask:
     return FederatedTask(
         name="watch", input_shape=(1, length, 6), class_names=list(data["y_labels"]),
         pretrain=vendor_split.take(order[n_val:]), pretrain_val=vendor_split.take(order[:n_val]),
-        clients=clients, server_test=test,
+        clients=clients, server_test=Split(shape(np.concatenate(hold_x)), np.concatenate(hold_y)),
         info={"vendor_subjects": vendor, "field_subjects": field, "window": length, "step": step},
     )

@@ -1,0 +1,252 @@
+"""Typed configuration: schemas for every config group, composition, and validation.
+
+Every check runs before anything expensive starts (data loading, pretraining, Ray): a typo or
+an impossible value ends the run with one clear line. The schemas are the documentation of
+what each group accepts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fedtiny.errors import ConfigError
+
+
+def conf_dir() -> Path:
+    """The Hydra config directory: the repository's ``conf/`` (or the copy installed with the package)."""
+    env = os.environ.get("FEDTINY_CONF")
+    for candidate in ([Path(env)] if env else []) + [Path(__file__).resolve().parents[1] / "conf",
+                                                     Path(__file__).resolve().parent / "conf"]:
+        if (candidate / "config.yaml").exists():
+            return candidate
+    raise ConfigError("cannot find fedtiny's conf/ directory (set FEDTINY_CONF)")
+
+
+@dataclass
+class WatchData:
+    name: str = "watch"
+    pretrain_subjects: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    device: str = "subject_side"
+    window_s: float = 2.0
+    overlap: float = 0.5
+    test_fraction: float = 0.2
+    holdout_fraction: float = 0.2
+    seed: int = 0
+
+
+@dataclass
+class DigitsData:
+    name: str = "digits"
+    pretrain_fraction: float = 0.3
+    num_clients: int = 10
+    alpha: float = 1.0
+    test_fraction: float = 0.25
+    holdout_fraction: float = 0.2
+    seed: int = 0
+
+
+@dataclass
+class FashionData:
+    name: str = "fashion"
+    path: str | None = None
+    pretrain_size: int = 10000
+    num_clients: int = 100
+    alpha: float = 0.5
+    test_fraction: float = 0.2
+    server_test_size: int = 2000
+    max_samples_per_client: int = 0
+    seed: int = 0
+
+
+DATASETS: dict[str, type] = {"watch": WatchData, "digits": DigitsData, "fashion": FashionData}
+
+
+@dataclass
+class ModelCfg:
+    arch: str = "imu_cnn"
+    width: int = 32
+    trainable_layers: int = 2
+    pretrain_epochs: int = 40
+    pretrain_lr: float = 0.003
+    pretrain_batch_size: int = 64
+    calibration_samples: int = 512
+
+
+@dataclass
+class FedAvgCfg:
+    name: str = "fedavg"
+
+
+@dataclass
+class FedAdamCfg:
+    name: str = "fedadam"
+    eta: float = 0.01
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    tau: float = 0.001
+
+
+@dataclass
+class FedProxCfg:
+    name: str = "fedprox"
+    proximal_mu: float = 0.1
+
+
+STRATEGIES: dict[str, type] = {"fedavg": FedAvgCfg, "fedadam": FedAdamCfg, "fedprox": FedProxCfg}
+
+
+@dataclass
+class ClientCfg:
+    epochs: int = 3
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 16
+
+
+@dataclass
+class SimulationCfg:
+    num_cpus: int = 2
+    client_cpus: float = 1.0
+    timeout_s: float = 600.0
+
+
+@dataclass
+class FaultsCfg:
+    raise_partitions: list[int] = field(default_factory=list)
+    raise_rounds: list[int] = field(default_factory=list)
+
+
+@dataclass
+class TopCfg:
+    seed: int = 0
+    rounds: int = 10
+    clients_per_round: int = 0
+    cache_dir: str = "~/.cache/fedtiny"
+    progress: bool = True
+    dataset: Any = None
+    model: ModelCfg = field(default_factory=ModelCfg)
+    strategy: Any = None
+    client: ClientCfg = field(default_factory=ClientCfg)
+    simulation: SimulationCfg = field(default_factory=SimulationCfg)
+    faults: FaultsCfg = field(default_factory=FaultsCfg)
+
+
+def _typed(schema: type, node: Any, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), node)
+    except OmegaConfBaseException as err:
+        msg = str(err).splitlines()[0]
+        key = getattr(err, "full_key", None)
+        raise ConfigError(f"{where}: {msg}" + (f" (key '{key}')" if key and key not in msg else "")) from None
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Type-check every group against its schema and check ranges; return the typed config."""
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    raw.pop("hydra", None)
+    ds_name = (raw.get("dataset") or {}).get("name")
+    st_name = (raw.get("strategy") or {}).get("name")
+    _check(ds_name in DATASETS, f"dataset.name: unknown dataset '{ds_name}' (known: {', '.join(sorted(DATASETS))})")
+    _check(st_name in STRATEGIES, f"strategy.name: unknown strategy '{st_name}' (known: {', '.join(sorted(STRATEGIES))})")
+    dataset, strategy = raw.pop("dataset"), raw.pop("strategy")
+    top = _typed(TopCfg, raw, "config")
+    top.dataset = _typed(DATASETS[ds_name], dataset, "dataset")
+    top.strategy = _typed(STRATEGIES[st_name], strategy, "strategy")
+
+    from fedtiny.models.nets import ARCHITECTURES
+
+    _check(top.rounds >= 1, f"rounds must be >= 1, got {top.rounds}")
+    _check(top.clients_per_round >= 0, f"clients_per_round must be >= 0 (0 = all), got {top.clients_per_round}")
+    _check(top.model.arch in ARCHITECTURES,
+           f"model.arch: unknown architecture '{top.model.arch}' (known: {', '.join(sorted(ARCHITECTURES))})")
+    for key in ("width", "trainable_layers", "pretrain_epochs", "pretrain_batch_size", "calibration_samples"):
+        _check(getattr(top.model, key) >= 1, f"model.{key} must be >= 1, got {getattr(top.model, key)}")
+    _check(top.model.pretrain_lr > 0, f"model.pretrain_lr must be > 0, got {top.model.pretrain_lr}")
+    c = top.client
+    _check(c.epochs >= 1, f"client.epochs must be >= 1, got {c.epochs}")
+    _check(c.lr > 0, f"client.lr must be > 0, got {c.lr}")
+    _check(0 <= c.momentum < 1, f"client.momentum must be in [0, 1), got {c.momentum}")
+    _check(c.weight_decay >= 0, f"client.weight_decay must be >= 0, got {c.weight_decay}")
+    _check(c.batch_size >= 1, f"client.batch_size must be >= 1, got {c.batch_size}")
+    s = top.simulation
+    _check(s.num_cpus >= 1 and 0 < s.client_cpus <= s.num_cpus,
+           f"simulation: need num_cpus >= 1 and 0 < client_cpus <= num_cpus, got {s.num_cpus} and {s.client_cpus}")
+    _check(s.timeout_s > 0, f"simulation.timeout_s must be > 0, got {s.timeout_s}")
+    st = top.strategy
+    if st_name == "fedprox":
+        _check(st.proximal_mu >= 0, f"strategy.proximal_mu must be >= 0, got {st.proximal_mu}")
+    if st_name == "fedadam":
+        _check(st.eta > 0 and st.tau > 0, f"strategy.eta and strategy.tau must be > 0, got {st.eta} and {st.tau}")
+        _check(0 <= st.beta_1 < 1 and 0 <= st.beta_2 < 1, "strategy.beta_1 and beta_2 must be in [0, 1)")
+    d = top.dataset
+    _check(0 < d.test_fraction < 1, f"dataset.test_fraction must be in (0, 1), got {d.test_fraction}")
+    if ds_name in ("watch", "digits"):
+        _check(0 < d.holdout_fraction < 1 and d.test_fraction + d.holdout_fraction < 0.9,
+               f"dataset: test_fraction + holdout_fraction must leave training data, got {d.test_fraction} + {d.holdout_fraction}")
+    if ds_name == "watch":
+        _check(d.window_s > 0 and 0 <= d.overlap < 1, "dataset: need window_s > 0 and overlap in [0, 1)")
+        _check(d.device in ("subject_side", "subject"), f"dataset.device must be subject_side or subject, got '{d.device}'")
+        _check(set(d.pretrain_subjects) <= set(range(1, 11)) and 0 < len(set(d.pretrain_subjects)) < 10,
+               f"dataset.pretrain_subjects must be 1-9 distinct subjects out of 1..10, got {list(d.pretrain_subjects)}")
+        devices = (10 - len(set(d.pretrain_subjects))) * (2 if d.device == "subject_side" else 1)
+    else:
+        _check(d.num_clients >= 1 and d.alpha > 0, "dataset: need num_clients >= 1 and alpha > 0")
+        devices = d.num_clients
+    if ds_name == "digits":
+        _check(0 < d.pretrain_fraction < 1, f"dataset.pretrain_fraction must be in (0, 1), got {d.pretrain_fraction}")
+    if ds_name == "fashion":
+        _check(1000 <= d.pretrain_size <= 50000, f"dataset.pretrain_size must be in [1000, 50000], got {d.pretrain_size}")
+        _check(1 <= d.server_test_size <= 10000, f"dataset.server_test_size must be in [1, 10000], got {d.server_test_size}")
+    _check(top.clients_per_round <= devices,
+           f"clients_per_round={top.clients_per_round} exceeds the {devices} devices of dataset '{ds_name}'")
+    bad = [p for p in top.faults.raise_partitions if not 0 <= p < devices]
+    _check(not bad, f"faults.raise_partitions: {bad} are not partition ids in [0, {devices})")
+    return top
+
+
+def num_devices(cfg: DictConfig) -> int:
+    d = cfg.dataset
+    if d.name == "watch":
+        return (10 - len(set(d.pretrain_subjects))) * (2 if d.device == "subject_side" else 1)
+    return int(d.num_clients)
+
+
+def dataset_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg.dataset, resolve=True)
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """Compose ``conf/config.yaml`` with Hydra overrides and validate it (no output directory)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(first_line(err)) from None
+    return validate(cfg)
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty message line along an exception's cause chain."""
+    seen: BaseException | None = err
+    while seen is not None:
+        text = str(seen).strip()
+        if text:
+            return text.splitlines()[0]
+        seen = seen.__cause__ or seen.__context__
+    return type(err).__name__

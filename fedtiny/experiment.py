@@ -1,0 +1,63 @@
+"""Run one federated experiment in Flower's simulation engine and write its results."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from fedtiny.config import num_devices
+from fedtiny.fl.state import config_json, experiment_state
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def prepare_output(cfg: DictConfig, out_dir: Path, log=print) -> str:
+    """Write the resolved config and make sure the pretrained backbone exists (before Ray)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    cfg_json = config_json(cfg)
+    state = experiment_state(cfg_json, log=log)
+    r = state.backbone.report
+    log(f"backbone {cfg.model.arch}: field accuracy float {r['float_field_accuracy']:.3f} / int8 "
+        f"{r['int8_field_accuracy']:.3f}; vendor val float {r['float_vendor_val_accuracy']:.3f} / int8 "
+        f"{r['int8_vendor_val_accuracy']:.3f}  ({state.backbone.path})")
+    return cfg_json
+
+
+def run_experiment(cfg: DictConfig, out_dir: Path, log=print) -> dict:
+    """Simulate the federation: ``num_devices`` virtual SuperNodes on Ray. Returns the summary."""
+    from flwr.simulation import run_simulation
+
+    from fedtiny.fl.client_app import app as client_app
+    from fedtiny.fl.server_app import make_server_app
+
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    cfg_json = prepare_output(cfg, out_dir, log)
+    n = num_devices(cfg)
+    log(f"simulating {n} devices x {cfg.rounds} rounds ({cfg.strategy.name}); results in {out_dir}")
+    outcome: dict = {}
+    backend_config = {
+        "client_resources": {"num_cpus": float(cfg.simulation.client_cpus), "num_gpus": 0.0},
+        "init_args": {"num_cpus": int(cfg.simulation.num_cpus), "num_gpus": 0, "include_dashboard": False,
+                      "log_to_driver": False, "logging_level": "ERROR"},
+    }
+    for name in ("flwr", "ray"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    run_simulation(server_app=make_server_app(cfg_json, out_dir, outcome), client_app=client_app,
+                   num_supernodes=n, backend_config=backend_config)
+    if "error" in outcome:
+        raise RuntimeError(f"the server failed: {outcome['error']}") from outcome["error"]
+    if "summary" not in outcome:
+        raise RuntimeError("the simulation ended without a result (see the log above)")
+    summary = outcome["summary"]
+    summary["total_wall_s"] = round(time.perf_counter() - t0, 3)
+    log(f"accuracy {summary['initial_accuracy']:.3f} -> {summary['final_accuracy']:.3f} over {summary['rounds']} rounds; "
+        f"{summary['failed_total']} failed, {summary['rejected_total']} rejected; "
+        f"up {summary['bytes_up_total']:,} B, down {summary['bytes_down_total']:,} B; {summary['wall_s']:.1f} s")
+    return summary

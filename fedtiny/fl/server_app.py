@@ -1,0 +1,119 @@
+"""fedtiny's Flower ServerApp (Message API).
+
+The server waits for the configured number of devices (taken from the config, not from the
+first ``get_node_ids()``), asks each node which partition it holds, then runs the strategy
+for ``rounds`` rounds: server-side evaluation of the global model on held-out field data
+before the first round and after each round, federated evaluation on the clients' test
+splits, and one metrics row per round.
+
+For ``flwr run .`` the ServerApp reads ``overrides`` (space-separated Hydra overrides) and
+``output-dir`` from the run config (``[tool.flwr.app.config]`` in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fedtiny.config import num_devices
+from fedtiny.fl.client_app import settings
+from fedtiny.fl.records import expected_shapes, params_to_record, record_to_params
+from fedtiny.fl.state import experiment_state, features
+from fedtiny.fl.strategy import build_strategy
+from fedtiny.results import RunRecorder
+from fedtiny.trainer import TrainConfig, Trainer
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= expected:
+            return nodes
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(nodes)} of {expected} devices connected within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def partition_map(grid: Grid, nodes: list[int], cfg_json: str, timeout_s: float) -> dict[int, int]:
+    """partition id -> node id, from a query to every node (nodes that do not answer are left out)."""
+    msgs = [Message(RecordDict({"config": ConfigRecord({"fedtiny-config": cfg_json})}), dst_node_id=n,
+                    message_type=MessageType.QUERY) for n in nodes]
+    out = {}
+    for reply in grid.send_and_receive(msgs, timeout=timeout_s):
+        if not reply.has_error():
+            out[int(reply.content["metrics"]["partition-id"])] = reply.metadata.src_node_id
+    return out
+
+
+def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
+    state = experiment_state(cfg_json)
+    cfg, model = state.cfg, state.model
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    x_test = features(model, state.task.server_test.x)
+    y_test = state.task.server_test.y.astype(np.uint8)
+    evaluator = Trainer(model, TrainConfig())
+    template = evaluator.get_params()
+
+    recorder = RunRecorder(out_dir, int(cfg.rounds), progress=bool(cfg.progress))
+
+    def evaluate_fn(server_round: int, arrays):
+        evaluator.set_params(record_to_params(arrays, template))
+        res = evaluator.evaluate(x_test, y_test)
+        recorder.server_eval(server_round, res.accuracy, res.loss)
+        return None
+
+    nodes = wait_for_nodes(grid, num_devices(cfg), float(cfg.simulation.timeout_s))
+    node_of = partition_map(grid, nodes, cfg_json, float(cfg.simulation.timeout_s))
+    strategy = build_strategy(cfg)
+    strategy.setup(node_of, expected_shapes(template), int(cfg.seed), int(cfg.clients_per_round), recorder.log)
+    train_config = ConfigRecord({"fedtiny-config": cfg_json, **settings(cfg)})
+    strategy.start(grid=grid, initial_arrays=params_to_record(template), num_rounds=int(cfg.rounds),
+                   timeout=float(cfg.simulation.timeout_s), train_config=train_config,
+                   evaluate_config=ConfigRecord({"fedtiny-config": cfg_json}), evaluate_fn=evaluate_fn)
+    return recorder.finish({
+        "clients": len(state.task.clients), "clients_answering": len(node_of), "seed": int(cfg.seed),
+        "dataset": cfg.dataset.name, "strategy": cfg.strategy.name, "model": cfg.model.arch,
+        "trainable_parameters": evaluator.plan.param_count, "client_arena_bytes": Trainer(model, TrainConfig(
+            lr=float(cfg.client.lr), momentum=float(cfg.client.momentum), batch_size=int(cfg.client.batch_size),
+            prox_mu=float(getattr(cfg.strategy, "proximal_mu", 0.0)))).plan.arena_bytes,
+        "backbone": state.backbone.report,
+        "title": f"{cfg.dataset.name} / {cfg.strategy.name}: {len(node_of)} devices, {cfg.rounds} rounds",
+    })
+
+
+def make_server_app(cfg_json: str, out_dir: Path, outcome: dict) -> ServerApp:
+    """A ServerApp bound to one experiment; `outcome` receives the summary or the error."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            outcome["summary"] = run_server(grid, cfg_json, out_dir)
+        except BaseException as err:  # reported by the runner after the simulation stops
+            outcome["error"] = err
+            raise
+
+    return app
+
+
+app = ServerApp()
+
+
+@app.main()
+def flwr_main(grid: Grid, context: Context) -> None:
+    """Entry point for ``flwr run .``: compose the config from the run config's overrides."""
+    from fedtiny.config import compose
+    from fedtiny.experiment import prepare_output
+
+    overrides = str(context.run_config.get("overrides", "")).split()
+    cfg = compose(overrides)
+    out_dir = Path(str(context.run_config.get("output-dir", "outputs/flwr-run"))) / time.strftime("%Y-%m-%d_%H-%M-%S")
+    cfg_json = prepare_output(cfg, out_dir)
+    run_server(grid, cfg_json, out_dir)

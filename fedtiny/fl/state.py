@@ -1,0 +1,60 @@
+"""Per-process state of an experiment: the task, the int8 model and each client's cached
+frozen-prefix features. Keyed by the experiment's config JSON, which the server sends in
+every message, so the same ClientApp serves simulation and ``flwr run``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from fedtiny.config import dataset_dict
+from fedtiny.data import FederatedTask, build_task
+from fedtiny.models.pretrain import Backbone, get_backbone
+from fedtiny.trainer import Model
+
+
+@dataclass
+class ExperimentState:
+    cfg: DictConfig
+    task: FederatedTask
+    backbone: Backbone
+    model: Model
+
+
+@dataclass
+class ClientState:
+    x_train: np.ndarray  # int8 boundary features (frozen prefix run once)
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def config_json(cfg: DictConfig) -> str:
+    return json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
+
+
+@lru_cache(maxsize=2)
+def experiment_state(cfg_json: str, log=None) -> ExperimentState:
+    cfg = OmegaConf.create(json.loads(cfg_json))
+    task = build_task(cfg.dataset.name, cfg.dataset)
+    backbone = get_backbone(task, dataset_dict(cfg), cfg.model, cfg.seed, cfg.cache_dir,
+                            log=log or (lambda *_: None))
+    return ExperimentState(cfg, task, backbone, Model(backbone.model_bytes))
+
+
+def features(model: Model, x: np.ndarray) -> np.ndarray:
+    return model.prefix_features(model.quantize_input(x))
+
+
+@lru_cache(maxsize=512)
+def client_state(cfg_json: str, partition_id: int) -> ClientState:
+    st = experiment_state(cfg_json)
+    if not 0 <= partition_id < len(st.task.clients):
+        raise ValueError(f"partition-id {partition_id} outside [0, {len(st.task.clients)})")
+    c = st.task.clients[partition_id]
+    return ClientState(features(st.model, c.train.x), c.train.y.astype(np.uint8),
+                       features(st.model, c.test.x), c.test.y.astype(np.uint8))

@@ -1,0 +1,137 @@
+"""fedtiny's strategies: Flower's FedAvg, FedAdam and FedProx with one step changed.
+
+``FedtinyStrategy`` (a mixin placed before the Flower class) overrides sampling and the
+handling of replies; the maths stay Flower's:
+
+* clients are sampled by partition id with a seeded generator (node ids are random in
+  simulation), so the same seed samples the same devices;
+* replies are sorted by partition id before aggregation, so sums run in a fixed order;
+* every update is validated (keys, shapes, dtype, finite values, example count); failed
+  replies and rejected updates are counted and left out, never fatal;
+* bytes sent and received are counted per round from the ArrayRecords.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+
+from fedtiny.fl.records import check_record
+from fedtiny.results import RoundLog
+
+
+def weighted_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Example-weighted mean of the loss/accuracy metrics of the replies (in the given order)."""
+    weights = np.array([float(r["metrics"][weight_key]) for r in records])
+    out = {weight_key: int(weights.sum())}
+    for key in ("train-loss", "train-accuracy", "loss", "accuracy"):
+        if all(key in r["metrics"] for r in records):
+            values = np.array([float(r["metrics"][key]) for r in records])
+            out[key] = float((weights * values).sum() / weights.sum())
+    return MetricRecord(out)
+
+
+class FedtinyStrategy:
+    """Mixin for a Flower message-based strategy (see the module docstring)."""
+
+    def setup(self, node_of: dict[int, int], shapes: dict, seed: int, clients_per_round: int, log: RoundLog) -> None:
+        self.node_of = dict(node_of)  # partition id -> node id
+        self.pid_of = {n: p for p, n in node_of.items()}
+        self.shapes = shapes
+        self.seed = seed
+        self.clients_per_round = clients_per_round
+        self.round_log = log
+
+    def sample(self, server_round: int) -> list[int]:
+        pids = sorted(self.node_of)
+        k = self.clients_per_round or len(pids)
+        chosen = sorted(np.random.default_rng([self.seed, server_round]).choice(pids, size=min(k, len(pids)), replace=False))
+        return [self.node_of[int(p)] for p in chosen]
+
+    def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, kind: str) -> list[Message]:
+        config["server-round"] = server_round
+        nodes = self.sample(server_round) if kind == MessageType.TRAIN else [self.node_of[p] for p in sorted(self.node_of)]
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        self.round_log.sent(kind, len(nodes), arrays.count_bytes() * len(nodes))
+        return self._construct_messages(record, nodes, kind)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        if hasattr(self, "current_arrays"):  # FedOpt family keeps the round's starting point
+            self.current_arrays = {k: a.numpy() for k, a in arrays.items()}
+        if hasattr(self, "proximal_mu"):
+            config["proximal-mu"] = float(self.proximal_mu)
+        return self._messages(server_round, arrays, config, MessageType.TRAIN)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        return self._messages(server_round, arrays, config, MessageType.EVALUATE)
+
+    def _sorted_valid(self, kind: str, replies: Iterable[Message]) -> list[Message]:
+        valid, failed, rejected, bytes_up = [], [], [], 0
+        for msg in replies:
+            pid = self.pid_of.get(msg.metadata.src_node_id, -1)
+            if msg.has_error():
+                failed.append((pid, msg.error.reason))
+                continue
+            content = msg.content
+            reason = None
+            if kind == MessageType.TRAIN:
+                if self.arrayrecord_key not in content.array_records:
+                    reason = "no parameters in the reply"
+                else:
+                    bytes_up += content.array_records[self.arrayrecord_key].count_bytes()
+                    reason = check_record(content.array_records[self.arrayrecord_key], self.shapes)
+            metrics = content.metric_records.get("metrics")
+            if reason is None and (metrics is None or not float(metrics.get(self.weighted_by_key, 0)) > 0):
+                reason = f"missing or non-positive '{self.weighted_by_key}'"
+            if reason is not None:
+                rejected.append((pid, reason))
+                continue
+            valid.append((pid, msg))
+        valid.sort(key=lambda item: item[0])
+        self.round_log.received(kind, [p for p, _ in valid], failed, rejected, bytes_up)
+        return [m for _, m in valid]
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid = self._sorted_valid(MessageType.TRAIN, replies)
+        if not valid:
+            return None, None  # no usable update: the global model stays as it was
+        arrays, metrics = super().aggregate_train(server_round, valid)
+        self.round_log.train_metrics(metrics)
+        return arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        valid = self._sorted_valid(MessageType.EVALUATE, replies)
+        metrics = super().aggregate_evaluate(server_round, valid) if valid else None
+        self.round_log.federated_eval(metrics)
+        return metrics
+
+
+class FedtinyFedAvg(FedtinyStrategy, FedAvg):
+    pass
+
+
+class FedtinyFedAdam(FedtinyStrategy, FedAdam):
+    pass
+
+
+class FedtinyFedProx(FedtinyStrategy, FedProx):
+    pass
+
+
+def build_strategy(cfg) -> FedtinyStrategy:
+    common = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1,
+                  min_available_nodes=1, train_metrics_aggr_fn=weighted_metrics,
+                  evaluate_metrics_aggr_fn=weighted_metrics)
+    s = cfg.strategy
+    if s.name == "fedavg":
+        return FedtinyFedAvg(**common)
+    if s.name == "fedadam":
+        return FedtinyFedAdam(eta=float(s.eta), eta_l=float(cfg.client.lr), beta_1=float(s.beta_1),
+                              beta_2=float(s.beta_2), tau=float(s.tau), **common)
+    if s.name == "fedprox":
+        return FedtinyFedProx(proximal_mu=float(s.proximal_mu), **common)
+    raise ValueError(f"unknown strategy {s.name}")
