@@ -121,6 +121,8 @@ class SimulationCfg:
 class FaultsCfg:
     raise_partitions: list[int] = field(default_factory=list)
     raise_rounds: list[int] = field(default_factory=list)
+    nan_partitions: list[int] = field(default_factory=list)
+    nan_rounds: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -211,8 +213,9 @@ def validate(cfg: DictConfig) -> DictConfig:
         _check(1 <= d.server_test_size <= 10000, f"dataset.server_test_size must be in [1, 10000], got {d.server_test_size}")
     _check(top.clients_per_round <= devices,
            f"clients_per_round={top.clients_per_round} exceeds the {devices} devices of dataset '{ds_name}'")
-    bad = [p for p in top.faults.raise_partitions if not 0 <= p < devices]
-    _check(not bad, f"faults.raise_partitions: {bad} are not partition ids in [0, {devices})")
+    for key in ("raise_partitions", "nan_partitions"):
+        bad = [p for p in top.faults[key] if not 0 <= p < devices]
+        _check(not bad, f"faults.{key}: {bad} are not partition ids in [0, {devices})")
     return top
 
 

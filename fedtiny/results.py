@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ class RoundLog:
         for what, items in (("failed", failed), ("rejected", rejected)):
             for pid, reason in items:
                 self.failures.append({"round": self.server_round, "stage": kind, "partition": pid, "what": what,
-                                      "reason": str(reason)[:300]})
+                                      "reason": short_reason(reason)})
 
     def train_metrics(self, metrics) -> None:
         if metrics is not None:
@@ -56,6 +57,12 @@ class RoundLog:
         if metrics is not None:
             self.row["fed_loss"] = float(metrics.get("loss", float("nan")))
             self.row["fed_accuracy"] = float(metrics.get("accuracy", float("nan")))
+
+
+def short_reason(reason: object, limit: int = 300) -> str:
+    """The last meaningful line of an error (a remote traceback ends with the exception)."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(reason)).splitlines() if ln.strip()]
+    return (lines[-1] if lines else "")[:limit]
 
 
 class RunRecorder:

@@ -8,6 +8,7 @@ features and replies with its parameters and metrics (``num-examples``, ``train-
 
 from __future__ import annotations
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -38,7 +39,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg_json = str(conf["fedtiny-config"])
     pid, rnd = _partition(context), int(conf["server-round"])
     cfg = experiment_state(cfg_json).cfg
-    if pid in cfg.faults.raise_partitions and (not cfg.faults.raise_rounds or rnd in cfg.faults.raise_rounds):
+    if _fault(cfg.faults.raise_partitions, cfg.faults.raise_rounds, pid, rnd):
         raise RuntimeError(f"injected fault: partition {pid} raises in round {rnd}")
     data = client_state(cfg_json, pid)
     tc = TrainConfig(lr=float(conf["lr"]), momentum=float(conf["momentum"]), weight_decay=float(conf["weight-decay"]),
@@ -50,7 +51,14 @@ def train(msg: Message, context: Context) -> Message:
     metrics = MetricRecord({"num-examples": len(data.y_train), "train-loss": stats.loss,
                             "train-accuracy": stats.accuracy, "partition-id": pid,
                             "arena-bytes": trainer.arena_hwm})
-    return Message(RecordDict({"arrays": params_to_record(trainer.get_params()), "metrics": metrics}), reply_to=msg)
+    params = trainer.get_params()
+    if _fault(cfg.faults.nan_partitions, cfg.faults.nan_rounds, pid, rnd):
+        params = [(np.full_like(w, np.nan), b) for w, b in params]
+    return Message(RecordDict({"arrays": params_to_record(params), "metrics": metrics}), reply_to=msg)
+
+
+def _fault(partitions, rounds, pid: int, rnd: int) -> bool:
+    return pid in partitions and (not rounds or rnd in rounds)
 
 
 @app.evaluate()

@@ -1,0 +1,70 @@
+"""Config groups compose and validate; bad values fail before anything starts, in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedtiny.config import compose, conf_dir
+from fedtiny.errors import ConfigError
+
+GROUPS = {g: sorted(p.stem for p in (conf_dir() / g).glob("*.yaml")) for g in ("dataset", "model", "strategy", "client")}
+EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_group_option_composes(group, option):
+    cfg = compose([f"{group}={option}"])
+    assert cfg.rounds >= 1
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes(name):
+    compose([f"experiment={name}"])
+
+
+@pytest.mark.parametrize("override,message", [
+    (["rounds=-1"], "rounds must be >= 1"),
+    (["rounds=0"], "rounds must be >= 1"),
+    (["dataset=nope"], "dataset/nope"),
+    (["strategy=fedsgd"], "strategy/fedsgd"),
+    (["client.lr=abc"], "could not be converted"),
+    (["+client.foo=1"], "Key 'foo' not in"),
+    (["client.lr=0"], "client.lr must be > 0"),
+    (["client.momentum=1.5"], "client.momentum"),
+    (["clients_per_round=50"], "exceeds the 12 devices"),
+    (["dataset.pretrain_subjects=[1,2,3,4,5,6,7,8,9,10]"], "pretrain_subjects"),
+    (["dataset.test_fraction=0.6", "dataset.holdout_fraction=0.4"], "must leave training data"),
+    (["model.trainable_layers=0"], "model.trainable_layers"),
+    (["model.arch=resnet"], "unknown architecture"),
+    (["strategy=fedprox", "strategy.proximal_mu=-1"], "proximal_mu"),
+    (["faults.raise_partitions=[99]"], "not partition ids"),
+    (["simulation.client_cpus=4"], "client_cpus"),
+])
+def test_bad_values_fail_with_a_clear_message(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("+", r"\+")):
+        compose(override)
+
+
+def test_cli_prints_one_line_and_exits_nonzero(tmp_path: Path):
+    proc = subprocess.run([sys.executable, "-m", "fedtiny", "rounds=-1"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines == ["fedtiny: config error: rounds must be >= 1, got -1"]
+    assert not (tmp_path / "outputs").exists()  # nothing started, nothing written
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_runs_one_tiny_round(name, tmp_path, cache_dir):
+    from tests.conftest import run
+
+    small = ["rounds=1", "model.pretrain_epochs=1", "model.calibration_samples=64"]
+    if "fashion" in name:
+        small += ["dataset.pretrain_size=1000", "dataset.num_clients=20", "dataset.server_test_size=200",
+                  "dataset.max_samples_per_client=60", "clients_per_round=5"]
+    result = run([f"experiment={name}", *small], tmp_path, cache_dir)
+    assert result["summary"]["rounds"] == 1 and len(result["rows"]) == 2
