@@ -14,6 +14,7 @@ from fedtiny.fl.state import config_json, experiment_state
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs here; silences Ray's tip
 
 
 def prepare_output(cfg: DictConfig, out_dir: Path, log=print) -> str:
@@ -48,7 +49,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path, log=print) -> dict:
                       "log_to_driver": False, "logging_level": "ERROR"},
     }
     for name in ("flwr", "ray"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.ERROR)  # e.g. run_simulation's deprecation notice
     run_simulation(server_app=make_server_app(cfg_json, out_dir, outcome), client_app=client_app,
                    num_supernodes=n, backend_config=backend_config)
     if "error" in outcome:

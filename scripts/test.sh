@@ -24,5 +24,6 @@ cmake --build build/test-m4 -j 2 >/dev/null
 arm-none-eabi-size -t build/test-m4/libfedtiny_trainer.a | tail -n 1 | \
     awk '{print "libfedtiny_trainer.a for Cortex-M4F: text " $1 " B, data " $2 " B, bss " $3 " B"}'
 
-echo "== Python tests"
+echo "== Python tests (unit, property, and federated simulations on Ray)"
+export FLWR_TELEMETRY_ENABLED=0 RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0
 "$PY" -m pytest "$@"
