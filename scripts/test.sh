@@ -17,12 +17,14 @@ if ! ctest --test-dir build/test-c -V > build/test-c/ctest.log 2>&1; then
 fi
 grep -E "ft_expf|loader:|plan:|training:|tests passed" build/test-c/ctest.log
 
-echo "== C: Cortex-M4F cross build (arm-none-eabi-gcc, -mfloat-abi=hard -mfpu=fpv4-sp-d16)"
+echo "== C: Cortex-M4F cross build (arm-none-eabi-gcc, -mfloat-abi=hard -mfpu=fpv4-sp-d16) + mps2-an386 twin firmware"
 cmake -S device_trainer_c -B build/test-m4 -DCMAKE_TOOLCHAIN_FILE=cmake/arm-none-eabi-cortex-m4.cmake \
       -DCMAKE_BUILD_TYPE=MinSizeRel >/dev/null
 cmake --build build/test-m4 -j 2 >/dev/null
 arm-none-eabi-size -t build/test-m4/libfedtiny_trainer.a | tail -n 1 | \
     awk '{print "libfedtiny_trainer.a for Cortex-M4F: text " $1 " B, data " $2 " B, bss " $3 " B"}'
+arm-none-eabi-size build/test-m4/ft_twin_mps2.elf | tail -n 1 | \
+    awk '{print "ft_twin_mps2.elf (trainer + 160 KiB arena): text " $1 " B, data " $2 " B, bss " $3 " B"}'
 
 echo "== Python tests (unit, property, and federated simulations on Ray)"
 export FLWR_TELEMETRY_ENABLED=0 RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0

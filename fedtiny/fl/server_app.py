@@ -26,7 +26,7 @@ from fedtiny.fl.records import expected_shapes, params_to_record, record_to_para
 from fedtiny.fl.state import experiment_state, features
 from fedtiny.fl.strategy import build_strategy
 from fedtiny.results import RunRecorder
-from fedtiny.trainer import TrainConfig, Trainer
+from fedtiny.trainer import TrainConfig, Trainer, plan
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout_s: float) -> list[int]:
@@ -80,9 +80,10 @@ def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
     return recorder.finish({
         "clients": len(state.task.clients), "clients_answering": len(node_of), "seed": int(cfg.seed),
         "dataset": cfg.dataset.name, "strategy": cfg.strategy.name, "model": cfg.model.arch,
-        "trainable_parameters": evaluator.plan.param_count, "client_arena_bytes": Trainer(model, TrainConfig(
-            lr=float(cfg.client.lr), momentum=float(cfg.client.momentum), batch_size=int(cfg.client.batch_size),
-            prox_mu=float(getattr(cfg.strategy, "proximal_mu", 0.0)))).plan.arena_bytes,
+        "trainable_parameters": evaluator.plan.param_count,
+        "client_arena_bytes": plan(model, TrainConfig(lr=float(cfg.client.lr), momentum=float(cfg.client.momentum),
+                                                      batch_size=int(cfg.client.batch_size),
+                                                      prox_mu=float(cfg.strategy.get("proximal_mu", 0.0)))).arena_bytes,
         "backbone": state.backbone.report,
         "title": f"{cfg.dataset.name} / {cfg.strategy.name}: {len(node_of)} devices, {cfg.rounds} rounds",
     })

@@ -37,13 +37,21 @@ def config_json(cfg: DictConfig) -> str:
     return json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
 
 
-@lru_cache(maxsize=2)
+_STATES: dict[str, ExperimentState] = {}
+
+
 def experiment_state(cfg_json: str, log=None) -> ExperimentState:
-    cfg = OmegaConf.create(json.loads(cfg_json))
-    task = build_task(cfg.dataset.name, cfg.dataset)
-    backbone = get_backbone(task, dataset_dict(cfg), cfg.model, cfg.seed, cfg.cache_dir,
-                            log=log or (lambda *_: None))
-    return ExperimentState(cfg, task, backbone, Model(backbone.model_bytes))
+    """The experiment's state in this process, built once per config (`log` only reports
+    pretraining; it is not part of the key)."""
+    if cfg_json not in _STATES:
+        cfg = OmegaConf.create(json.loads(cfg_json))
+        task = build_task(cfg.dataset.name, cfg.dataset)
+        backbone = get_backbone(task, dataset_dict(cfg), cfg.model, cfg.seed, cfg.cache_dir,
+                                log=log or (lambda *_: None))
+        if len(_STATES) >= 2:  # keep memory bounded across experiments in one process
+            _STATES.pop(next(iter(_STATES)))
+        _STATES[cfg_json] = ExperimentState(cfg, task, backbone, Model(backbone.model_bytes))
+    return _STATES[cfg_json]
 
 
 def features(model: Model, x: np.ndarray) -> np.ndarray:

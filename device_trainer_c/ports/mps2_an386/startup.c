@@ -1,0 +1,35 @@
+/* Minimal Cortex-M4F start-up for QEMU mps2-an386: vector table, FPU enable, .data/.bss. */
+#include <stdint.h>
+
+#include "semihost.h"
+
+extern uint32_t _estack, _sidata, _sdata, _edata, _sbss, _ebss;
+int main(void);
+void ft_reset_handler(void);
+void ft_fault_handler(void);
+
+void ft_fault_handler(void)
+{
+    ft_semihost_write("FAULT\n");
+    ft_semihost_exit(99);
+}
+
+void ft_reset_handler(void)
+{
+    /* full access to CP10/CP11 (the FPU) before any float instruction runs */
+    *(volatile uint32_t *)0xE000ED88u |= (0xFu << 20);
+    __asm volatile("dsb\n isb" ::: "memory");
+    for (uint32_t *src = &_sidata, *dst = &_sdata; dst < &_edata;) {
+        *dst++ = *src++;
+    }
+    for (uint32_t *dst = &_sbss; dst < &_ebss;) {
+        *dst++ = 0;
+    }
+    ft_semihost_exit(main());
+}
+
+__attribute__((section(".isr_vector"), used)) static void (*const ft_vectors[16])(void) = {
+    (void (*)(void))(&_estack), ft_reset_handler, ft_fault_handler, ft_fault_handler, ft_fault_handler,
+    ft_fault_handler, ft_fault_handler, 0, 0, 0, 0, ft_fault_handler, ft_fault_handler, 0, ft_fault_handler,
+    ft_fault_handler,
+};

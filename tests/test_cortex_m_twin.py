@@ -1,0 +1,108 @@
+"""One trainer: the same C code trained on an emulated Cortex-M4F (QEMU mps2-an386, hard
+float, -ffp-contract=off) and on the host gives bit-identical parameters and loss.
+
+The firmware (device_trainer_c/tests/twin_main.c) reads a job (model bytes, int8 samples,
+labels, settings) that QEMU places in PSRAM, trains, and prints the float32 bit patterns.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedtiny.trainer import Model, TrainConfig, Trainer, to_bytes
+from tests.models import random_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ("arm-none-eabi-gcc", "qemu-system-arm", "cmake")
+missing = [t for t in TOOLS if shutil.which(t) is None]
+if missing and os.environ.get("CI"):
+    raise RuntimeError(f"CI must have {missing}: scripts/setup.sh installs them")
+pytestmark = pytest.mark.skipif(bool(missing), reason=f"needs {missing} (bash scripts/setup.sh installs them)")
+
+
+@pytest.fixture(scope="module")
+def firmware(tmp_path_factory) -> Path:
+    build = tmp_path_factory.mktemp("m4")
+    subprocess.run(["cmake", "-S", str(ROOT / "device_trainer_c"), "-B", str(build),
+                    f"-DCMAKE_TOOLCHAIN_FILE={ROOT / 'device_trainer_c/cmake/arm-none-eabi-cortex-m4.cmake'}",
+                    "-DCMAKE_BUILD_TYPE=Release"], check=True, capture_output=True)
+    subprocess.run(["cmake", "--build", str(build), "--target", "ft_twin_mps2", "-j", "2"], check=True,
+                   capture_output=True)
+    return build / "ft_twin_mps2.elf"
+
+
+def job_bytes(model_bytes: bytes, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, epochs: int, seed: int) -> bytes:
+    def align(n: int) -> int:
+        return (n + 7) & ~7
+
+    head = 64
+    m_off = head
+    x_off = align(m_off + len(model_bytes))
+    y_off = align(x_off + x.size)
+    out = bytearray(align(y_off + y.size))
+    struct.pack_into("<4sIIIIIIIIIfffIIf", out, 0, b"FTTW", 1, m_off, len(model_bytes), x_off, y_off, len(y),
+                     x[0].size, epochs, seed, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size,
+                     int(cfg.with_prefix), cfg.prox_mu)
+    out[m_off : m_off + len(model_bytes)] = model_bytes
+    out[x_off : x_off + x.size] = x.astype(np.int8).tobytes()
+    out[y_off : y_off + y.size] = y.astype(np.uint8).tobytes()
+    return bytes(out)
+
+
+def run_qemu(firmware: Path, job: Path) -> dict:
+    proc = subprocess.run(
+        ["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-monitor", "none", "-serial", "none",
+         "-semihosting-config", "enable=on,target=native", "-kernel", str(firmware),
+         "-device", f"loader,file={job},addr=0x21000000"],
+        capture_output=True, text=True, timeout=120)
+    # semihosting console output arrives on QEMU's stderr
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.split()[:1] in (["P"], ["STATUS"], ["HWM"],
+                                                                                     ["LOSS"], ["PARAMS"], ["END"])]
+    assert proc.returncode == 0 and lines and lines[-1] == "END", (proc.returncode, proc.stderr[-500:])
+    out: dict = {"P": []}
+    for ln in lines[:-1]:
+        tag, value = ln.split()
+        if tag == "P":
+            out["P"].append(int(value, 16))
+        else:
+            out[tag] = int(value, 16)
+    return out
+
+
+CASES = [
+    # (frozen int8 prefix, trainable float suffix, with_prefix, momentum, weight decay, prox)
+    (("conv2d", "dwconv2d"), ("fc",), True, 0.9, 1e-4, 0.0),
+    (("conv2d",), ("conv2d", "avgpool", "flatten", "fc"), True, 0.0, 0.0, 0.1),
+    (("dwconv2d", "conv2d"), ("dwconv2d", "conv2d", "fc", "fc"), False, 0.9, 0.0, 0.0),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_emulated_cortex_m4_trains_bit_identically(firmware, tmp_path, case):
+    frozen, suffix, with_prefix, mom, wd, prox = CASES[case]
+    rng = np.random.default_rng(100 + case)
+    spec = random_model(rng, frozen=frozen, trainable=suffix)
+    model = Model(spec)
+    x = rng.integers(-128, 128, (40, *model.input_shape)).astype(np.int8)
+    y = rng.integers(0, model.num_classes, 40).astype(np.uint8)
+    samples = x if with_prefix else model.prefix_features(x)
+    cfg = TrainConfig(lr=0.05, momentum=mom, weight_decay=wd, batch_size=8, with_prefix=with_prefix, prox_mu=prox)
+    host = Trainer(model, cfg)
+    host.train_epochs(samples, y, epochs=3, seed=11 + case)
+    loss = host.evaluate(samples, y).loss
+    host_bits = host._handle.params().view(np.uint32).tolist()
+
+    job = tmp_path / "job.bin"
+    job.write_bytes(job_bytes(model.to_bytes(), samples, y, cfg, epochs=3, seed=11 + case))
+    board = run_qemu(firmware, job)
+    assert board["STATUS"] == 0
+    assert board["HWM"] == host.plan.arena_bytes
+    assert board["P"] == host_bits  # every parameter, bit for bit
+    assert board["LOSS"] == int(np.array(loss, np.float32).view(np.uint32))
