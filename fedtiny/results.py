@@ -105,9 +105,14 @@ class RunRecorder:
             status = f"accuracy {accuracy:.3f}  failed {row['failed']}"
             self._progress.update(self._task, completed=server_round, description=status)
 
-    def finish(self, summary: dict) -> dict:
+    def close(self) -> None:
+        """Stop the progress display (idempotent; also called when a run fails)."""
         if self._progress is not None:
             self._progress.stop()
+            self._progress = None
+
+    def finish(self, summary: dict) -> dict:
+        self.close()
         rows = self.rows
         out = {
             "initial_accuracy": rows[0]["accuracy"] if rows else None,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedtiny.trainer import Model, TrainConfig, Trainer, to_bytes
+from fedtiny.trainer import Model, TrainConfig, Trainer
 from tests.models import random_model
 
 ROOT = Path(__file__).resolve().parents[1]

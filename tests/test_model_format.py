@@ -10,7 +10,7 @@ import pytest
 
 from fedtiny.errors import ModelFormatError
 from fedtiny.trainer import Model, from_bytes, to_bytes
-from fedtiny.trainer.model_format import HEADER_BYTES, LAYER_BYTES, TENSOR_BYTES
+from fedtiny.trainer.model_format import HEADER_BYTES
 from tests.models import random_model
 
 

@@ -69,14 +69,17 @@ def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
         recorder.server_eval(server_round, res.accuracy, res.loss)
         return None
 
-    nodes = wait_for_nodes(grid, num_devices(cfg), float(cfg.simulation.timeout_s))
-    node_of = partition_map(grid, nodes, cfg_json, float(cfg.simulation.timeout_s))
-    strategy = build_strategy(cfg)
-    strategy.setup(node_of, expected_shapes(template), int(cfg.seed), int(cfg.clients_per_round), recorder.log)
-    train_config = ConfigRecord({"fedtiny-config": cfg_json, **settings(cfg)})
-    strategy.start(grid=grid, initial_arrays=params_to_record(template), num_rounds=int(cfg.rounds),
-                   timeout=float(cfg.simulation.timeout_s), train_config=train_config,
-                   evaluate_config=ConfigRecord({"fedtiny-config": cfg_json}), evaluate_fn=evaluate_fn)
+    try:
+        nodes = wait_for_nodes(grid, num_devices(cfg), float(cfg.simulation.timeout_s))
+        node_of = partition_map(grid, nodes, cfg_json, float(cfg.simulation.timeout_s))
+        strategy = build_strategy(cfg)
+        strategy.setup(node_of, expected_shapes(template), int(cfg.seed), int(cfg.clients_per_round), recorder.log)
+        train_config = ConfigRecord({"fedtiny-config": cfg_json, **settings(cfg)})
+        strategy.start(grid=grid, initial_arrays=params_to_record(template), num_rounds=int(cfg.rounds),
+                       timeout=float(cfg.simulation.timeout_s), train_config=train_config,
+                       evaluate_config=ConfigRecord({"fedtiny-config": cfg_json}), evaluate_fn=evaluate_fn)
+    finally:
+        recorder.close()
     return recorder.finish({
         "clients": len(state.task.clients), "clients_answering": len(node_of), "seed": int(cfg.seed),
         "dataset": cfg.dataset.name, "strategy": cfg.strategy.name, "model": cfg.model.arch,
