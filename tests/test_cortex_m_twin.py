@@ -97,7 +97,7 @@ def test_emulated_cortex_m4_trains_bit_identically(firmware, tmp_path, case):
     host = Trainer(model, cfg)
     host.train_epochs(samples, y, epochs=3, seed=11 + case)
     loss = host.evaluate(samples, y).loss
-    host_bits = host._handle.params().view(np.uint32).tolist()
+    host_bits = np.concatenate([np.concatenate([w.ravel(), b]) for w, b in host.get_params()]).view(np.uint32).tolist()
 
     job = tmp_path / "job.bin"
     job.write_bytes(job_bytes(model.to_bytes(), samples, y, cfg, epochs=3, seed=11 + case))

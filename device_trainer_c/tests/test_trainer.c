@@ -184,7 +184,13 @@ static void test_training(void)
 {
     ft_model m;
     CHECK(ft_model_load(&m, model_buf, model_len) == FT_OK);
-    ft_train_config cfg = {0.5f, 0.9f, 1e-4f, 8, 1, 0.0f};
+    ft_train_config cfg;
+    memset(&cfg, 0, sizeof cfg); /* n_updates = 0: update every trainable tensor */
+    cfg.lr = 0.5f;
+    cfg.momentum = 0.9f;
+    cfg.weight_decay = 1e-4f;
+    cfg.batch_size = 8;
+    cfg.with_prefix = 1;
     ft_plan plan;
     CHECK(ft_trainer_plan(&m, &cfg, &plan) == FT_OK);
     static uint8_t arena[4096] __attribute__((aligned(8)));
@@ -209,10 +215,10 @@ static void test_training(void)
     CHECK(after.loss < before.loss);
     CHECK(after.correct > before.correct);
     static float params[64];
-    memcpy(params, tr.params, plan.params_bytes);
+    memcpy(params, tr.ls[0].w, plan.params_bytes); /* one layer: weights then bias, contiguous */
     CHECK(ft_trainer_init(&tr, &m, &cfg, arena, sizeof arena) == FT_OK);
     CHECK(ft_trainer_train_epochs(&tr, &d, 20, 7, &st) == FT_OK);
-    CHECK(memcmp(params, tr.params, plan.params_bytes) == 0);
+    CHECK(memcmp(params, tr.ls[0].w, plan.params_bytes) == 0);
     /* bad labels and sizes are refused */
     y[3] = 9;
     CHECK(ft_trainer_train_epochs(&tr, &d, 1, 7, &st) == FT_ERR_BAD_LABEL);

@@ -56,6 +56,7 @@ int main(void)
     }
     const uint8_t *base = (const uint8_t *)FT_JOB_ADDR;
     ft_train_config cfg;
+    memset(&cfg, 0, sizeof cfg); /* n_updates = 0: update every trainable tensor */
     memcpy(&cfg.lr, &job[10], 4);
     memcpy(&cfg.momentum, &job[11], 4);
     memcpy(&cfg.weight_decay, &job[12], 4);
@@ -80,8 +81,16 @@ int main(void)
     say("HWM", ft_trainer_arena_hwm(&trainer));
     say("LOSS", bits(stats.loss));
     say("PARAMS", (uint32_t)trainer.plan.param_count);
-    for (int32_t k = 0; k < trainer.plan.param_count; k++) {
-        say("P", bits(trainer.params[k]));
+    for (int32_t k = 0; k < model.num_layers - model.first_trainable; k++) {
+        const ft_layer *l = &model.layers[model.first_trainable + k];
+        const float *w, *b;
+        ft_trainer_layer_params(&trainer, k, &w, &b);
+        for (int32_t i = 0; i < l->weight_count; i++) {
+            say("P", bits(w[i]));
+        }
+        for (int32_t i = 0; i < l->bias_count; i++) {
+            say("P", bits(b[i]));
+        }
     }
     ft_semihost_write("END\n");
     return 0;

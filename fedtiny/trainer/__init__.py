@@ -1,9 +1,9 @@
 """The on-device trainer (C) from Python: model files, the trainer, and int8 kernels."""
 
 from fedtiny.trainer.model_format import LayerSpec, ModelSpec, from_bytes, to_bytes, validate
-from fedtiny.trainer.runtime import EpochStats, EvalResult, Model, Plan, TrainConfig, Trainer, plan
+from fedtiny.trainer.runtime import EpochStats, EvalResult, LayerUpdate, Model, Plan, TrainConfig, Trainer, plan
 
 __all__ = [
-    "EpochStats", "EvalResult", "LayerSpec", "Model", "ModelSpec", "Plan", "TrainConfig", "Trainer",
+    "EpochStats", "EvalResult", "LayerSpec", "LayerUpdate", "Model", "ModelSpec", "Plan", "TrainConfig", "Trainer",
     "from_bytes", "plan", "to_bytes", "validate",
 ]

@@ -151,9 +151,33 @@ class Model:
             raise TrainerError(_core.status_name(status), f"layer {layer}")
 
 
+UPDATE_KINDS = {"none": 0, "all": 1}
+
+
+@dataclass(frozen=True)
+class LayerUpdate:
+    """What one trainable layer updates: ``weights`` is ``"all"``, ``"none"`` or a number of
+    output channels (the ones with the largest weight L2 norm in the model); ``bias`` on/off.
+    Tensors that are not updated stay in the model (flash on a board) and cost no RAM."""
+
+    weights: str | int = "all"
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        w = self.weights
+        if isinstance(w, bool) or not (w in UPDATE_KINDS or (isinstance(w, (int, np.integer)) and w >= 1)):
+            raise ConfigError(f"LayerUpdate.weights must be 'all', 'none' or a channel count >= 1, got {w!r}")
+
+    def _arg(self) -> tuple[int, int, int]:
+        if isinstance(self.weights, str):
+            return UPDATE_KINDS[self.weights], int(bool(self.bias)), 0
+        return 2, int(bool(self.bias)), int(self.weights)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """SGD settings of the on-device trainer."""
+    """SGD settings of the on-device trainer. ``update`` (one :class:`LayerUpdate` per
+    trainable layer) selects a sparse update; None updates every trainable tensor."""
 
     lr: float = 0.05
     momentum: float = 0.0
@@ -161,6 +185,7 @@ class TrainConfig:
     batch_size: int = 16
     with_prefix: bool = False
     prox_mu: float = 0.0  # FedProx: adds prox_mu * (w - anchor) to every gradient
+    update: tuple[LayerUpdate, ...] | None = None
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.lr) and self.lr > 0):
@@ -174,9 +199,13 @@ class TrainConfig:
         if not (np.isfinite(self.prox_mu) and self.prox_mu >= 0):
             raise ConfigError(f"prox_mu must be >= 0, got {self.prox_mu}")
 
-    def _args(self) -> tuple[float, float, float, int, int, float]:
+        if self.update is not None and not all(isinstance(u, LayerUpdate) for u in self.update):
+            raise ConfigError("update must be a sequence of LayerUpdate, one per trainable layer")
+
+    def _args(self) -> tuple:
+        updates = [u._arg() for u in self.update] if self.update is not None else []
         return (float(self.lr), float(self.momentum), float(self.weight_decay), int(self.batch_size),
-                int(bool(self.with_prefix)), float(self.prox_mu))
+                int(bool(self.with_prefix)), float(self.prox_mu), updates)
 
 
 @dataclass(frozen=True)
@@ -188,11 +217,14 @@ class Plan:
     momentum_bytes: int
     grads_bytes: int
     anchor_bytes: int
+    index_bytes: int
     prefix_bytes: int
     scratch_bytes: int
     acts_bytes: int
     grad_acts_bytes: int
-    param_count: int
+    param_count: int  # floats held in RAM as parameter copies
+    update_count: int  # scalars the update changes
+    first_backward: int  # earliest trainable layer backprop reaches
     sample_size: int
     feature_size: int
 
@@ -202,9 +234,14 @@ class Plan:
 
 def plan(model: Model, config: TrainConfig) -> Plan:
     """Exact arena bytes the trainer will use for ``model`` under ``config``."""
+    n_train = len(model.layers) - model.first_trainable
+    if config.update is not None and len(config.update) != n_train:
+        raise TrainerError("BAD_CONFIG", f"update needs one LayerUpdate per trainable layer ({n_train}), "
+                                         f"got {len(config.update)}")
     status, d = _core.plan(model._handle, *config._args())
     if status != 0:
-        raise TrainerError(_core.status_name(status), "plan")
+        raise TrainerError(_core.status_name(status), "plan (is every LayerUpdate valid for its layer, and "
+                                                      "does the scheme update anything?)")
     return Plan(**d)
 
 
@@ -288,41 +325,59 @@ class Trainer:
         self._raise(status, "evaluate")
         return EvalResult(float(loss), correct / count if count else 0.0, int(count), logits if return_logits else None)
 
-    def gradients(self, x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Mean-loss gradients per trainable layer (weight, bias), without updating."""
+    def gradients(self, x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+        """Mean-loss gradients per trainable layer (weight, bias), without updating. A tensor
+        the update does not change gives None; with a channel subset, the other channels are 0."""
         xs, ys = self._data(x, y)
         status, *_ = self._handle.accumulate(xs, ys)
         self._raise(status, "gradients")
-        return self._split(self._handle.grads() / np.float32(max(1, xs.shape[0])))
-
-    def _split(self, flat: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         out = []
-        for k, layer in enumerate(self.model.spec.layers[self.model.first_trainable :]):
-            w_off, b_off = self._handle.offsets(k)
-            info = self.model.layers[self.model.first_trainable + k]
-            wc, bc = info["weight_count"], info["bias_count"]
-            w = flat[w_off : w_off + wc].reshape(weight_shape(layer)) if wc else np.zeros(0, np.float32)
-            out.append((w.copy(), flat[b_off : b_off + bc].copy()))
+        for k, (w, b) in enumerate(self._shapes()):
+            gw, gb = np.zeros(w, np.float32), np.zeros(b, np.float32)
+            self._raise(self._handle.layer_grads(k, gw.reshape(-1), gb), "gradients")
+            kind, bias_on, _ = self._handle.layer_update(k)
+            scale = np.float32(max(1, xs.shape[0]))
+            out.append((gw / scale if kind else None, gb / scale if bias_on else None))
         return out
 
+    def _shapes(self) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        shapes = []
+        for k, layer in enumerate(self.model.spec.layers[self.model.first_trainable :]):
+            info = self.model.layers[self.model.first_trainable + k]
+            shapes.append((weight_shape(layer) if info["weight_count"] else (0,), (info["bias_count"],)))
+        return shapes
+
+    def updated_channels(self, k: int) -> list[int]:
+        """Output channels of trainable layer k whose weights the update changes."""
+        return list(self._handle.layer_update(k)[2])
+
     def get_params(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Copies of the trainable parameters per layer (weight, bias)."""
-        return self._split(self._handle.params())
+        """Current parameters per trainable layer (weight, bias): copies, including tensors the
+        update does not change (those are the model's values)."""
+        out = []
+        for k, (wshape, _) in enumerate(self._shapes()):
+            status, w, b = self._handle.layer_params(k)
+            self._raise(status, "get_params")
+            out.append((w.reshape(wshape), b))
+        return out
 
     def set_params(self, params: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Overwrite the trainable parameters (shapes as :meth:`get_params` returns). With
-        ``prox_mu > 0`` the new parameters also become the FedProx anchor."""
-        current = self.get_params()
-        if len(params) != len(current):
-            raise TrainerError("BAD_CONFIG", f"expected {len(current)} layers of parameters, got {len(params)}")
-        view = self._handle.params()
-        for k, ((w, b), (w0, b0)) in enumerate(zip(params, current)):
-            w, b = np.asarray(w, dtype=np.float32), np.asarray(b, dtype=np.float32)
-            if w.shape != w0.shape or b.shape != b0.shape:
-                raise TrainerError("BAD_CONFIG", f"layer {k}: expected shapes {w0.shape}, {b0.shape}; got {w.shape}, {b.shape}")
+        """Overwrite the trainable parameters (shapes as :meth:`get_params` returns). Tensors
+        the update does not change must be passed unchanged. With ``prox_mu > 0`` the new
+        parameters also become the FedProx anchor."""
+        shapes = self._shapes()
+        if len(params) != len(shapes):
+            raise TrainerError("BAD_CONFIG", f"expected {len(shapes)} layers of parameters, got {len(params)}")
+        for k, ((w, b), (ws, bs)) in enumerate(zip(params, shapes)):
+            w = np.ascontiguousarray(w, dtype=np.float32)
+            b = np.ascontiguousarray(b, dtype=np.float32)
+            if w.shape != tuple(ws) or b.shape != tuple(bs):
+                raise TrainerError("BAD_CONFIG", f"layer {k}: expected shapes {ws}, {bs}; got {w.shape}, {b.shape}")
             if not (np.isfinite(w).all() and np.isfinite(b).all()):
                 raise TrainerError("BAD_CONFIG", f"layer {k}: parameters must be finite")
-            w_off, b_off = self._handle.offsets(k)
-            view[w_off : w_off + w.size] = w.ravel()
-            view[b_off : b_off + b.size] = b
+            status = self._handle.set_layer_params(k, w.reshape(-1), b)
+            if status != 0:
+                raise TrainerError(_core.status_name(status),
+                                   f"set_params layer {k} (a tensor this update does not change must keep the "
+                                   "model's values)")
         self._raise(self._handle.set_anchor(), "set_params")

@@ -28,27 +28,54 @@ extern "C" {
 #define FT_TRAINER_VERSION "0.1.0"
 #define FT_ARENA_ALIGN 8u
 
+typedef enum { FT_UPDATE_NONE = 0, FT_UPDATE_ALL = 1, FT_UPDATE_CHANNELS = 2 } ft_update_kind;
+
+/* What one trainable layer updates. Tensors that are not updated are read from the model
+ * (flash on a board) and cost no RAM; backprop stops at the earliest layer that updates. */
+typedef struct {
+    uint8_t weights;   /* ft_update_kind */
+    uint8_t bias;      /* 1: update the bias */
+    uint16_t channels; /* FT_UPDATE_CHANNELS: number of output channels, chosen as those with the
+                          largest weight L2 norm in the model (ties: lower index) */
+} ft_layer_update;
+
 typedef struct {
     float lr;           /* > 0 */
     float momentum;     /* [0, 1); 0 allocates no momentum buffer */
     float weight_decay; /* >= 0, L2 added to every trainable tensor's gradient */
     int32_t batch_size; /* >= 1 */
     int32_t with_prefix; /* 1: samples are model inputs; 0: samples are boundary features */
-    float prox_mu;       /* >= 0: FedProx term mu/2 |w - anchor|^2; > 0 allocates the anchor */
+    float prox_mu;       /* >= 0: FedProx term mu/2 |w - anchor|^2; > 0 allocates the anchors */
+    int32_t n_updates;   /* 0: every tensor of every trainable layer; else = number of trainable layers */
+    ft_layer_update update[FT_MAX_LAYERS]; /* index 0 = first trainable layer */
 } ft_train_config;
 
 /* Itemised arena plan. Offsets are from the arena start; sizes in bytes. */
 typedef struct {
     uint32_t arena_bytes;  /* end of the highest buffer: what the arena must hold */
-    uint32_t params_bytes, momentum_bytes, grads_bytes, anchor_bytes;
+    uint32_t params_bytes;   /* RAM copies of the updated tensors */
+    uint32_t momentum_bytes, grads_bytes, anchor_bytes; /* per updated scalar */
+    uint32_t index_bytes;    /* channel maps of channel-subset updates */
     uint32_t prefix_bytes;  /* int8 ping-pong buffers of the frozen prefix */
     uint32_t scratch_bytes; /* kernel context buffer (max *_get_buffer_size()) */
     uint32_t acts_bytes;    /* float activations kept for backward */
     uint32_t grad_acts_bytes;
-    int32_t param_count;  /* trainable scalars */
+    int32_t param_count;  /* floats held in RAM as parameter copies */
+    int32_t update_count; /* scalars the update changes (gradient entries) */
+    int32_t first_backward; /* earliest trainable layer (0-based in the suffix) backprop reaches */
     int32_t sample_size;  /* int8 elements per sample */
     int32_t feature_size; /* elements of the boundary activation */
 } ft_plan;
+
+/* Run-time state of one trainable layer (pointers into the arena, or NULL). */
+typedef struct {
+    float *w, *b;      /* RAM copies of updated tensors; NULL: the model's values are used */
+    float *gw, *gb;    /* gradients (gw compact [slot][row] for channel subsets) */
+    float *mw, *mb;    /* momentum, laid out as the gradients */
+    float *aw, *ab;    /* FedProx anchors, laid out as the gradients */
+    int16_t *slot;     /* channel subsets: per output channel, its gradient row or -1 */
+    int32_t w_kind, b_on, row, nsel;
+} ft_layer_state;
 
 typedef struct {
     const ft_model *model;
@@ -57,12 +84,12 @@ typedef struct {
     uint8_t *arena;
     uint32_t arena_size;
     uint32_t hwm; /* highest arena byte handed out + 1 */
-    float *params, *momentum, *grads, *anchor;
+    float *grads; /* start of the gradient region (grads_bytes) */
+    ft_layer_state ls[FT_MAX_LAYERS];
     int8_t *prefix[2];
     void *scratch;
     float *acts[FT_MAX_LAYERS + 1]; /* acts[k]: input of trainable layer k; acts[L]: logits */
     float *grad_acts[2];
-    int32_t w_off[FT_MAX_LAYERS], b_off[FT_MAX_LAYERS]; /* per trainable layer, into params */
     int32_t initialized;
 } ft_trainer;
 
@@ -103,6 +130,14 @@ ft_status ft_trainer_train_epochs(ft_trainer *tr, const ft_dataset *data, int32_
                                   ft_stats *stats);
 /* Loss and accuracy over the data; logits (count * num_classes floats) may be NULL. */
 ft_status ft_trainer_evaluate(ft_trainer *tr, const ft_dataset *data, float *logits, ft_stats *stats);
+
+/* Current weights and bias of trainable layer k (RAM copy or the model's values). */
+ft_status ft_trainer_layer_params(const ft_trainer *tr, int32_t k, const float **w, const float **b);
+/* Overwrite trainable layer k's tensors. A tensor the update does not change lives in the model
+ * and must be passed unchanged (bit for bit), else FT_ERR_BAD_CONFIG. */
+ft_status ft_trainer_set_layer_params(ft_trainer *tr, int32_t k, const float *w, const float *b);
+/* Full-shaped accumulated gradients of layer k (zeros where not updated). */
+ft_status ft_trainer_layer_grads(const ft_trainer *tr, int32_t k, float *gw, float *gb);
 
 /* Shuffling key for (seed, epoch). */
 uint32_t ft_epoch_key(uint32_t seed, uint32_t epoch);

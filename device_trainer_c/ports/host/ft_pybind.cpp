@@ -5,7 +5,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstring>
+#include <tuple>
+#include <vector>
 
 extern "C" {
 #include "fedtiny/ft_math.h"
@@ -39,8 +42,20 @@ static py::tuple stats(ft_status st, const ft_stats &s) {
     return py::make_tuple(static_cast<int>(st), s.loss, s.correct, s.count, s.steps);
 }
 
-static ft_train_config config(float lr, float momentum, float wd, int batch, int with_prefix, float prox_mu) {
-    return ft_train_config{lr, momentum, wd, batch, with_prefix, prox_mu};
+// updates: empty (every tensor) or one (weights kind, bias, channels) tuple per trainable layer
+static ft_train_config config(float lr, float momentum, float wd, int batch, int with_prefix, float prox_mu,
+                              const std::vector<std::tuple<int, int, int>> &updates) {
+    ft_train_config c{};
+    c.lr = lr; c.momentum = momentum; c.weight_decay = wd; c.batch_size = batch; c.with_prefix = with_prefix;
+    c.prox_mu = prox_mu;
+    c.n_updates = static_cast<int32_t>(std::min<size_t>(updates.size(), FT_MAX_LAYERS));
+    if (updates.size() > FT_MAX_LAYERS) c.n_updates = -1;  // rejected by the plan
+    for (int32_t k = 0; k < c.n_updates; k++) {
+        c.update[k] = ft_layer_update{static_cast<uint8_t>(std::get<0>(updates[k])),
+                                      static_cast<uint8_t>(std::get<1>(updates[k])),
+                                      static_cast<uint16_t>(std::get<2>(updates[k]))};
+    }
+    return c;
 }
 
 static py::dict plan_dict(const ft_plan &p) {
@@ -50,6 +65,9 @@ static py::dict plan_dict(const ft_plan &p) {
     d["momentum_bytes"] = p.momentum_bytes;
     d["grads_bytes"] = p.grads_bytes;
     d["anchor_bytes"] = p.anchor_bytes;
+    d["index_bytes"] = p.index_bytes;
+    d["update_count"] = p.update_count;
+    d["first_backward"] = p.first_backward;
     d["prefix_bytes"] = p.prefix_bytes;
     d["scratch_bytes"] = p.scratch_bytes;
     d["acts_bytes"] = p.acts_bytes;
@@ -124,11 +142,13 @@ PYBIND11_MODULE(_core, m) {
                                    arr<float> gb) {
         float *gin_p = gin.is_none() ? nullptr : gin.cast<arr<float>>().mutable_data();
         ft_layer_backward_f32(&h.model.layers[i], w.data(), in.data(), out.data(), gout.mutable_data(), gin_p,
-                              gw.size() ? gw.mutable_data() : nullptr, gb.size() ? gb.mutable_data() : nullptr);
+                              gw.size() ? gw.mutable_data() : nullptr, gb.size() ? gb.mutable_data() : nullptr,
+                              nullptr);
     });
 
-    m.def("plan", [](const ModelHandle &h, float lr, float mom, float wd, int batch, int with_prefix, float prox) {
-        ft_train_config cfg = config(lr, mom, wd, batch, with_prefix, prox);
+    m.def("plan", [](const ModelHandle &h, float lr, float mom, float wd, int batch, int with_prefix, float prox,
+                     const std::vector<std::tuple<int, int, int>> &updates) {
+        ft_train_config cfg = config(lr, mom, wd, batch, with_prefix, prox, updates);
         ft_plan p{};
         ft_status st = ft_trainer_plan(&h.model, &cfg, &p);
         return py::make_tuple(static_cast<int>(st), plan_dict(p));
@@ -136,13 +156,34 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<TrainerHandle, std::shared_ptr<TrainerHandle>>(m, "TrainerHandle")
         .def("hwm", [](const TrainerHandle &t) { return ft_trainer_arena_hwm(&t.tr); })
-        .def("params", [](TrainerHandle &t) {  // zero-copy view into the arena
-            return py::array_t<float>({t.tr.plan.param_count}, {sizeof(float)}, t.tr.params, t.arena);
+        .def("layer_params", [](const TrainerHandle &t, int k) {  // copies of weights and bias
+            const float *w = nullptr, *b = nullptr;
+            ft_status st = ft_trainer_layer_params(&t.tr, k, &w, &b);
+            const ft_layer &l = t.model->model.layers[t.model->model.first_trainable + k];
+            arr<float> wa(st == FT_OK ? l.weight_count : 0), ba(st == FT_OK ? l.bias_count : 0);
+            if (st == FT_OK) {
+                std::memcpy(wa.mutable_data(), w, sizeof(float) * l.weight_count);
+                std::memcpy(ba.mutable_data(), b, sizeof(float) * l.bias_count);
+            }
+            return py::make_tuple(static_cast<int>(st), wa, ba);
         })
-        .def("grads", [](TrainerHandle &t) {
-            return py::array_t<float>({t.tr.plan.param_count}, {sizeof(float)}, t.tr.grads, t.arena);
+        .def("set_layer_params", [](TrainerHandle &t, int k, const arr<float> &w, const arr<float> &b) {
+            return static_cast<int>(ft_trainer_set_layer_params(&t.tr, k, w.size() ? w.data() : nullptr,
+                                                                b.size() ? b.data() : nullptr));
         })
-        .def("offsets", [](const TrainerHandle &t, int k) { return py::make_tuple(t.tr.w_off[k], t.tr.b_off[k]); })
+        .def("layer_grads", [](const TrainerHandle &t, int k, arr<float> gw, arr<float> gb) {
+            return static_cast<int>(ft_trainer_layer_grads(&t.tr, k, gw.size() ? gw.mutable_data() : nullptr,
+                                                           gb.size() ? gb.mutable_data() : nullptr));
+        })
+        .def("layer_update", [](const TrainerHandle &t, int k) {  // (weights kind, bias, updated channels)
+            const ft_layer_state &s = t.tr.ls[k];
+            const ft_layer &l = t.model->model.layers[t.model->model.first_trainable + k];
+            std::vector<int> channels;
+            for (int oc = 0; s.w_kind != FT_UPDATE_NONE && oc < l.out_c; oc++) {
+                if (s.slot == nullptr || s.slot[oc] >= 0) channels.push_back(oc);
+            }
+            return py::make_tuple(s.w_kind, s.b_on, channels);
+        })
         .def("train_epochs", [](TrainerHandle &t, const arr<int8_t> &x, const arr<uint8_t> &y, int epochs,
                                 uint32_t seed) {
             ft_dataset d = dataset(x, y, t.tr.plan.sample_size);
@@ -180,11 +221,12 @@ PYBIND11_MODULE(_core, m) {
         });
 
     m.def("trainer_init", [](std::shared_ptr<ModelHandle> h, float lr, float mom, float wd, int batch,
-                             int with_prefix, float prox, arr<uint8_t> arena) {
+                             int with_prefix, float prox, const std::vector<std::tuple<int, int, int>> &updates,
+                             arr<uint8_t> arena) {
         auto t = std::make_shared<TrainerHandle>();
         t->model = h;
         t->arena = arena;
-        ft_train_config cfg = config(lr, mom, wd, batch, with_prefix, prox);
+        ft_train_config cfg = config(lr, mom, wd, batch, with_prefix, prox, updates);
         ft_status st = ft_trainer_init(&t->tr, &h->model, &cfg, t->arena.mutable_data(),
                                        static_cast<uint32_t>(t->arena.size()));
         return py::make_tuple(static_cast<int>(st), st == FT_OK ? py::cast(t) : py::none());

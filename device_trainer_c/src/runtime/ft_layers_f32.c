@@ -119,11 +119,35 @@ void ft_layer_forward_f32(const ft_layer *l, const float *w, const float *b, con
     }
 }
 
+int32_t ft_layer_row_f32(const ft_layer *l)
+{
+    switch (l->type) {
+    case FT_LAYER_CONV2D:
+        return l->k_h * l->k_w * l->in_c;
+    case FT_LAYER_DWCONV2D:
+        return l->k_h * l->k_w;
+    case FT_LAYER_FC:
+        return ft_layer_in_count(l);
+    default:
+        return 0;
+    }
+}
+
+/* Where the gradient of weight j of channel oc goes (-1: channel not updated). */
+static inline int32_t ft_gidx(const ft_layer *l, const int16_t *slot, int32_t oc, int32_t j, int32_t row)
+{
+    if (slot != NULL) {
+        return slot[oc] < 0 ? -1 : slot[oc] * row + j;
+    }
+    return ft_layer_widx_f32(l, oc, j, row);
+}
+
 void ft_layer_backward_f32(const ft_layer *l, const float *w, const float *in, const float *out, float *gout,
-                           float *gin, float *gw, float *gb)
+                           float *gin, float *gw, float *gb, const int16_t *slot)
 {
     const int32_t in_w = l->in_w, in_c = l->in_c, out_w = l->out_w, out_c = l->out_c;
     const int32_t n_out = ft_layer_out_count(l);
+    const int32_t row = ft_layer_row_f32(l);
     for (int32_t p = 0; p < n_out; p++) {
         const float y = out[p];
         const int dead = (l->act != FT_ACT_NONE && y <= 0.0f) || (l->act == FT_ACT_RELU6 && y >= 6.0f);
@@ -140,40 +164,47 @@ void ft_layer_backward_f32(const ft_layer *l, const float *w, const float *in, c
         }
     }
     switch (l->type) {
-    case FT_LAYER_FC: {
-        const int32_t depth = ft_layer_in_count(l);
-        for (int32_t o = 0; o < out_c; o++) {
-            const float g = gout[o];
-            float *gwr = gw + (size_t)o * depth;
-            for (int32_t k = 0; k < depth; k++) {
-                gwr[k] += g * in[k];
+    case FT_LAYER_FC:
+        if (gw != NULL) {
+            for (int32_t o = 0; o < out_c; o++) {
+                if (slot != NULL && slot[o] < 0) {
+                    continue;
+                }
+                const float g = gout[o];
+                float *gwr = gw + ft_gidx(l, slot, o, 0, row);
+                for (int32_t k = 0; k < row; k++) {
+                    gwr[k] += g * in[k];
+                }
             }
         }
         if (gin != NULL) {
             for (int32_t o = 0; o < out_c; o++) {
                 const float g = gout[o];
-                const float *wr = w + (size_t)o * depth;
-                for (int32_t k = 0; k < depth; k++) {
+                const float *wr = w + (size_t)o * row;
+                for (int32_t k = 0; k < row; k++) {
                     gin[k] += g * wr[k];
                 }
             }
         }
         break;
-    }
     case FT_LAYER_CONV2D:
         FT_WINDOW_LOOP(l, {
             const float *px = in + ((size_t)iy * in_w + ix) * in_c;
             const float *go = gout + ((size_t)oy * out_w + ox) * out_c;
             float *gi = gin != NULL ? gin + ((size_t)iy * in_w + ix) * in_c : NULL;
+            const int32_t tap = (ky * l->k_w + kx) * in_c;
             for (int32_t oc = 0; oc < out_c; oc++) {
-                const size_t wo = (((size_t)oc * l->k_h + ky) * l->k_w + kx) * in_c;
                 const float g = go[oc];
-                for (int32_t ic = 0; ic < in_c; ic++) {
-                    gw[wo + ic] += g * px[ic];
+                const int32_t gi0 = gw != NULL ? ft_gidx(l, slot, oc, tap, row) : -1;
+                if (gi0 >= 0) {
+                    for (int32_t ic = 0; ic < in_c; ic++) {
+                        gw[gi0 + ic] += g * px[ic];
+                    }
                 }
                 if (gi != NULL) {
+                    const float *wk = w + (size_t)oc * row + tap;
                     for (int32_t ic = 0; ic < in_c; ic++) {
-                        gi[ic] += g * w[wo + ic];
+                        gi[ic] += g * wk[ic];
                     }
                 }
             }
@@ -183,14 +214,20 @@ void ft_layer_backward_f32(const ft_layer *l, const float *w, const float *in, c
         FT_WINDOW_LOOP(l, {
             const float *px = in + ((size_t)iy * in_w + ix) * in_c;
             const float *go = gout + ((size_t)oy * out_w + ox) * out_c;
-            const size_t wo = ((size_t)ky * l->k_w + kx) * out_c;
-            for (int32_t oc = 0; oc < out_c; oc++) {
-                gw[wo + oc] += go[oc] * px[oc / l->ch_mult];
+            const int32_t tap = ky * l->k_w + kx;
+            if (gw != NULL) {
+                for (int32_t oc = 0; oc < out_c; oc++) {
+                    const int32_t gi0 = ft_gidx(l, slot, oc, tap, row);
+                    if (gi0 >= 0) {
+                        gw[gi0] += go[oc] * px[oc / l->ch_mult];
+                    }
+                }
             }
             if (gin != NULL) {
                 float *gi = gin + ((size_t)iy * in_w + ix) * in_c;
+                const float *wk = w + (size_t)tap * out_c;
                 for (int32_t oc = 0; oc < out_c; oc++) {
-                    gi[oc / l->ch_mult] += go[oc] * w[wo + oc];
+                    gi[oc / l->ch_mult] += go[oc] * wk[oc];
                 }
             }
         })

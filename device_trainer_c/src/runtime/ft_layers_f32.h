@@ -11,10 +11,20 @@
 /* out = act(layer(in)) */
 void ft_layer_forward_f32(const ft_layer *l, const float *w, const float *b, const float *in, float *out);
 
+/* Weights of one output channel: conv k_h*k_w*in_c, depthwise k_h*k_w, FC the input size. */
+int32_t ft_layer_row_f32(const ft_layer *l);
+/* Index in the weight tensor of weight j of output channel oc (see ft_layer_row_f32). */
+static inline int32_t ft_layer_widx_f32(const ft_layer *l, int32_t oc, int32_t j, int32_t row)
+{
+    return l->type == FT_LAYER_DWCONV2D ? j * l->out_c + oc : oc * row + j;
+}
+
 /* gout: dL/d(out) of the post-activation output `out`; it is masked in place by the
- * activation derivative. Adds dL/dw and dL/db to gw, gb (NULL for layers without
- * parameters) and, if gin != NULL, writes dL/d(in). */
+ * activation derivative. Adds dL/dw to gw and dL/db to gb (either may be NULL: not
+ * updated) and, if gin != NULL, writes dL/d(in). Without `slot`, gw has the weight layout;
+ * with `slot` (one entry per output channel, -1 = not updated), gw is compact: the weights
+ * of the updated channel oc are at slot[oc] * row + j. */
 void ft_layer_backward_f32(const ft_layer *l, const float *w, const float *in, const float *out, float *gout,
-                           float *gin, float *gw, float *gb);
+                           float *gin, float *gw, float *gb, const int16_t *slot);
 
 #endif /* FT_LAYERS_F32_H */

@@ -10,6 +10,50 @@
 ft_status ft_trainer_layout(const ft_model *m, const ft_train_config *cfg, uint8_t *base, ft_trainer *tr,
                             ft_plan *plan);
 
+/* Channel subsets: the `nsel` output channels with the largest weight L2 norm in the model
+ * (ties: lower index) get gradient rows in increasing channel order. */
+static void ft_select_channels(const ft_layer *l, ft_layer_state *s)
+{
+    for (int32_t oc = 0; oc < l->out_c; oc++) {
+        s->slot[oc] = -1;
+    }
+    for (int32_t n = 0; n < s->nsel; n++) {
+        int32_t best = -1;
+        float best_norm = 0.0f;
+        for (int32_t oc = 0; oc < l->out_c; oc++) {
+            if (s->slot[oc] >= 0) {
+                continue;
+            }
+            float norm = 0.0f;
+            for (int32_t j = 0; j < s->row; j++) {
+                const float v = l->w_f32[ft_layer_widx_f32(l, oc, j, s->row)];
+                norm += v * v;
+            }
+            if (best < 0 || norm > best_norm) {
+                best = oc;
+                best_norm = norm;
+            }
+        }
+        s->slot[best] = 0; /* chosen; rows are numbered below */
+    }
+    int16_t next = 0;
+    for (int32_t oc = 0; oc < l->out_c; oc++) {
+        if (s->slot[oc] >= 0) {
+            s->slot[oc] = next++;
+        }
+    }
+}
+
+static const float *ft_w(const ft_trainer *tr, int32_t k)
+{
+    return tr->ls[k].w != NULL ? tr->ls[k].w : tr->model->layers[tr->model->first_trainable + k].w_f32;
+}
+
+static const float *ft_b(const ft_trainer *tr, int32_t k)
+{
+    return tr->ls[k].b != NULL ? tr->ls[k].b : tr->model->layers[tr->model->first_trainable + k].b_f32;
+}
+
 ft_status ft_trainer_init(ft_trainer *tr, const ft_model *model, const ft_train_config *cfg, void *arena,
                           uint32_t arena_size)
 {
@@ -36,16 +80,25 @@ ft_status ft_trainer_init(ft_trainer *tr, const ft_model *model, const ft_train_
     tr->cfg = *cfg;
     tr->arena = (uint8_t *)arena;
     tr->arena_size = arena_size;
-    const int32_t first = model->first_trainable;
-    for (int32_t i = first; i < model->num_layers; i++) {
-        const ft_layer *l = &model->layers[i];
-        if (l->weight_count > 0) {
-            memcpy(tr->params + tr->w_off[i - first], l->w_f32, (size_t)l->weight_count * sizeof(float));
-            memcpy(tr->params + tr->b_off[i - first], l->b_f32, (size_t)l->bias_count * sizeof(float));
+    const int32_t n_train = model->num_layers - model->first_trainable;
+    for (int32_t k = 0; k < n_train; k++) {
+        const ft_layer *l = &model->layers[model->first_trainable + k];
+        ft_layer_state *s = &tr->ls[k];
+        if (s->w != NULL) {
+            memcpy(s->w, l->w_f32, (size_t)l->weight_count * sizeof(float));
         }
-    }
-    if (tr->momentum != NULL) {
-        memset(tr->momentum, 0, tr->plan.momentum_bytes);
+        if (s->b != NULL) {
+            memcpy(s->b, l->b_f32, (size_t)l->bias_count * sizeof(float));
+        }
+        if (s->slot != NULL) {
+            ft_select_channels(l, s);
+        }
+        if (s->mw != NULL) {
+            memset(s->mw, 0, (size_t)s->nsel * (size_t)s->row * sizeof(float));
+        }
+        if (s->mb != NULL) {
+            memset(s->mb, 0, (size_t)l->out_c * sizeof(float));
+        }
     }
     memset(tr->grads, 0, tr->plan.grads_bytes);
     tr->initialized = 1;
@@ -60,8 +113,21 @@ ft_status ft_trainer_set_anchor(ft_trainer *tr)
     if (!tr->initialized) {
         return FT_ERR_NOT_INITIALIZED;
     }
-    if (tr->anchor != NULL) {
-        memcpy(tr->anchor, tr->params, tr->plan.anchor_bytes);
+    const ft_model *m = tr->model;
+    for (int32_t k = 0; k < m->num_layers - m->first_trainable; k++) {
+        const ft_layer *l = &m->layers[m->first_trainable + k];
+        ft_layer_state *s = &tr->ls[k];
+        if (s->aw != NULL) {
+            for (int32_t oc = 0; oc < l->out_c; oc++) {
+                const int32_t r = s->slot != NULL ? s->slot[oc] : oc;
+                for (int32_t j = 0; r >= 0 && j < s->row; j++) {
+                    s->aw[r * s->row + j] = s->w[ft_layer_widx_f32(l, oc, j, s->row)];
+                }
+            }
+        }
+        if (s->ab != NULL) {
+            memcpy(s->ab, s->b, (size_t)l->out_c * sizeof(float));
+        }
     }
     return FT_OK;
 }
@@ -122,8 +188,7 @@ static ft_status ft_forward(ft_trainer *tr, const int8_t *x)
     }
     for (int32_t i = first; i < m->num_layers; i++) {
         const int32_t k = i - first;
-        ft_layer_forward_f32(&m->layers[i], tr->params + tr->w_off[k], tr->params + tr->b_off[k], tr->acts[k],
-                             tr->acts[k + 1]);
+        ft_layer_forward_f32(&m->layers[i], ft_w(tr, k), ft_b(tr, k), tr->acts[k], tr->acts[k + 1]);
     }
     return FT_OK;
 }
@@ -155,13 +220,13 @@ static void ft_backward(ft_trainer *tr)
 {
     const ft_model *m = tr->model;
     const int32_t first = m->first_trainable, n_train = m->num_layers - first;
-    for (int32_t k = n_train - 1; k >= 0; k--) {
-        const ft_layer *l = &m->layers[first + k];
+    const int32_t k_min = tr->plan.first_backward;
+    for (int32_t k = n_train - 1; k >= k_min; k--) {
+        const ft_layer_state *s = &tr->ls[k];
         float *gout = tr->grad_acts[(n_train - 1 - k) % 2];
-        float *gin = k > 0 ? tr->grad_acts[(n_train - k) % 2] : NULL;
-        const int has = l->weight_count > 0;
-        ft_layer_backward_f32(l, tr->params + tr->w_off[k], tr->acts[k], tr->acts[k + 1], gout, gin,
-                              has ? tr->grads + tr->w_off[k] : NULL, has ? tr->grads + tr->b_off[k] : NULL);
+        float *gin = k > k_min ? tr->grad_acts[(n_train - k) % 2] : NULL;
+        ft_layer_backward_f32(&m->layers[first + k], ft_w(tr, k), tr->acts[k], tr->acts[k + 1], gout, gin, s->gw, s->gb,
+                              s->slot);
     }
 }
 
@@ -208,6 +273,20 @@ ft_status ft_trainer_accumulate(ft_trainer *tr, const ft_dataset *data, const ui
     return FT_OK;
 }
 
+/* p - lr * (g/n + wd p + prox (p - anchor)), through momentum when enabled. */
+static inline float ft_sgd(const ft_train_config *c, float p, float g, float inv_n, float *m, const float *a)
+{
+    float d = g * inv_n + c->weight_decay * p;
+    if (a != NULL) {
+        d = d + c->prox_mu * (p - *a);
+    }
+    if (m != NULL) {
+        *m = c->momentum * *m + d;
+        d = *m;
+    }
+    return p - c->lr * d;
+}
+
 ft_status ft_trainer_apply(ft_trainer *tr, int32_t n)
 {
     if (tr == NULL) {
@@ -220,17 +299,98 @@ ft_status ft_trainer_apply(ft_trainer *tr, int32_t n)
         return FT_ERR_BAD_CONFIG;
     }
     const float inv_n = 1.0f / (float)n;
-    const float lr = tr->cfg.lr, mu = tr->cfg.momentum, wd = tr->cfg.weight_decay, prox = tr->cfg.prox_mu;
-    for (int32_t k = 0; k < tr->plan.param_count; k++) {
-        float g = tr->grads[k] * inv_n + wd * tr->params[k];
-        if (tr->anchor != NULL) {
-            g = g + prox * (tr->params[k] - tr->anchor[k]);
+    const ft_train_config *c = &tr->cfg;
+    const ft_model *m = tr->model;
+    for (int32_t k = 0; k < m->num_layers - m->first_trainable; k++) {
+        const ft_layer *l = &m->layers[m->first_trainable + k];
+        ft_layer_state *s = &tr->ls[k];
+        if (s->gw != NULL) {
+            for (int32_t oc = 0; oc < l->out_c; oc++) {
+                const int32_t r = s->slot != NULL ? s->slot[oc] : oc;
+                for (int32_t j = 0; r >= 0 && j < s->row; j++) {
+                    const int32_t wi = ft_layer_widx_f32(l, oc, j, s->row);
+                    const int32_t gi = s->slot != NULL ? r * s->row + j : wi;
+                    s->w[wi] = ft_sgd(c, s->w[wi], s->gw[gi], inv_n, s->mw != NULL ? s->mw + gi : NULL,
+                                      s->aw != NULL ? s->aw + gi : NULL);
+                }
+            }
         }
-        if (tr->momentum != NULL) {
-            tr->momentum[k] = mu * tr->momentum[k] + g;
-            g = tr->momentum[k];
+        if (s->gb != NULL) {
+            for (int32_t oc = 0; oc < l->out_c; oc++) {
+                s->b[oc] = ft_sgd(c, s->b[oc], s->gb[oc], inv_n, s->mb != NULL ? s->mb + oc : NULL,
+                                  s->ab != NULL ? s->ab + oc : NULL);
+            }
         }
-        tr->params[k] = tr->params[k] - lr * g;
+    }
+    return FT_OK;
+}
+
+ft_status ft_trainer_layer_params(const ft_trainer *tr, int32_t k, const float **w, const float **b)
+{
+    if (tr == NULL || w == NULL || b == NULL) {
+        return FT_ERR_NULL_ARG;
+    }
+    if (!tr->initialized) {
+        return FT_ERR_NOT_INITIALIZED;
+    }
+    if (k < 0 || k >= tr->model->num_layers - tr->model->first_trainable) {
+        return FT_ERR_BAD_CONFIG;
+    }
+    *w = ft_w(tr, k);
+    *b = ft_b(tr, k);
+    return FT_OK;
+}
+
+ft_status ft_trainer_set_layer_params(ft_trainer *tr, int32_t k, const float *w, const float *b)
+{
+    const float *cw, *cb;
+    ft_status st = ft_trainer_layer_params(tr, k, &cw, &cb);
+    if (st != FT_OK) {
+        return st;
+    }
+    const ft_layer *l = &tr->model->layers[tr->model->first_trainable + k];
+    const size_t wb = (size_t)l->weight_count * sizeof(float), bb = (size_t)l->bias_count * sizeof(float);
+    if ((wb > 0 && w == NULL) || (bb > 0 && b == NULL)) {
+        return FT_ERR_NULL_ARG;
+    }
+    /* tensors read from the model cannot change */
+    if ((tr->ls[k].w == NULL && wb > 0 && memcmp(cw, w, wb) != 0) ||
+        (tr->ls[k].b == NULL && bb > 0 && memcmp(cb, b, bb) != 0)) {
+        return FT_ERR_BAD_CONFIG;
+    }
+    if (tr->ls[k].w != NULL) {
+        memcpy(tr->ls[k].w, w, wb);
+    }
+    if (tr->ls[k].b != NULL) {
+        memcpy(tr->ls[k].b, b, bb);
+    }
+    return FT_OK;
+}
+
+ft_status ft_trainer_layer_grads(const ft_trainer *tr, int32_t k, float *gw, float *gb)
+{
+    const float *cw, *cb;
+    ft_status st = ft_trainer_layer_params(tr, k, &cw, &cb);
+    if (st != FT_OK) {
+        return st;
+    }
+    const ft_layer *l = &tr->model->layers[tr->model->first_trainable + k];
+    const ft_layer_state *s = &tr->ls[k];
+    if (gw != NULL) {
+        memset(gw, 0, (size_t)l->weight_count * sizeof(float));
+        for (int32_t oc = 0; s->gw != NULL && oc < l->out_c; oc++) {
+            const int32_t r = s->slot != NULL ? s->slot[oc] : oc;
+            for (int32_t j = 0; r >= 0 && j < s->row; j++) {
+                const int32_t wi = ft_layer_widx_f32(l, oc, j, s->row);
+                gw[wi] = s->gw[s->slot != NULL ? r * s->row + j : wi];
+            }
+        }
+    }
+    if (gb != NULL) {
+        memset(gb, 0, (size_t)l->bias_count * sizeof(float));
+        if (s->gb != NULL) {
+            memcpy(gb, s->gb, (size_t)l->bias_count * sizeof(float));
+        }
     }
     return FT_OK;
 }
