@@ -1,0 +1,1 @@
+"""Budgets: memory (update schemes under an SRAM budget); privacy and energy follow."""

@@ -1,0 +1,62 @@
+"""The memory planner: exact totals for every candidate scheme, budget choice, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedtiny.budgets.memory import candidate_schemes, choose_scheme, contribution_analysis, memory_report
+from fedtiny.errors import ConfigError
+from fedtiny.trainer import Model, TrainConfig
+from tests.models import random_model
+from tests.test_plan import _painted_peak
+
+SUFFIX = ("conv2d", "dwconv2d", "conv2d", "avgpool", "flatten", "fc", "fc")
+
+
+@pytest.fixture(scope="module")
+def model() -> Model:
+    rng = np.random.default_rng(21)
+    return Model(random_model(rng, frozen=("conv2d",), trainable=SUFFIX, input_shape=(3, 8, 2)))
+
+
+def test_candidates_always_train_the_classifier(model):
+    schemes = candidate_schemes(model)
+    deeper = sum(layer.has_params for layer in model.spec.layers[model.first_trainable :]) - 1
+    # head, then per depth: biases, three channel fractions, full weights (duplicates removed)
+    assert deeper + 2 <= len(schemes) <= 1 + 5 * deeper and len({s.update for s in schemes}) == len(schemes)
+    for s in schemes:
+        assert s.update[-1].weights == "all" and s.update[-1].bias
+
+
+@pytest.mark.parametrize("with_prefix", [False, True])
+def test_report_total_equals_measured_for_every_candidate(model, with_prefix):
+    rng = np.random.default_rng(1)
+    x = rng.integers(-128, 128, (5, *model.input_shape)).astype(np.int8)
+    samples = x if with_prefix else model.prefix_features(x)
+    y = rng.integers(0, model.num_classes, 5)
+    for s in candidate_schemes(model):
+        config = TrainConfig(momentum=0.9, batch_size=2, with_prefix=with_prefix, update=s.update)
+        report = memory_report(model, config)
+        peak, hwm = _painted_peak(model, config, samples, y)
+        assert report["arena_total"] == peak == hwm, s.name
+        assert report["flash_model"] == len(model.to_bytes())
+
+
+def test_budget_choice(model, tmp_path):
+    rng = np.random.default_rng(2)
+    x = model.prefix_features(rng.integers(-128, 128, (60, *model.input_shape)).astype(np.int8))
+    y = rng.integers(0, model.num_classes, 60)
+    scores = contribution_analysis(model, x[:40], y[:40], x[40:], y[40:], tmp_path, epochs=1)
+    assert set(scores) == {s.name for s in candidate_schemes(model)}
+    assert contribution_analysis(model, x[:40], y[:40], x[40:], y[40:], tmp_path, epochs=1) == scores  # cached
+    config = TrainConfig(momentum=0.9)
+    needs = sorted(memory_report(model, TrainConfig(momentum=0.9, update=s.update))["arena_total"]
+                   for s in candidate_schemes(model))
+    previous = -1.0
+    for budget in (needs[0], needs[len(needs) // 2], needs[-1]):
+        best, need = choose_scheme(model, config, budget, scores)
+        assert need <= budget and scores[best.name] >= previous
+        previous = scores[best.name]
+    with pytest.raises(ConfigError, match=f"holds no update scheme.*smallest needs {needs[0]} bytes"):
+        choose_scheme(model, config, needs[0] - 1, scores)
