@@ -34,9 +34,9 @@ def _run(cfg: DictConfig) -> None:
 
     try:
         typed = validate(cfg)
-    except ConfigError as err:
+        run_experiment(typed, Path(HydraConfig.get().runtime.output_dir))
+    except ConfigError as err:  # e.g. a memory budget that holds no update scheme
         _fail(err)
-    run_experiment(typed, Path(HydraConfig.get().runtime.output_dir))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -126,6 +126,18 @@ class FaultsCfg:
 
 
 @dataclass
+class MemoryBudgetCfg:
+    sram_kb: list[float] = field(default_factory=list)
+    reserve_kb: float = 8.0
+    contribution_epochs: int = 3
+
+
+@dataclass
+class BudgetCfg:
+    memory: MemoryBudgetCfg = field(default_factory=MemoryBudgetCfg)
+
+
+@dataclass
 class TopCfg:
     seed: int = 0
     rounds: int = 10
@@ -138,6 +150,7 @@ class TopCfg:
     client: ClientCfg = field(default_factory=ClientCfg)
     simulation: SimulationCfg = field(default_factory=SimulationCfg)
     faults: FaultsCfg = field(default_factory=FaultsCfg)
+    budget: BudgetCfg = field(default_factory=BudgetCfg)
 
 
 def _typed(schema: type, node: Any, where: str) -> DictConfig:
@@ -186,6 +199,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(s.num_cpus >= 1 and 0 < s.client_cpus <= s.num_cpus,
            f"simulation: need num_cpus >= 1 and 0 < client_cpus <= num_cpus, got {s.num_cpus} and {s.client_cpus}")
     _check(s.timeout_s > 0, f"simulation.timeout_s must be > 0, got {s.timeout_s}")
+    mem = top.budget.memory
+    _check(mem.reserve_kb >= 0 and all(kb > mem.reserve_kb for kb in mem.sram_kb),
+           f"budget.memory: every sram_kb must exceed reserve_kb={mem.reserve_kb}, got {list(mem.sram_kb)}")
+    _check(mem.contribution_epochs >= 1, "budget.memory.contribution_epochs must be >= 1")
     st = top.strategy
     if st_name == "fedprox":
         _check(st.proximal_mu >= 0, f"strategy.proximal_mu must be >= 0, got {st.proximal_mu}")

@@ -27,7 +27,18 @@ def prepare_output(cfg: DictConfig, out_dir: Path, log=print) -> str:
     log(f"backbone {cfg.model.arch}: field accuracy float {r['float_field_accuracy']:.3f} / int8 "
         f"{r['int8_field_accuracy']:.3f}; vendor val float {r['float_vendor_val_accuracy']:.3f} / int8 "
         f"{r['int8_vendor_val_accuracy']:.3f}  ({state.backbone.path})")
+    for kb, (scheme, need) in memory_schemes(cfg_json).items():  # an impossible budget fails here
+        log(f"memory budget {kb:g} KiB (minus {cfg.budget.memory.reserve_kb:g} reserved): scheme {scheme.name}, "
+            f"arena {need:,} B")
     return cfg_json
+
+
+def memory_schemes(cfg_json: str) -> dict:
+    """The update scheme and arena bytes of every distinct memory budget of the run."""
+    from fedtiny.fl.state import device_scheme
+
+    cfg = experiment_state(cfg_json).cfg
+    return {float(kb): device_scheme(cfg_json, float(kb)) for kb in sorted(set(cfg.budget.memory.sram_kb))}
 
 
 def run_experiment(cfg: DictConfig, out_dir: Path, log=print) -> dict:

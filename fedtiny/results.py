@@ -4,7 +4,9 @@
 of the global model on the server's held-out field data, fed_accuracy/fed_loss (federated
 evaluation on the clients' test splits), train_loss/train_accuracy (example-weighted means
 reported by the clients), participating (updates aggregated), failed (clients that raised or
-timed out), rejected (updates that failed validation), bytes_up/bytes_down (ArrayRecord
+timed out), rejected (updates that failed validation), contributors_min/max (over every output
+channel of every trainable tensor: how many aggregated updates changed it; per tensor in
+``contributors.csv``), bytes_up/bytes_down (ArrayRecord
 payload: array bytes plus key names, Flower's ``count_bytes()``), wall_s (seconds the round
 took; the only column that differs between runs with the same seed).
 """
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 COLUMNS = ["round", "accuracy", "loss", "fed_accuracy", "fed_loss", "train_loss", "train_accuracy", "participating",
-           "failed", "rejected", "bytes_up", "bytes_down", "wall_s"]
+           "failed", "rejected", "contributors_min", "contributors_max", "bytes_up", "bytes_down", "wall_s"]
 
 
 @dataclass
@@ -32,6 +34,7 @@ class RoundLog:
 
     def start(self, server_round: int) -> None:
         self.server_round = server_round
+        self.tensor_counts: dict = {}
         self.row = {k: 0 for k in ("participating", "failed", "rejected", "bytes_up", "bytes_down")}
 
     def sent(self, kind: str, nodes: int, nbytes: int) -> None:
@@ -47,6 +50,11 @@ class RoundLog:
             for pid, reason in items:
                 self.failures.append({"round": self.server_round, "stage": kind, "partition": pid, "what": what,
                                       "reason": short_reason(reason)})
+
+    def contributors(self, counts: dict) -> None:
+        self.row["contributors_min"] = int(min(int(c.min()) for c in counts.values()))
+        self.row["contributors_max"] = int(max(int(c.max()) for c in counts.values()))
+        self.tensor_counts = {k: (int(c.min()), round(float(c.mean()), 3), int(c.max())) for k, c in counts.items()}
 
     def train_metrics(self, metrics) -> None:
         if metrics is not None:
@@ -99,6 +107,15 @@ class RunRecorder:
         self.rows.append(row)
         with open(self.csv_path, "a", newline="") as fh:
             csv.writer(fh).writerow([row[c] for c in COLUMNS])
+        if self.log.tensor_counts:
+            path = self.out_dir / "contributors.csv"
+            new = not path.exists()
+            with open(path, "a", newline="") as fh:
+                w = csv.writer(fh)
+                if new:
+                    w.writerow(["round", "tensor", "min", "mean", "max"])
+                for key, (lo, mean, hi) in sorted(self.log.tensor_counts.items()):
+                    w.writerow([server_round, key, lo, mean, hi])
         self.t_round = now
         self.log.start(server_round + 1)
         if self._progress is not None:

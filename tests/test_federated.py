@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 
 import numpy as np
@@ -88,3 +89,41 @@ def test_default_experiment_improves_on_the_field_devices(default_run):
     assert s["dataset"] == "watch" and s["clients"] == 12 and s["rounds"] == 10
     assert s["failed_total"] == 0 and s["rejected_total"] == 0
     assert s["final_accuracy"] > s["initial_accuracy"] + 0.03, (s["initial_accuracy"], s["final_accuracy"])
+
+
+@pytest.fixture(scope="session")
+def fleet_run(tmp_path_factory, cache_dir):
+    """Digits with a deeper float suffix and three memory budgets spread over the candidates."""
+    from fedtiny.budgets.memory import candidate_schemes
+    from fedtiny.config import compose
+    from fedtiny.fl.state import client_train_config, config_json, experiment_state
+    from fedtiny.trainer import plan
+
+    base = ["experiment=digits_quick", "model.trainable_layers=5", "rounds=2", f"cache_dir={cache_dir}"]
+    cfg = compose(base)
+    st = experiment_state(config_json(cfg))
+    needs = sorted({plan(st.model, client_train_config(cfg, s.update)).arena_bytes for s in candidate_schemes(st.model)})
+    kbs = [8 + (needs[i] + 1023) // 1024 for i in (0, len(needs) // 2, len(needs) - 1)]
+    return run([*base[:3], f"budget.memory.sram_kb=[{','.join(map(str, kbs))}]"], tmp_path_factory.mktemp("fleet"),
+               cache_dir)
+
+
+def test_heterogeneous_fleet_aggregates_per_parameter(fleet_run):
+    s, rows = fleet_run["summary"], fleet_run["rows"]
+    schemes = {v["scheme"] for v in s["memory_schemes"].values()}
+    assert len(schemes) >= 2, s["memory_schemes"]  # different budgets train different subsets
+    assert s["failed_total"] == 0 and s["rejected_total"] == 0 and s["rounds"] == 2
+    for r in rows[1:]:
+        assert int(r["contributors_max"]) == s["clients"]  # the classifier: every device
+        assert int(r["contributors_min"]) < s["clients"]  # deeper tensors: only the bigger budgets
+    per_tensor = list(csv.DictReader(open(fleet_run["dir"] / "contributors.csv")))
+    assert {row["tensor"] for row in per_tensor} >= {"layer4.weight", "layer4.bias"}
+    assert s["final_accuracy"] > 0.3
+
+
+def test_impossible_memory_budget_fails_before_the_run(tmp_path, cache_dir):
+    from fedtiny.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="holds no update scheme"):
+        run(["experiment=digits_quick", "model.trainable_layers=5", "budget.memory.sram_kb=[8.01]"], tmp_path, cache_dir)
+    assert not (tmp_path / "metrics.csv").exists()

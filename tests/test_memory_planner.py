@@ -47,9 +47,11 @@ def test_budget_choice(model, tmp_path):
     rng = np.random.default_rng(2)
     x = model.prefix_features(rng.integers(-128, 128, (60, *model.input_shape)).astype(np.int8))
     y = rng.integers(0, model.num_classes, 60)
-    scores = contribution_analysis(model, x[:40], y[:40], x[40:], y[40:], tmp_path, epochs=1)
+    scores = contribution_analysis(model, lambda: (x[:40], y[:40], x[40:], y[40:]), tmp_path, epochs=1, tag="t")
     assert set(scores) == {s.name for s in candidate_schemes(model)}
-    assert contribution_analysis(model, x[:40], y[:40], x[40:], y[40:], tmp_path, epochs=1) == scores  # cached
+    def fail():
+        raise AssertionError("the cached scores must be used")
+    assert contribution_analysis(model, fail, tmp_path, epochs=1, tag="t") == scores
     config = TrainConfig(momentum=0.9)
     needs = sorted(memory_report(model, TrainConfig(momentum=0.9, update=s.update))["arena_total"]
                    for s in candidate_schemes(model))

@@ -84,16 +84,17 @@ def _scores_path(cache_dir: Path, model: Model, settings: dict) -> Path:
     return Path(cache_dir).expanduser() / f"contribution-{key}.json"
 
 
-def contribution_analysis(model: Model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
-                          y_val: np.ndarray, cache_dir: str | Path, epochs: int = 3, lr: float = 0.005,
-                          seed: int = 0) -> dict[str, float]:
+def contribution_analysis(model: Model, data, cache_dir: str | Path, epochs: int = 3, lr: float = 0.005,
+                          seed: int = 0, tag: str = "") -> dict[str, float]:
     """Vendor-validation accuracy each candidate reaches from a zeroed classifier (see module doc).
-    Samples are the model's boundary features (int8)."""
+    `data` is a callable returning (x_train, y_train, x_val, y_val) as boundary features (int8);
+    it is called only when the scores are not cached. `tag` names the data in the cache key."""
     schemes = candidate_schemes(model)
-    settings = {"schemes": [s.name for s in schemes], "epochs": epochs, "lr": lr, "seed": seed, "n": len(y_train)}
+    settings = {"schemes": [s.name for s in schemes], "epochs": epochs, "lr": lr, "seed": seed, "data": tag}
     path = _scores_path(Path(cache_dir), model, settings)
     if path.exists():
         return json.loads(path.read_text())
+    x_train, y_train, x_val, y_val = data()
     scores = {}
     for s in schemes:
         trainer = Trainer(model, TrainConfig(lr=lr, momentum=0.9, batch_size=16, update=s.update))

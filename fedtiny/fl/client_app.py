@@ -9,11 +9,11 @@ features and replies with its parameters and metrics (``num-examples``, ``train-
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedtiny.fl.records import params_to_record, record_to_params
-from fedtiny.fl.state import client_state, experiment_state
+from fedtiny.fl.records import record_to_params
+from fedtiny.fl.state import client_state, device_budget_kb, device_scheme, experiment_state
 from fedtiny.trainer import TrainConfig, Trainer
 
 app = ClientApp()
@@ -42,19 +42,41 @@ def train(msg: Message, context: Context) -> Message:
     if _fault(cfg.faults.raise_partitions, cfg.faults.raise_rounds, pid, rnd):
         raise RuntimeError(f"injected fault: partition {pid} raises in round {rnd}")
     data = client_state(cfg_json, pid)
+    scheme, _ = device_scheme(cfg_json, device_budget_kb(cfg, pid))
     tc = TrainConfig(lr=float(conf["lr"]), momentum=float(conf["momentum"]), weight_decay=float(conf["weight-decay"]),
-                     batch_size=int(conf["batch-size"]), prox_mu=float(conf.get("proximal-mu", 0.0)))
+                     batch_size=int(conf["batch-size"]), prox_mu=float(conf.get("proximal-mu", 0.0)),
+                     update=scheme.update if scheme is not None else None)
     trainer = Trainer(experiment_state(cfg_json).model, tc)
-    trainer.set_params(record_to_params(msg.content["arrays"], trainer.get_params()))
+    # a device loads the tensors it trains; the others stay as in its model file (its flash)
+    trainer.set_params(record_to_params(msg.content["arrays"], trainer.get_params()), only_updated=True)
     stats = trainer.train_epochs(data.x_train, data.y_train, epochs=int(conf["epochs"]),
                                  seed=train_seed(int(cfg.seed), rnd, pid))
     metrics = MetricRecord({"num-examples": len(data.y_train), "train-loss": stats.loss,
                             "train-accuracy": stats.accuracy, "partition-id": pid,
                             "arena-bytes": trainer.arena_hwm})
-    params = trainer.get_params()
+    arrays, subset = partial_update(trainer)
     if _fault(cfg.faults.nan_partitions, cfg.faults.nan_rounds, pid, rnd):
-        params = [(np.full_like(w, np.nan), b) for w, b in params]
-    return Message(RecordDict({"arrays": params_to_record(params), "metrics": metrics}), reply_to=msg)
+        arrays = ArrayRecord({k: Array(np.full_like(a.numpy(), np.nan)) for k, a in arrays.items()})
+    subset["scheme"] = scheme.name if scheme is not None else "all"
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics, "subset": ConfigRecord(subset)}), reply_to=msg)
+
+
+def partial_update(trainer: Trainer) -> tuple[ArrayRecord, dict]:
+    """The tensors the scheme updated; channel subsets travel compact, listed in the subset record."""
+    arrays, subset = {}, {}
+    model = trainer.model
+    for k, (w, b) in enumerate(trainer.get_params()):
+        kind, bias_on, channels = trainer.layer_update(k)
+        layer = model.spec.layers[model.first_trainable + k]
+        if kind == "all":
+            arrays[f"layer{k}.weight"] = Array(np.ascontiguousarray(w))
+        elif kind == "channels":
+            axis = 2 if layer.type == "dwconv2d" else 0
+            arrays[f"layer{k}.weight"] = Array(np.ascontiguousarray(np.take(w, channels, axis=axis)))
+            subset[f"channels.layer{k}.weight"] = [int(c) for c in channels]
+        if bias_on:
+            arrays[f"layer{k}.bias"] = Array(np.ascontiguousarray(b))
+    return ArrayRecord(arrays), subset
 
 
 def _fault(partitions, rounds, pid: int, rnd: int) -> bool:

@@ -21,6 +21,8 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedtiny.config import num_devices
+from fedtiny.experiment import memory_schemes, prepare_output
+from fedtiny.fl.aggregate import channel_axes
 from fedtiny.fl.client_app import settings
 from fedtiny.fl.records import expected_shapes, params_to_record, record_to_params
 from fedtiny.fl.state import experiment_state, features
@@ -73,7 +75,8 @@ def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
         nodes = wait_for_nodes(grid, num_devices(cfg), float(cfg.simulation.timeout_s))
         node_of = partition_map(grid, nodes, cfg_json, float(cfg.simulation.timeout_s))
         strategy = build_strategy(cfg)
-        strategy.setup(node_of, expected_shapes(template), int(cfg.seed), int(cfg.clients_per_round), recorder.log)
+        strategy.setup(node_of, expected_shapes(template), channel_axes(model), int(cfg.seed),
+                       int(cfg.clients_per_round), recorder.log)
         train_config = ConfigRecord({"fedtiny-config": cfg_json, **settings(cfg)})
         strategy.start(grid=grid, initial_arrays=params_to_record(template), num_rounds=int(cfg.rounds),
                        timeout=float(cfg.simulation.timeout_s), train_config=train_config,
@@ -88,6 +91,8 @@ def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
                                                       batch_size=int(cfg.client.batch_size),
                                                       prox_mu=float(cfg.strategy.get("proximal_mu", 0.0)))).arena_bytes,
         "backbone": state.backbone.report,
+        "memory_schemes": {f"{kb:g}": {"scheme": sc.name, "arena_bytes": need}
+                           for kb, (sc, need) in memory_schemes(cfg_json).items()},
         "title": f"{cfg.dataset.name} / {cfg.strategy.name}: {len(node_of)} devices, {cfg.rounds} rounds",
     })
 
@@ -114,7 +119,6 @@ app = ServerApp()
 def flwr_main(grid: Grid, context: Context) -> None:
     """Entry point for ``flwr run .``: compose the config from the run config's overrides."""
     from fedtiny.config import compose
-    from fedtiny.experiment import prepare_output
 
     overrides = str(context.run_config.get("overrides", "")).split()
     cfg = compose(overrides)

@@ -66,3 +66,42 @@ def client_state(cfg_json: str, partition_id: int) -> ClientState:
     c = st.task.clients[partition_id]
     return ClientState(features(st.model, c.train.x), c.train.y.astype(np.uint8),
                        features(st.model, c.test.x), c.test.y.astype(np.uint8))
+
+
+def scheme_scores(cfg_json: str) -> dict[str, float]:
+    """Contribution analysis of the run's backbone on the vendor data (cached on disk)."""
+    from fedtiny.budgets.memory import contribution_analysis
+
+    st = experiment_state(cfg_json)
+
+    def data():
+        return (features(st.model, st.task.pretrain.x), st.task.pretrain.y.astype(np.uint8),
+                features(st.model, st.task.pretrain_val.x), st.task.pretrain_val.y.astype(np.uint8))
+
+    return contribution_analysis(st.model, data, st.cfg.cache_dir, epochs=int(st.cfg.budget.memory.contribution_epochs),
+                                 seed=int(st.cfg.seed), tag=f"{st.task.name}-vendor-{len(st.task.pretrain)}")
+
+
+def device_budget_kb(cfg: DictConfig, partition_id: int) -> float | None:
+    kbs = list(cfg.budget.memory.sram_kb)
+    return float(kbs[partition_id % len(kbs)]) if kbs else None
+
+
+@lru_cache(maxsize=64)
+def device_scheme(cfg_json: str, sram_kb: float | None):
+    """(scheme, arena bytes) for a device with `sram_kb` of SRAM; (None, None) without a budget."""
+    from fedtiny.budgets.memory import choose_scheme
+
+    if sram_kb is None:
+        return None, None
+    st = experiment_state(cfg_json)
+    budget = int((sram_kb - float(st.cfg.budget.memory.reserve_kb)) * 1024)
+    return choose_scheme(st.model, client_train_config(st.cfg), budget, scheme_scores(cfg_json))
+
+
+def client_train_config(cfg: DictConfig, update=None, prox_mu: float = 0.0):
+    from fedtiny.trainer import TrainConfig
+
+    c = cfg.client
+    return TrainConfig(lr=float(c.lr), momentum=float(c.momentum), weight_decay=float(c.weight_decay),
+                       batch_size=int(c.batch_size), prox_mu=prox_mu, update=update)

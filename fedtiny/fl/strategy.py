@@ -6,8 +6,12 @@ handling of replies; the maths stay Flower's:
 * clients are sampled by partition id with a seeded generator (node ids are random in
   simulation), so the same seed samples the same devices;
 * replies are sorted by partition id before aggregation, so sums run in a fixed order;
-* every update is validated (keys, shapes, dtype, finite values, example count); failed
-  replies and rejected updates are counted and left out, never fatal;
+* every update is validated (keys, declared channel subsets, shapes, dtype, finite values,
+  example count); failed replies and rejected updates are counted and left out, never fatal;
+* updates may be partial (sparse update schemes, heterogeneous fleets): fedtiny averages each
+  output channel over the clients that updated it (``fedtiny.fl.aggregate.masked_mean``), then
+  every valid reply carries that mean into Flower's own step, so FedAvg/FedProx return it and
+  FedAdam applies its server optimizer to it;
 * bytes sent and received are counted per round from the ArrayRecords.
 """
 
@@ -16,11 +20,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
-from fedtiny.fl.records import check_record
+from fedtiny.fl.aggregate import masked_mean, parse_update
 from fedtiny.results import RoundLog
 
 
@@ -38,7 +42,9 @@ def weighted_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord
 class FedtinyStrategy:
     """Mixin for a Flower message-based strategy (see the module docstring)."""
 
-    def setup(self, node_of: dict[int, int], shapes: dict, seed: int, clients_per_round: int, log: RoundLog) -> None:
+    def setup(self, node_of: dict[int, int], shapes: dict, axes: dict, seed: int, clients_per_round: int,
+              log: RoundLog) -> None:
+        self.axes = axes
         self.node_of = dict(node_of)  # partition id -> node id
         self.pid_of = {n: p for p, n in node_of.items()}
         self.shapes = shapes
@@ -60,6 +66,7 @@ class FedtinyStrategy:
         return self._construct_messages(record, nodes, kind)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self.global_arrays = {k: a.numpy() for k, a in arrays.items()}
         if hasattr(self, "current_arrays"):  # FedOpt family keeps the round's starting point
             self.current_arrays = {k: a.numpy() for k, a in arrays.items()}
         if hasattr(self, "proximal_mu"):
@@ -71,6 +78,7 @@ class FedtinyStrategy:
 
     def _sorted_valid(self, kind: str, replies: Iterable[Message]) -> list[Message]:
         valid, failed, rejected, bytes_up = [], [], [], 0
+        self.parsed = {}
         for msg in replies:
             pid = self.pid_of.get(msg.metadata.src_node_id, -1)
             if msg.has_error():
@@ -82,8 +90,16 @@ class FedtinyStrategy:
                 if self.arrayrecord_key not in content.array_records:
                     reason = "no parameters in the reply"
                 else:
-                    bytes_up += content.array_records[self.arrayrecord_key].count_bytes()
-                    reason = check_record(content.array_records[self.arrayrecord_key], self.shapes)
+                    record = content.array_records[self.arrayrecord_key]
+                    bytes_up += record.count_bytes()
+                    subset = content.config_records.get("subset") or {}
+                    try:
+                        arrays = {k: a.numpy() for k, a in record.items()}
+                    except Exception as err:  # undecodable payload
+                        arrays, reason = {}, f"undecodable arrays ({type(err).__name__})"
+                    if reason is None:
+                        parsed, reason = parse_update(arrays, dict(subset), self.shapes, self.axes)
+                        self.parsed[id(msg)] = parsed
             metrics = content.metric_records.get("metrics")
             if reason is None and (metrics is None or not float(metrics.get(self.weighted_by_key, 0)) > 0):
                 reason = f"missing or non-positive '{self.weighted_by_key}'"
@@ -99,6 +115,12 @@ class FedtinyStrategy:
         valid = self._sorted_valid(MessageType.TRAIN, replies)
         if not valid:
             return None, None  # no usable update: the global model stays as it was
+        updates = [(float(m.content["metrics"][self.weighted_by_key]), self.parsed[id(m)]) for m in valid]
+        mean, contributors = masked_mean(self.global_arrays, updates, self.axes)
+        self.round_log.contributors(contributors)
+        merged = ArrayRecord({k: Array(v) for k, v in mean.items()})
+        for m in valid:
+            m.content[self.arrayrecord_key] = merged
         arrays, metrics = super().aggregate_train(server_round, valid)
         self.round_log.train_metrics(metrics)
         return arrays, metrics

@@ -347,9 +347,15 @@ class Trainer:
             shapes.append((weight_shape(layer) if info["weight_count"] else (0,), (info["bias_count"],)))
         return shapes
 
+    def layer_update(self, k: int) -> tuple[str, bool, list[int]]:
+        """What trainable layer k updates: weights ``"none"``, ``"all"`` or ``"channels"``, the
+        bias flag, and the output channels whose weights change."""
+        kind, bias_on, channels = self._handle.layer_update(k)
+        return ("none", "all", "channels")[kind], bool(bias_on), list(channels)
+
     def updated_channels(self, k: int) -> list[int]:
         """Output channels of trainable layer k whose weights the update changes."""
-        return list(self._handle.layer_update(k)[2])
+        return self.layer_update(k)[2]
 
     def get_params(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Current parameters per trainable layer (weight, bias): copies, including tensors the
@@ -361,11 +367,19 @@ class Trainer:
             out.append((w.reshape(wshape), b))
         return out
 
-    def set_params(self, params: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    def set_params(self, params: list[tuple[np.ndarray, np.ndarray]], only_updated: bool = False) -> None:
         """Overwrite the trainable parameters (shapes as :meth:`get_params` returns). Tensors
-        the update does not change must be passed unchanged. With ``prox_mu > 0`` the new
-        parameters also become the FedProx anchor."""
+        the update does not change live in the model: they must be passed unchanged, or, with
+        ``only_updated=True``, they are ignored (the device keeps its model's values). With
+        ``prox_mu > 0`` the new parameters also become the FedProx anchor."""
         shapes = self._shapes()
+        if only_updated and len(params) == len(shapes):
+            current = self.get_params()
+            kept = []
+            for k, ((w, b), (w0, b0)) in enumerate(zip(params, current)):
+                kind, bias_on, _ = self.layer_update(k)
+                kept.append((w if kind != "none" else w0, b if bias_on else b0))
+            params = kept
         if len(params) != len(shapes):
             raise TrainerError("BAD_CONFIG", f"expected {len(shapes)} layers of parameters, got {len(params)}")
         for k, ((w, b), (ws, bs)) in enumerate(zip(params, shapes)):
