@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedtiny.budgets.memory import candidate_schemes, choose_scheme, contribution_analysis, memory_report
+from fedtiny.budgets.memory import (
+    candidate_schemes,
+    choose_scheme,
+    contribution_analysis,
+    memory_report,
+    scheme_config,
+)
 from fedtiny.errors import ConfigError
 from fedtiny.trainer import Model, TrainConfig
 from tests.models import random_model
@@ -53,7 +59,7 @@ def test_budget_choice(model, tmp_path):
         raise AssertionError("the cached scores must be used")
     assert contribution_analysis(model, fail, tmp_path, epochs=1, tag="t") == scores
     config = TrainConfig(momentum=0.9)
-    needs = sorted(memory_report(model, TrainConfig(momentum=0.9, update=s.update))["arena_total"]
+    needs = sorted(memory_report(model, scheme_config(model, config, s.update))["arena_total"]
                    for s in candidate_schemes(model))
     previous = -1.0
     for budget in (needs[0], needs[len(needs) // 2], needs[-1]):

@@ -158,3 +158,37 @@ def test_bad_schemes_are_refused():
     params[0] = (params[0][0] + 1.0, params[0][1])  # a tensor that lives in the model
     with pytest.raises(TrainerError, match="must keep the model's values"):
         trainer.set_params(params)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_cached_features_at_the_first_updated_layer(seed):
+    """Samples cached as float activations at the scheme's first backward layer: the same
+    parameters bit for bit as running the frozen float layers every step, in less memory,
+    and the plan still equals the painted measurement."""
+    rng = np.random.default_rng(800 + seed)
+    spec = random_model(rng, frozen=("conv2d",), trainable=SUFFIX)
+    model = Model(spec)
+    layers = spec.layers[model.first_trainable :]
+    scheme = random_scheme(rng, layers)
+    k0 = plan(model, TrainConfig(update=scheme)).first_backward
+    if k0 == 0:
+        scheme = tuple([LayerUpdate("none", False)] * 2 + list(scheme[2:]))
+        if not any(u.weights != "none" or u.bias for u in scheme):
+            scheme = scheme[:-1] + (LayerUpdate("all", True),)
+        k0 = plan(model, TrainConfig(update=scheme)).first_backward
+    x = rng.integers(-128, 128, (12, *model.input_shape)).astype(np.int8)
+    y = rng.integers(0, model.num_classes, 12)
+    base = dict(lr=0.05, momentum=0.9, batch_size=4, update=scheme)
+    a = Trainer(model, TrainConfig(**base))
+    a.train_epochs(model.prefix_features(x), y, epochs=2, seed=5)
+    cfg = TrainConfig(**base, start_layer=k0)
+    b = Trainer(model, cfg)
+    feats = model.features_at(x, k0)
+    b.train_epochs(feats, y, epochs=2, seed=5)
+    for (wa, ba), (wb, bb) in zip(a.get_params(), b.get_params()):
+        assert wa.tobytes() == wb.tobytes() and ba.tobytes() == bb.tobytes()
+    assert b.plan.arena_bytes <= a.plan.arena_bytes
+    peak, hwm = _painted_peak(model, cfg, feats, y)
+    assert peak == b.plan.arena_bytes == hwm
+    with pytest.raises(TrainerError, match="BAD_CONFIG"):
+        plan(model, TrainConfig(**base, start_layer=k0 + 1))

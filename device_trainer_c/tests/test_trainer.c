@@ -205,7 +205,7 @@ static void test_training(void)
     static int8_t x[N * 16];
     static uint8_t y[N];
     make_data(x, y, N);
-    ft_dataset d = {x, y, N, 16};
+    ft_dataset d = {x, y, N, 16, NULL};
     ft_stats before, after, st;
     CHECK(ft_trainer_evaluate(&tr, &d, NULL, &before) == FT_OK);
     CHECK(ft_trainer_train_epochs(&tr, &d, 20, 7, &st) == FT_OK);

@@ -71,7 +71,7 @@ int main(void)
         say("STATUS", (uint32_t)st);
         return 3;
     }
-    const ft_dataset data = {(const int8_t *)(base + job[4]), base + job[5], (int32_t)job[6], (int32_t)job[7]};
+    const ft_dataset data = {(const int8_t *)(base + job[4]), base + job[5], (int32_t)job[6], (int32_t)job[7], NULL};
     ft_stats stats;
     st = ft_trainer_train_epochs(&trainer, &data, (int32_t)job[8], job[9], &stats);
     if (st == FT_OK) {

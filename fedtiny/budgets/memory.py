@@ -11,7 +11,9 @@ best scheme that fits a board's SRAM budget.
   trainer, and the score is the accuracy on the vendor validation split. A scheme that can adapt
   more of the network scores higher. Scores are cached next to the backbone.
 * :func:`choose_scheme` picks the highest-scoring scheme whose arena fits the budget (ties: the
-  smaller arena); a budget that holds no scheme is a :class:`~fedtiny.errors.ConfigError`.
+  smaller arena); a budget that holds no scheme is a :class:`~fedtiny.errors.ConfigError`. Each
+  scheme is sized with its samples cached at the deepest layer it leaves untouched
+  (:func:`scheme_config`), which is how fedtiny's simulated devices train.
 """
 
 from __future__ import annotations
@@ -109,13 +111,22 @@ def contribution_analysis(model: Model, data, cache_dir: str | Path, epochs: int
     return scores
 
 
+def scheme_config(model: Model, config: TrainConfig, update: tuple[LayerUpdate, ...]) -> TrainConfig:
+    """`config` with `update`, its samples entering at the earliest layer the update changes
+    (features cached below it, so the frozen layers neither run nor hold buffers)."""
+    from dataclasses import replace
+
+    first = plan(model, replace(config, update=update, start_layer=0, with_prefix=False)).first_backward
+    return replace(config, update=update, start_layer=first, with_prefix=False)
+
+
 def choose_scheme(model: Model, config: TrainConfig, budget_bytes: int, scores: dict[str, float]) -> tuple[Scheme, int]:
     """The best-scoring scheme whose arena fits `budget_bytes`; returns it and its arena bytes."""
     fits = []
     smallest = None
     for s in candidate_schemes(model):
         try:
-            need = plan(model, _with_update(config, s.update)).arena_bytes
+            need = plan(model, scheme_config(model, config, s.update)).arena_bytes
         except TrainerError:
             continue
         smallest = need if smallest is None else min(smallest, need)
@@ -126,9 +137,3 @@ def choose_scheme(model: Model, config: TrainConfig, budget_bytes: int, scores: 
                           f"(the smallest needs {smallest} bytes)")
     _, need, best = min(fits, key=lambda t: (t[0], t[1]))
     return best, need
-
-
-def _with_update(config: TrainConfig, update: tuple[LayerUpdate, ...]) -> TrainConfig:
-    from dataclasses import replace
-
-    return replace(config, update=update)

@@ -8,12 +8,14 @@ features and replies with its parameters and metrics (``num-examples``, ``train-
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedtiny.fl.records import record_to_params
-from fedtiny.fl.state import client_state, device_budget_kb, device_scheme, experiment_state
+from fedtiny.fl.state import client_state, device_budget_kb, device_scheme, experiment_state, train_config_for
 from fedtiny.trainer import TrainConfig, Trainer
 
 app = ClientApp()
@@ -43,9 +45,9 @@ def train(msg: Message, context: Context) -> Message:
         raise RuntimeError(f"injected fault: partition {pid} raises in round {rnd}")
     data = client_state(cfg_json, pid)
     scheme, _ = device_scheme(cfg_json, device_budget_kb(cfg, pid))
-    tc = TrainConfig(lr=float(conf["lr"]), momentum=float(conf["momentum"]), weight_decay=float(conf["weight-decay"]),
-                     batch_size=int(conf["batch-size"]), prox_mu=float(conf.get("proximal-mu", 0.0)),
-                     update=scheme.update if scheme is not None else None)
+    tc = replace(train_config_for(cfg_json, pid), lr=float(conf["lr"]), momentum=float(conf["momentum"]),
+                 weight_decay=float(conf["weight-decay"]), batch_size=int(conf["batch-size"]),
+                 prox_mu=float(conf.get("proximal-mu", 0.0)))
     trainer = Trainer(experiment_state(cfg_json).model, tc)
     # a device loads the tensors it trains; the others stay as in its model file (its flash)
     trainer.set_params(record_to_params(msg.content["arrays"], trainer.get_params()), only_updated=True)

@@ -27,10 +27,11 @@ class ExperimentState:
 
 @dataclass
 class ClientState:
-    x_train: np.ndarray  # int8 boundary features (frozen prefix run once)
-    y_train: np.ndarray
-    x_test: np.ndarray
+    x_train: np.ndarray  # features computed once: int8 at the model boundary, or float32 entering
+    y_train: np.ndarray  # trainable layer `start_layer` (the deepest layer the device's scheme leaves alone)
+    x_test: np.ndarray   # int8 boundary features (evaluation of the whole global model)
     y_test: np.ndarray
+    start_layer: int = 0
 
 
 def config_json(cfg: DictConfig) -> str:
@@ -64,8 +65,11 @@ def client_state(cfg_json: str, partition_id: int) -> ClientState:
     if not 0 <= partition_id < len(st.task.clients):
         raise ValueError(f"partition-id {partition_id} outside [0, {len(st.task.clients)})")
     c = st.task.clients[partition_id]
-    return ClientState(features(st.model, c.train.x), c.train.y.astype(np.uint8),
-                       features(st.model, c.test.x), c.test.y.astype(np.uint8))
+    scheme, _ = device_scheme(cfg_json, device_budget_kb(st.cfg, partition_id))
+    start = train_config_for(cfg_json, partition_id).start_layer if scheme is not None else 0
+    x_train = st.model.features_at(st.model.quantize_input(c.train.x), start) if start else features(st.model, c.train.x)
+    return ClientState(x_train, c.train.y.astype(np.uint8), features(st.model, c.test.x), c.test.y.astype(np.uint8),
+                       start)
 
 
 def scheme_scores(cfg_json: str) -> dict[str, float]:
@@ -97,6 +101,16 @@ def device_scheme(cfg_json: str, sram_kb: float | None):
     st = experiment_state(cfg_json)
     budget = int((sram_kb - float(st.cfg.budget.memory.reserve_kb)) * 1024)
     return choose_scheme(st.model, client_train_config(st.cfg), budget, scheme_scores(cfg_json))
+
+
+def train_config_for(cfg_json: str, partition_id: int, prox_mu: float = 0.0):
+    """The device's training settings: its scheme, with samples entering where the scheme begins."""
+    from fedtiny.budgets.memory import scheme_config
+
+    st = experiment_state(cfg_json)
+    scheme, _ = device_scheme(cfg_json, device_budget_kb(st.cfg, partition_id))
+    base = client_train_config(st.cfg, prox_mu=prox_mu)
+    return base if scheme is None else scheme_config(st.model, base, scheme.update)
 
 
 def client_train_config(cfg: DictConfig, update=None, prox_mu: float = 0.0):

@@ -90,14 +90,23 @@ class Model:
         scale, zp = self._handle.input_scale, self._handle.input_zero_point
         return np.clip(np.round(np.asarray(x, dtype=np.float64) / scale) + zp, -128, 127).astype(np.int8)
 
-    def _batch(self, x: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
+    def _batch(self, x: np.ndarray, shape: tuple[int, ...], what: str, dtype: type = np.int8) -> np.ndarray:
         x = np.asarray(x)
         size = int(np.prod(shape))
-        if x.dtype != np.int8:
-            raise TrainerError("BAD_DATA", f"{what} must be int8, got {x.dtype}")
+        if x.dtype != np.dtype(dtype):
+            raise TrainerError("BAD_DATA", f"{what} must be {np.dtype(dtype).name}, got {x.dtype}")
         if x.ndim < 1 or x.size != x.shape[0] * size:
             raise TrainerError("BAD_DATA", f"{what} must hold N samples of shape {shape}, got {x.shape}")
         return np.ascontiguousarray(x.reshape(x.shape[0], size))
+
+    def features_at(self, x: np.ndarray, k: int) -> np.ndarray:
+        """float32 activations entering trainable layer k (k >= 1), computed once from model
+        inputs with the model's stored float weights: samples for ``TrainConfig(start_layer=k)``."""
+        n_train = len(self.layers) - self.first_trainable
+        if not 1 <= k < n_train:
+            raise TrainerError("BAD_CONFIG", f"start layer must be in [1, {n_train}), got {k}")
+        out = self.forward(x)[self.first_trainable + k - 1].real
+        return np.ascontiguousarray(out, dtype=np.float32)
 
     def prefix_features(self, x: np.ndarray) -> np.ndarray:
         """Run the frozen int8 prefix on model inputs; returns int8 ``(N, *feature_shape)``."""
@@ -186,6 +195,7 @@ class TrainConfig:
     with_prefix: bool = False
     prox_mu: float = 0.0  # FedProx: adds prox_mu * (w - anchor) to every gradient
     update: tuple[LayerUpdate, ...] | None = None
+    start_layer: int = 0  # > 0: float32 samples enter trainable layer k (see Model.features_at)
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.lr) and self.lr > 0):
@@ -199,13 +209,15 @@ class TrainConfig:
         if not (np.isfinite(self.prox_mu) and self.prox_mu >= 0):
             raise ConfigError(f"prox_mu must be >= 0, got {self.prox_mu}")
 
+        if int(self.start_layer) != self.start_layer or self.start_layer < 0:
+            raise ConfigError(f"start_layer must be an integer >= 0, got {self.start_layer}")
         if self.update is not None and not all(isinstance(u, LayerUpdate) for u in self.update):
             raise ConfigError("update must be a sequence of LayerUpdate, one per trainable layer")
 
     def _args(self) -> tuple:
         updates = [u._arg() for u in self.update] if self.update is not None else []
         return (float(self.lr), float(self.momentum), float(self.weight_decay), int(self.batch_size),
-                int(bool(self.with_prefix)), float(self.prox_mu), updates)
+                int(bool(self.with_prefix)), float(self.prox_mu), int(self.start_layer), updates)
 
 
 @dataclass(frozen=True)
@@ -278,6 +290,10 @@ class Trainer:
             raise TrainerError(_core.status_name(status), "trainer init")
         self._handle = handle
         self._sample_shape = model.input_shape if (config.with_prefix or model.first_trainable == 0) else model.feature_shape
+        self._sample_dtype = np.int8
+        if config.start_layer > 0:
+            self._sample_shape = tuple(model.layers[model.first_trainable + config.start_layer - 1]["out_shape"])
+            self._sample_dtype = np.float32
 
     @property
     def arena_hwm(self) -> int:
@@ -285,7 +301,7 @@ class Trainer:
         return int(self._handle.hwm())
 
     def _data(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        xs = self.model._batch(x, self._sample_shape, "samples")
+        xs = self.model._batch(x, self._sample_shape, "samples", self._sample_dtype)
         y = np.asarray(y)
         if y.ndim != 1 or y.shape[0] != xs.shape[0]:
             raise TrainerError("BAD_DATA", f"labels must be 1-D with {xs.shape[0]} entries, got {y.shape}")

@@ -46,6 +46,9 @@ typedef struct {
     int32_t batch_size; /* >= 1 */
     int32_t with_prefix; /* 1: samples are model inputs; 0: samples are boundary features */
     float prox_mu;       /* >= 0: FedProx term mu/2 |w - anchor|^2; > 0 allocates the anchors */
+    int32_t start_layer; /* 0: int8 samples (see with_prefix); k > 0: float32 samples that enter trainable
+                            layer k (activations cached below the deepest layer the update touches);
+                            must not exceed the earliest layer the update changes */
     int32_t n_updates;   /* 0: every tensor of every trainable layer; else = number of trainable layers */
     ft_layer_update update[FT_MAX_LAYERS]; /* index 0 = first trainable layer */
 } ft_train_config;
@@ -63,7 +66,7 @@ typedef struct {
     int32_t param_count;  /* floats held in RAM as parameter copies */
     int32_t update_count; /* scalars the update changes (gradient entries) */
     int32_t first_backward; /* earliest trainable layer (0-based in the suffix) backprop reaches */
-    int32_t sample_size;  /* int8 elements per sample */
+    int32_t sample_size;  /* elements per sample (int8, or float32 with start_layer > 0) */
     int32_t feature_size; /* elements of the boundary activation */
 } ft_plan;
 
@@ -94,10 +97,11 @@ typedef struct {
 } ft_trainer;
 
 typedef struct {
-    const int8_t *x;      /* count * sample_size int8 values, sample-major */
+    const int8_t *x;      /* count * sample_size int8 values, sample-major (start_layer == 0) */
     const uint8_t *y;     /* count labels in [0, num_classes) */
     int32_t count;
     int32_t sample_size;  /* must equal plan.sample_size */
+    const float *xf;      /* count * sample_size float32 values (start_layer > 0), else NULL */
 } ft_dataset;
 
 typedef struct {

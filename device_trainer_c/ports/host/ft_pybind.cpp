@@ -34,8 +34,12 @@ struct TrainerHandle {
     ft_trainer tr;
 };
 
-static ft_dataset dataset(const arr<int8_t> &x, const arr<uint8_t> &y, int sample_size) {
-    return ft_dataset{x.data(), y.data(), static_cast<int32_t>(y.size()), sample_size};
+// x: C-contiguous int8 samples, or float32 samples for trainers with start_layer > 0
+static ft_dataset dataset(const py::array &x, const arr<uint8_t> &y, int sample_size) {
+    const bool floats = x.dtype().is(py::dtype::of<float>());
+    return ft_dataset{floats ? nullptr : static_cast<const int8_t *>(x.data()), y.data(),
+                      static_cast<int32_t>(y.size()), sample_size,
+                      floats ? static_cast<const float *>(x.data()) : nullptr};
 }
 
 static py::tuple stats(ft_status st, const ft_stats &s) {
@@ -44,10 +48,11 @@ static py::tuple stats(ft_status st, const ft_stats &s) {
 
 // updates: empty (every tensor) or one (weights kind, bias, channels) tuple per trainable layer
 static ft_train_config config(float lr, float momentum, float wd, int batch, int with_prefix, float prox_mu,
-                              const std::vector<std::tuple<int, int, int>> &updates) {
+                              int start_layer, const std::vector<std::tuple<int, int, int>> &updates) {
     ft_train_config c{};
     c.lr = lr; c.momentum = momentum; c.weight_decay = wd; c.batch_size = batch; c.with_prefix = with_prefix;
     c.prox_mu = prox_mu;
+    c.start_layer = start_layer;
     c.n_updates = static_cast<int32_t>(std::min<size_t>(updates.size(), FT_MAX_LAYERS));
     if (updates.size() > FT_MAX_LAYERS) c.n_updates = -1;  // rejected by the plan
     for (int32_t k = 0; k < c.n_updates; k++) {
@@ -147,8 +152,8 @@ PYBIND11_MODULE(_core, m) {
     });
 
     m.def("plan", [](const ModelHandle &h, float lr, float mom, float wd, int batch, int with_prefix, float prox,
-                     const std::vector<std::tuple<int, int, int>> &updates) {
-        ft_train_config cfg = config(lr, mom, wd, batch, with_prefix, prox, updates);
+                     int start_layer, const std::vector<std::tuple<int, int, int>> &updates) {
+        ft_train_config cfg = config(lr, mom, wd, batch, with_prefix, prox, start_layer, updates);
         ft_plan p{};
         ft_status st = ft_trainer_plan(&h.model, &cfg, &p);
         return py::make_tuple(static_cast<int>(st), plan_dict(p));
@@ -184,7 +189,7 @@ PYBIND11_MODULE(_core, m) {
             }
             return py::make_tuple(s.w_kind, s.b_on, channels);
         })
-        .def("train_epochs", [](TrainerHandle &t, const arr<int8_t> &x, const arr<uint8_t> &y, int epochs,
+        .def("train_epochs", [](TrainerHandle &t, const py::array &x, const arr<uint8_t> &y, int epochs,
                                 uint32_t seed) {
             ft_dataset d = dataset(x, y, t.tr.plan.sample_size);
             ft_stats s{};
@@ -195,7 +200,7 @@ PYBIND11_MODULE(_core, m) {
             }
             return stats(st, s);
         })
-        .def("accumulate", [](TrainerHandle &t, const arr<int8_t> &x, const arr<uint8_t> &y) {
+        .def("accumulate", [](TrainerHandle &t, const py::array &x, const arr<uint8_t> &y) {
             ft_dataset d = dataset(x, y, t.tr.plan.sample_size);
             ft_stats s{};
             ft_status st = ft_trainer_accumulate(&t.tr, &d, nullptr, d.count, &s);
@@ -203,13 +208,13 @@ PYBIND11_MODULE(_core, m) {
         })
         .def("set_anchor", [](TrainerHandle &t) { return static_cast<int>(ft_trainer_set_anchor(&t.tr)); })
         .def("apply", [](TrainerHandle &t, int n) { return static_cast<int>(ft_trainer_apply(&t.tr, n)); })
-        .def("step", [](TrainerHandle &t, const arr<int8_t> &x, const arr<uint8_t> &y) {
+        .def("step", [](TrainerHandle &t, const py::array &x, const arr<uint8_t> &y) {
             ft_dataset d = dataset(x, y, t.tr.plan.sample_size);
             ft_stats s{};
             ft_status st = ft_trainer_step(&t.tr, &d, nullptr, d.count, &s);
             return stats(st, s);
         })
-        .def("evaluate", [](TrainerHandle &t, const arr<int8_t> &x, const arr<uint8_t> &y, arr<float> logits) {
+        .def("evaluate", [](TrainerHandle &t, const py::array &x, const arr<uint8_t> &y, arr<float> logits) {
             ft_dataset d = dataset(x, y, t.tr.plan.sample_size);
             ft_stats s{};
             ft_status st;
@@ -221,12 +226,12 @@ PYBIND11_MODULE(_core, m) {
         });
 
     m.def("trainer_init", [](std::shared_ptr<ModelHandle> h, float lr, float mom, float wd, int batch,
-                             int with_prefix, float prox, const std::vector<std::tuple<int, int, int>> &updates,
-                             arr<uint8_t> arena) {
+                             int with_prefix, float prox, int start_layer,
+                             const std::vector<std::tuple<int, int, int>> &updates, arr<uint8_t> arena) {
         auto t = std::make_shared<TrainerHandle>();
         t->model = h;
         t->arena = arena;
-        ft_train_config cfg = config(lr, mom, wd, batch, with_prefix, prox, updates);
+        ft_train_config cfg = config(lr, mom, wd, batch, with_prefix, prox, start_layer, updates);
         ft_status st = ft_trainer_init(&t->tr, &h->model, &cfg, t->arena.mutable_data(),
                                        static_cast<uint32_t>(t->arena.size()));
         return py::make_tuple(static_cast<int>(st), st == FT_OK ? py::cast(t) : py::none());

@@ -144,7 +144,9 @@ static ft_status ft_check_data(const ft_trainer *tr, const ft_dataset *data)
     if (!tr->initialized) {
         return FT_ERR_NOT_INITIALIZED;
     }
-    if (data->count < 0 || data->sample_size != tr->plan.sample_size || (data->count > 0 && (data->x == NULL || data->y == NULL))) {
+    const int floats = tr->cfg.start_layer > 0;
+    if (data->count < 0 || data->sample_size != tr->plan.sample_size ||
+        (data->count > 0 && ((floats ? (const void *)data->xf : (const void *)data->x) == NULL || data->y == NULL))) {
         return FT_ERR_BAD_DATA;
     }
     for (int32_t i = 0; i < data->count; i++) {
@@ -155,11 +157,20 @@ static ft_status ft_check_data(const ft_trainer *tr, const ft_dataset *data)
     return FT_OK;
 }
 
-/* Forward one sample; the logits end in acts[L]. */
-static ft_status ft_forward(ft_trainer *tr, const int8_t *x)
+/* Forward sample i; the logits end in acts[L]. */
+static ft_status ft_forward(ft_trainer *tr, const ft_dataset *data, uint32_t i)
 {
     const ft_model *m = tr->model;
     const int32_t first = m->first_trainable;
+    const int32_t k0 = tr->cfg.start_layer;
+    if (k0 > 0) { /* cached float activations enter trainable layer k0 (read only) */
+        tr->acts[k0] = (float *)(uintptr_t)(data->xf + (size_t)i * (size_t)data->sample_size);
+        for (int32_t k = k0; k < m->num_layers - first; k++) {
+            ft_layer_forward_f32(&m->layers[first + k], ft_w(tr, k), ft_b(tr, k), tr->acts[k], tr->acts[k + 1]);
+        }
+        return FT_OK;
+    }
+    const int8_t *x = data->x + (size_t)i * (size_t)data->sample_size;
     const int8_t *feat = x;
     float scale = m->input_scale;
     int32_t zp = m->input_zero_point;
@@ -234,7 +245,7 @@ static void ft_backward(ft_trainer *tr)
 static ft_status ft_sample_grads(ft_trainer *tr, const ft_dataset *data, uint32_t i, ft_stats *acc)
 {
     const int32_t n_train = tr->model->num_layers - tr->model->first_trainable;
-    ft_status st = ft_forward(tr, data->x + (size_t)i * data->sample_size);
+    ft_status st = ft_forward(tr, data, i);
     if (st != FT_OK) {
         return st;
     }
@@ -458,7 +469,7 @@ ft_status ft_trainer_evaluate(ft_trainer *tr, const ft_dataset *data, float *log
     const int32_t classes = tr->model->num_classes;
     ft_stats s = {0.0f, 0, data->count, 0};
     for (int32_t i = 0; i < data->count; i++) {
-        st = ft_forward(tr, data->x + (size_t)i * data->sample_size);
+        st = ft_forward(tr, data, (uint32_t)i);
         if (st != FT_OK) {
             return st;
         }

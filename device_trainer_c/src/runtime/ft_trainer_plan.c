@@ -86,7 +86,7 @@ ft_status ft_trainer_layout(const ft_model *m, const ft_train_config *cfg, uint8
         return FT_ERR_BAD_CONFIG;
     }
     ft_plan p = {0};
-    const int use_prefix = cfg->with_prefix && first > 0;
+    const int use_prefix = cfg->with_prefix && first > 0 && cfg->start_layer == 0;
     p.feature_size = first > 0 ? ft_layer_out_count(&m->layers[first - 1]) : m->in_h * m->in_w * m->in_c;
     p.sample_size = cfg->with_prefix ? m->in_h * m->in_w * m->in_c : p.feature_size;
 
@@ -108,6 +108,10 @@ ft_status ft_trainer_layout(const ft_model *m, const ft_train_config *cfg, uint8
     }
     if (k_min < 0) {
         return FT_ERR_BAD_CONFIG; /* nothing to update */
+    }
+    const int32_t k0 = cfg->start_layer;
+    if (k0 < 0 || k0 > k_min || (k0 > 0 && cfg->with_prefix)) {
+        return FT_ERR_BAD_CONFIG; /* samples must enter at or below the earliest updated layer */
     }
     if (copies > FT_MAX_ELEMENTS || grads > FT_MAX_ELEMENTS) {
         return FT_ERR_BAD_DIMS;
@@ -139,6 +143,10 @@ ft_status ft_trainer_layout(const ft_model *m, const ft_train_config *cfg, uint8
     for (int32_t k = 0; k <= n_train; k++) {
         act_size[k] = (uint32_t)(k == 0 ? p.feature_size : ft_layer_out_count(&m->layers[first + k - 1]));
         kept[k] = k > k_min || (k == k_min && z[k].grad_w > 0);
+        if (k <= k0 && k0 > 0) {
+            kept[k] = 0; /* below the entry point nothing runs; acts[k0] points at the sample */
+            continue;
+        }
         if (!kept[k]) {
             pp_size[k % 2] = ft_max_u32(pp_size[k % 2], act_size[k]);
         }
@@ -170,8 +178,11 @@ ft_status ft_trainer_layout(const ft_model *m, const ft_train_config *cfg, uint8
             acts[k] = ft_bump_take(&b, act_size[k] * sizeof(float));
             acts_bytes += act_size[k] * sizeof(float);
         } else {
-            acts[k] = pp[k % 2];
+            acts[k] = (k0 > 0 && k <= k0) ? NULL : pp[k % 2];
         }
+    }
+    if (k0 > 0) {
+        p.sample_size = (int32_t)act_size[k0];
     }
     float *g0 = ft_bump_take(&b, gsize[0] * sizeof(float));
     float *g1 = ft_bump_take(&b, gsize[1] * sizeof(float));

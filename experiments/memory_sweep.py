@@ -1,0 +1,138 @@
+"""Accuracy vs memory budget on the default task, with the memory PyTorch autograd needs for
+the same update, side by side. One command:
+
+    python experiments/memory_sweep.py                       # budgets 4 8 16 32 64 128 KiB
+    python experiments/memory_sweep.py --budgets 8 32 --rounds 3 -- model.trainable_layers=5
+
+Each budget is the training arena every device may use (reserve_kb = 0: the budget is what is
+left after inference buffers and stack). The backbone exports `model.trainable_layers=6` float
+layers (depthwise conv, pointwise conv, pooling, flatten and the two FC layers), so schemes can
+reach below the head. Writes memory_sweep.csv, memory_sweep.md and memory_sweep.png into
+outputs/memory_sweep/<time>/ and prints the table.
+
+PyTorch memory of a scheme: what autograd keeps for one sample — the float model's parameters
+(all of them, as a PyTorch device would hold them), gradients and momentum of the updated tensors
+(whole tensors: autograd has no channel subsets), and the tensors saved for backward (measured
+with torch.autograd.graph.saved_tensors_hooks); the int8 prefix is run as float too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedtiny.config import compose
+from fedtiny.errors import ConfigError
+from fedtiny.experiment import run_experiment
+from fedtiny.fl.state import config_json, device_scheme, experiment_state
+from fedtiny.models.nets import to_nchw
+
+
+def torch_update_bytes(net: torch.nn.Sequential, model, scheme, x: np.ndarray, momentum: bool) -> int:
+    """Bytes PyTorch autograd holds to compute this scheme's update on one sample."""
+    net = net.float()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    groups = [m for m in net if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.AdaptiveAvgPool2d,
+                                              torch.nn.Flatten))]
+    suffix = groups[model.first_trainable :]
+    trained = 0
+    for mod, u in zip(suffix, scheme.update):
+        if u.weights != "none":
+            mod.weight.requires_grad_(True)
+            trained += mod.weight.numel()
+        if u.bias:
+            mod.bias.requires_grad_(True)
+            trained += mod.bias.numel()
+    saved = []
+
+    def pack(t):  # every tensor autograd saves for backward
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = torch.nn.functional.cross_entropy(net(to_nchw(x[:1])), torch.zeros(1, dtype=torch.long))
+    loss.backward()
+    params = sum(p.numel() for p in net.parameters()) * 4
+    return int(params + trained * 4 * (2 if momentum else 1) + sum(saved))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budgets", type=float, nargs="+", default=[4, 8, 16, 32, 64, 128])
+    parser.add_argument("--rounds", type=int, default=10)
+    args, overrides = parser.parse_known_args()
+    overrides = [o for o in overrides if o != "--"]
+    out = Path("outputs/memory_sweep") / time.strftime("%Y-%m-%d_%H-%M-%S")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for kb in args.budgets:
+        ov = ["model.trainable_layers=6", f"rounds={args.rounds}", "budget.memory.reserve_kb=0",
+              f"budget.memory.sram_kb=[{kb}]", "progress=false", *overrides]
+        cfg = compose(ov)
+        state = experiment_state(config_json(cfg), log=print)
+        try:
+            scheme, arena = device_scheme(config_json(cfg), float(kb))
+        except ConfigError as err:
+            print(f"{kb:g} KiB: {err}")
+            rows.append({"budget_kib": kb, "scheme": "none fits", "arena_bytes": "", "torch_bytes": "",
+                         "torch_ratio": "", "initial_accuracy": "", "final_accuracy": "", "best_accuracy": ""})
+            continue
+        summary = run_experiment(cfg, out / f"{kb:g}KiB", log=lambda *_: None)
+        tb = torch_update_bytes(state.backbone.net, state.model, scheme, state.task.pretrain.x, cfg.client.momentum > 0)
+        rows.append({"budget_kib": kb, "scheme": scheme.name, "arena_bytes": arena, "torch_bytes": tb,
+                     "torch_ratio": round(tb / arena, 1), "initial_accuracy": summary["initial_accuracy"],
+                     "final_accuracy": summary["final_accuracy"], "best_accuracy": summary["best_accuracy"]})
+        print(f"{kb:g} KiB: {scheme.name}, arena {arena:,} B (PyTorch {tb:,} B, {tb / arena:.1f}x), "
+              f"accuracy {summary['initial_accuracy']:.3f} -> {summary['final_accuracy']:.3f}")
+    write(out, rows)
+
+
+def write(out: Path, rows: list[dict]) -> None:
+    keys = list(rows[0])
+    with open(out / "memory_sweep.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    (out / "memory_sweep.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["arena_bytes"] != ""]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    a1.plot([r["budget_kib"] for r in ok], [r["final_accuracy"] for r in ok], marker="o", label="after federated rounds")
+    a1.plot([r["budget_kib"] for r in ok], [r["initial_accuracy"] for r in ok], linestyle=":", color="grey",
+            label="pretrained int8")
+    for r in ok:
+        a1.annotate(r["scheme"], (r["budget_kib"], r["final_accuracy"]), fontsize=7, rotation=20)
+    a1.set_xscale("log", base=2)
+    a1.set_xlabel("training arena budget (KiB)")
+    a1.set_ylabel("server accuracy (held-out field data)")
+    a1.legend(fontsize=8)
+    a1.grid(alpha=0.3)
+    x = np.arange(len(ok))
+    a2.bar(x - 0.2, [r["arena_bytes"] / 1024 for r in ok], 0.4, label="fedtiny arena (exact)")
+    a2.bar(x + 0.2, [r["torch_bytes"] / 1024 for r in ok], 0.4, label="PyTorch autograd")
+    a2.set_xticks(x, [f"{r['budget_kib']:g}" for r in ok])
+    a2.set_xlabel("budget (KiB)")
+    a2.set_ylabel("KiB for the chosen update")
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "memory_sweep.png")
+    print(f"results in {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
