@@ -43,13 +43,17 @@ def test_same_seed_same_parameters_bit_for_bit(task, features):
     assert runs[0] != runs[2]  # the seed changes the sample order, hence the result
 
 
+def _random_head(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, 0.05, (10, 48)).astype(np.float32), rng.normal(0, 0.05, 10).astype(np.float32)
+
+
 def test_sgd_momentum_weight_decay_against_numpy(task, features):
     """Two full-batch steps: v1 = g0 + wd w0; w1 = w0 - lr v1; v2 = mu v1 + g1 + wd w1; w2 = w1 - lr v2."""
     f_train, _ = features
     x, y = f_train[:64], task.y_train[:64]
     lr, mu, wd = 0.01, 0.9, 0.05
-    rng = np.random.default_rng(0)
-    w0 = rng.normal(0, 0.05, (10, 48)).astype(np.float32), rng.normal(0, 0.05, 10).astype(np.float32)
+    w0 = _random_head(0)
     probe = Trainer(task.model, TrainConfig(lr=lr))
     probe.set_params([w0])
     g0 = probe.gradients(x, y)[0]
@@ -71,8 +75,7 @@ def test_step_is_one_sgd_update(task, features):
     f_train, _ = features
     x, y = f_train[:32], task.y_train[:32]
     lr, wd = 0.01, 0.1
-    rng = np.random.default_rng(1)
-    w0 = rng.normal(0, 0.05, (10, 48)).astype(np.float32), rng.normal(0, 0.05, 10).astype(np.float32)
+    w0 = _random_head(1)
     trainer = Trainer(task.model, TrainConfig(lr=lr, weight_decay=wd))
     trainer.set_params([w0])
     g0 = trainer.gradients(x, y)[0]
@@ -88,8 +91,7 @@ def test_fedprox_term_pulls_towards_the_anchor(task, features):
     f_train, _ = features
     x, y = f_train[:32], task.y_train[:32]
     lr, mu = 0.01, 0.5
-    rng = np.random.default_rng(2)
-    w0 = rng.normal(0, 0.05, (10, 48)).astype(np.float32), rng.normal(0, 0.05, 10).astype(np.float32)
+    w0 = _random_head(2)
     probe = Trainer(task.model, TrainConfig(lr=lr))
     probe.set_params([w0])
     g0 = probe.gradients(x, y)[0]

@@ -33,23 +33,17 @@ def expected_shapes(template: Params) -> dict[str, tuple[int, ...]]:
 
 def check_record(record: ArrayRecord, shapes: dict[str, tuple[int, ...]]) -> str | None:
     """None if `record` carries exactly the expected float32 finite arrays, else the reason."""
+    from fedtiny.fl.aggregate import parse_update
+
     keys = set(record.keys())
     if keys != set(shapes):
         missing, extra = sorted(set(shapes) - keys), sorted(keys - set(shapes))
         return f"wrong arrays (missing {missing}, unexpected {extra})"
-    for key, shape in shapes.items():
-        arr = record[key]
-        if arr.dtype != "float32" and str(arr.dtype) != "float32":
-            return f"{key}: dtype {arr.dtype}, expected float32"
-        if tuple(arr.shape) != tuple(shape):
-            return f"{key}: shape {tuple(arr.shape)}, expected {tuple(shape)}"
-        try:
-            values = arr.numpy()
-        except Exception as err:  # malformed payload
-            return f"{key}: undecodable ({type(err).__name__})"
-        if values.shape != tuple(shape) or not np.isfinite(values).all():
-            return f"{key}: non-finite or malformed values"
-    return None
+    try:
+        arrays = {k: a.numpy() for k, a in record.items()}
+    except Exception as err:  # malformed payload
+        return f"undecodable arrays ({type(err).__name__})"
+    return parse_update(arrays, {}, shapes, dict.fromkeys(shapes, 0))[1]
 
 
 def record_to_params(record: ArrayRecord, template: Params) -> Params:

@@ -54,6 +54,15 @@ static const float *ft_b(const ft_trainer *tr, int32_t k)
     return tr->ls[k].b != NULL ? tr->ls[k].b : tr->model->layers[tr->model->first_trainable + k].b_f32;
 }
 
+/* Gradient row of output channel oc: itself for full updates, its slot (or -1) for subsets. */
+static inline int32_t ft_grad_row(const ft_layer_state *s, int32_t oc) { return s->slot != NULL ? s->slot[oc] : oc; }
+
+/* Index of weight j of channel oc in the layer's gradient (and momentum/anchor) storage. */
+static inline int32_t ft_grad_index(const ft_layer *l, const ft_layer_state *s, int32_t oc, int32_t j)
+{
+    return s->slot != NULL ? s->slot[oc] * s->row + j : ft_layer_widx_f32(l, oc, j, s->row);
+}
+
 ft_status ft_trainer_init(ft_trainer *tr, const ft_model *model, const ft_train_config *cfg, void *arena,
                           uint32_t arena_size)
 {
@@ -119,9 +128,8 @@ ft_status ft_trainer_set_anchor(ft_trainer *tr)
         ft_layer_state *s = &tr->ls[k];
         if (s->aw != NULL) {
             for (int32_t oc = 0; oc < l->out_c; oc++) {
-                const int32_t r = s->slot != NULL ? s->slot[oc] : oc;
-                for (int32_t j = 0; r >= 0 && j < s->row; j++) {
-                    s->aw[r * s->row + j] = s->w[ft_layer_widx_f32(l, oc, j, s->row)];
+                for (int32_t j = 0; ft_grad_row(s, oc) >= 0 && j < s->row; j++) {
+                    s->aw[ft_grad_index(l, s, oc, j)] = s->w[ft_layer_widx_f32(l, oc, j, s->row)];
                 }
             }
         }
@@ -317,10 +325,9 @@ ft_status ft_trainer_apply(ft_trainer *tr, int32_t n)
         ft_layer_state *s = &tr->ls[k];
         if (s->gw != NULL) {
             for (int32_t oc = 0; oc < l->out_c; oc++) {
-                const int32_t r = s->slot != NULL ? s->slot[oc] : oc;
-                for (int32_t j = 0; r >= 0 && j < s->row; j++) {
+                for (int32_t j = 0; ft_grad_row(s, oc) >= 0 && j < s->row; j++) {
                     const int32_t wi = ft_layer_widx_f32(l, oc, j, s->row);
-                    const int32_t gi = s->slot != NULL ? r * s->row + j : wi;
+                    const int32_t gi = ft_grad_index(l, s, oc, j);
                     s->w[wi] = ft_sgd(c, s->w[wi], s->gw[gi], inv_n, s->mw != NULL ? s->mw + gi : NULL,
                                       s->aw != NULL ? s->aw + gi : NULL);
                 }
@@ -390,10 +397,8 @@ ft_status ft_trainer_layer_grads(const ft_trainer *tr, int32_t k, float *gw, flo
     if (gw != NULL) {
         memset(gw, 0, (size_t)l->weight_count * sizeof(float));
         for (int32_t oc = 0; s->gw != NULL && oc < l->out_c; oc++) {
-            const int32_t r = s->slot != NULL ? s->slot[oc] : oc;
-            for (int32_t j = 0; r >= 0 && j < s->row; j++) {
-                const int32_t wi = ft_layer_widx_f32(l, oc, j, s->row);
-                gw[wi] = s->gw[s->slot != NULL ? r * s->row + j : wi];
+            for (int32_t j = 0; ft_grad_row(s, oc) >= 0 && j < s->row; j++) {
+                gw[ft_layer_widx_f32(l, oc, j, s->row)] = s->gw[ft_grad_index(l, s, oc, j)];
             }
         }
     }
