@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedtiny.trainer import Model, TrainConfig, Trainer
+from fedtiny.trainer import LayerUpdate, Model, TrainConfig, Trainer
 from tests.models import random_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,16 +42,19 @@ def job_bytes(model_bytes: bytes, x: np.ndarray, y: np.ndarray, cfg: TrainConfig
     def align(n: int) -> int:
         return (n + 7) & ~7
 
-    head = 64
-    m_off = head
+    updates = [u._arg() for u in cfg.update] if cfg.update is not None else []
+    words = [kind | (bias << 8) | (channels << 16) for kind, bias, channels in updates]
+    words += [0] * (32 - len(words))
+    head = 4 * (18 + 32)
+    m_off = align(head)
     x_off = align(m_off + len(model_bytes))
-    y_off = align(x_off + x.size)
+    y_off = align(x_off + x.nbytes)
     out = bytearray(align(y_off + y.size))
-    struct.pack_into("<4sIIIIIIIIIfffIIf", out, 0, b"FTTW", 1, m_off, len(model_bytes), x_off, y_off, len(y),
+    struct.pack_into("<4sIIIIIIIIIfffIIfII32I", out, 0, b"FTTW", 2, m_off, len(model_bytes), x_off, y_off, len(y),
                      x[0].size, epochs, seed, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size,
-                     int(cfg.with_prefix), cfg.prox_mu)
+                     int(cfg.with_prefix), cfg.prox_mu, cfg.start_layer, len(updates), *words)
     out[m_off : m_off + len(model_bytes)] = model_bytes
-    out[x_off : x_off + x.size] = x.astype(np.int8).tobytes()
+    out[x_off : x_off + x.nbytes] = np.ascontiguousarray(x).tobytes()
     out[y_off : y_off + y.size] = y.astype(np.uint8).tobytes()
     return bytes(out)
 
@@ -76,24 +79,31 @@ def run_qemu(firmware: Path, job: Path) -> dict:
     return out
 
 
+N, A = LayerUpdate("none", False), LayerUpdate("all", True)
 CASES = [
-    # (frozen int8 prefix, trainable float suffix, with_prefix, momentum, weight decay, prox)
-    (("conv2d", "dwconv2d"), ("fc",), True, 0.9, 1e-4, 0.0),
-    (("conv2d",), ("conv2d", "avgpool", "flatten", "fc"), True, 0.0, 0.0, 0.1),
-    (("dwconv2d", "conv2d"), ("dwconv2d", "conv2d", "fc", "fc"), False, 0.9, 0.0, 0.0),
+    # (frozen int8 prefix, trainable float suffix, with_prefix, momentum, weight decay, prox, scheme, start)
+    (("conv2d", "dwconv2d"), ("fc",), True, 0.9, 1e-4, 0.0, None, 0),
+    (("conv2d",), ("conv2d", "avgpool", "flatten", "fc"), True, 0.0, 0.0, 0.1, None, 0),
+    (("dwconv2d", "conv2d"), ("dwconv2d", "conv2d", "fc", "fc"), False, 0.9, 0.0, 0.0, None, 0),
+    # sparse schemes: channel subsets, bias-only, float samples cached at the first updated layer
+    (("conv2d",), ("conv2d", "dwconv2d", "flatten", "fc"), False, 0.9, 1e-4, 0.1,
+     (LayerUpdate(2, True), LayerUpdate(1, False), N, A), 0),
+    (("conv2d",), ("conv2d", "dwconv2d", "avgpool", "fc", "fc"), False, 0.9, 0.0, 0.0,
+     (N, LayerUpdate("none", True), N, LayerUpdate(2, False), A), 1),
 ]
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_emulated_cortex_m4_trains_bit_identically(firmware, tmp_path, case):
-    frozen, suffix, with_prefix, mom, wd, prox = CASES[case]
+    frozen, suffix, with_prefix, mom, wd, prox, scheme, start = CASES[case]
     rng = np.random.default_rng(100 + case)
     spec = random_model(rng, frozen=frozen, trainable=suffix)
     model = Model(spec)
     x = rng.integers(-128, 128, (40, *model.input_shape)).astype(np.int8)
     y = rng.integers(0, model.num_classes, 40).astype(np.uint8)
-    samples = x if with_prefix else model.prefix_features(x)
-    cfg = TrainConfig(lr=0.05, momentum=mom, weight_decay=wd, batch_size=8, with_prefix=with_prefix, prox_mu=prox)
+    samples = x if with_prefix else (model.features_at(x, start) if start else model.prefix_features(x))
+    cfg = TrainConfig(lr=0.05, momentum=mom, weight_decay=wd, batch_size=8, with_prefix=with_prefix, prox_mu=prox,
+                      update=scheme, start_layer=start)
     host = Trainer(model, cfg)
     host.train_epochs(samples, y, epochs=3, seed=11 + case)
     loss = host.evaluate(samples, y).loss

@@ -3,9 +3,11 @@
  * (-device loader,file=job.bin,addr=0x21000000) and prints the resulting parameters as the
  * bit patterns of their float32 values, so a host test can compare them bit for bit.
  *
- * Job layout (little-endian u32/f32): magic "FTTW", version 1, model offset, model length,
+ * Job layout (little-endian u32/f32): magic "FTTW", version 2, model offset, model length,
  * x offset, y offset, count, sample size, epochs, seed, lr, momentum, weight decay,
- * batch size, with_prefix, prox_mu; then the referenced data (offsets from the job start).
+ * batch size, with_prefix, prox_mu, start_layer, n_updates, then FT_MAX_LAYERS update words
+ * (weights kind | bias << 8 | channels << 16); then the referenced data (offsets from the job
+ * start). Samples are int8, or float32 when start_layer > 0.
  */
 #include <stdint.h>
 #include <string.h>
@@ -50,7 +52,7 @@ static uint32_t bits(float f)
 int main(void)
 {
     const uint32_t *job = (const uint32_t *)FT_JOB_ADDR;
-    if (job[0] != 0x57545446u || job[1] != 1u) {
+    if (job[0] != 0x57545446u || job[1] != 2u) {
         ft_semihost_write("ERROR bad job\n");
         return 2;
     }
@@ -63,6 +65,12 @@ int main(void)
     cfg.batch_size = (int32_t)job[13];
     cfg.with_prefix = (int32_t)job[14];
     memcpy(&cfg.prox_mu, &job[15], 4);
+    cfg.start_layer = (int32_t)job[16];
+    cfg.n_updates = (int32_t)job[17];
+    for (int32_t k = 0; k < FT_MAX_LAYERS; k++) {
+        const uint32_t u = job[18 + k];
+        cfg.update[k] = (ft_layer_update){(uint8_t)(u & 0xFFu), (uint8_t)((u >> 8) & 0xFFu), (uint16_t)(u >> 16)};
+    }
     ft_status st = ft_model_load(&model, base + job[2], job[3]);
     if (st == FT_OK) {
         st = ft_trainer_init(&trainer, &model, &cfg, arena, sizeof arena);
@@ -71,7 +79,9 @@ int main(void)
         say("STATUS", (uint32_t)st);
         return 3;
     }
-    const ft_dataset data = {(const int8_t *)(base + job[4]), base + job[5], (int32_t)job[6], (int32_t)job[7], NULL};
+    const int floats = cfg.start_layer > 0;
+    const ft_dataset data = {floats ? NULL : (const int8_t *)(base + job[4]), base + job[5], (int32_t)job[6],
+                             (int32_t)job[7], floats ? (const float *)(base + job[4]) : NULL};
     ft_stats stats;
     st = ft_trainer_train_epochs(&trainer, &data, (int32_t)job[8], job[9], &stats);
     if (st == FT_OK) {
