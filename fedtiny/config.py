@@ -129,7 +129,7 @@ class FaultsCfg:
 class MemoryBudgetCfg:
     sram_kb: list[float] = field(default_factory=list)
     reserve_kb: float = 8.0
-    contribution_epochs: int = 3
+    contribution_epochs: int = 5
 
 
 @dataclass

@@ -51,9 +51,10 @@ def test_report_total_equals_measured_for_every_candidate(model, with_prefix):
 
 def test_budget_choice(model, tmp_path):
     rng = np.random.default_rng(2)
-    x = model.prefix_features(rng.integers(-128, 128, (60, *model.input_shape)).astype(np.int8))
-    y = rng.integers(0, model.num_classes, 60)
-    scores = contribution_analysis(model, lambda: (x[:40], y[:40], x[40:], y[40:]), tmp_path, epochs=1, tag="t")
+    x = rng.integers(-128, 128, (60, *model.input_shape)).astype(np.int8)
+    y = rng.integers(0, model.num_classes, 60).astype(np.uint8)
+    scores = contribution_analysis(model, lambda: (model, x[:40], y[:40], x[40:], y[40:]), tmp_path, epochs=1,
+                                   tag="t")
     assert set(scores) == {s.name for s in candidate_schemes(model)}
     def fail():
         raise AssertionError("the cached scores must be used")

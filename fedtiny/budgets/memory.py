@@ -6,10 +6,12 @@ best scheme that fits a board's SRAM budget.
 * :func:`candidate_schemes` lists sparse updates in the spirit of MIT's tiny-training: the last
   layer (the classifier) is always updated in full; deeper layers add their biases, a fraction of
   their output channels' weights (ranked by weight L2 norm), or their full weights.
-* :func:`contribution_analysis` scores every candidate on the vendor's data: the classifier is
-  reset to zero, each scheme fine-tunes for a few epochs on the vendor training split with the C
-  trainer, and the score is the accuracy on the vendor validation split. A scheme that can adapt
-  more of the network scores higher. Scores are cached next to the backbone.
+* :func:`contribution_analysis` scores every candidate by transfer on the vendor's data: a proxy
+  backbone is pretrained and exported exactly like the real one but without one vendor group
+  (a subject, or 30 % of the samples when the data has no groups); each scheme then fine-tunes
+  the proxy (pretrained classifier included) on half of the held-out group with the C trainer,
+  and its score is the accuracy on the other half. A scheme that adapts better to data the
+  backbone has not seen scores higher. No field data is used. Scores are cached.
 * :func:`choose_scheme` picks the highest-scoring scheme whose arena fits the budget (ties: the
   smaller arena); a budget that holds no scheme is a :class:`~fedtiny.errors.ConfigError`. Each
   scheme is sized with its samples cached at the deepest layer it leaves untouched
@@ -86,26 +88,33 @@ def _scores_path(cache_dir: Path, model: Model, settings: dict) -> Path:
     return Path(cache_dir).expanduser() / f"contribution-{key}.json"
 
 
-def contribution_analysis(model: Model, data, cache_dir: str | Path, epochs: int = 3, lr: float = 0.005,
+def contribution_analysis(model: Model, data, cache_dir: str | Path, epochs: int = 5, lr: float = 0.005,
                           seed: int = 0, tag: str = "") -> dict[str, float]:
-    """Vendor-validation accuracy each candidate reaches from a zeroed classifier (see module doc).
-    `data` is a callable returning (x_train, y_train, x_val, y_val) as boundary features (int8);
-    it is called only when the scores are not cached. `tag` names the data in the cache key."""
+    """Accuracy each candidate scheme of `model` reaches by transfer (see the module docstring).
+
+    `data` is a callable returning (proxy model, x_train, y_train, x_val, y_val), the inputs as
+    int8 model inputs; it runs only when the scores are not cached. The proxy must have the
+    structure of `model` (same candidates). `tag` names the data in the cache key."""
     schemes = candidate_schemes(model)
-    settings = {"schemes": [s.name for s in schemes], "epochs": epochs, "lr": lr, "seed": seed, "data": tag}
+    settings = {"schemes": [s.name for s in schemes], "epochs": epochs, "lr": lr, "seed": seed, "data": tag,
+                "protocol": "transfer-1"}
     path = _scores_path(Path(cache_dir), model, settings)
     if path.exists():
         return json.loads(path.read_text())
-    x_train, y_train, x_val, y_val = data()
+    proxy, x_train, y_train, x_val, y_val = data()
+    feats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     scores = {}
     for s in schemes:
-        trainer = Trainer(model, TrainConfig(lr=lr, momentum=0.9, batch_size=16, update=s.update))
-        params = trainer.get_params()
-        w, b = params[-1]
-        params[-1] = (np.zeros_like(w), np.zeros_like(b))
-        trainer.set_params(params)
-        trainer.train_epochs(x_train, y_train, epochs=epochs, seed=seed)
-        scores[s.name] = round(trainer.evaluate(x_val, y_val).accuracy, 6)
+        config = scheme_config(proxy, TrainConfig(lr=lr, momentum=0.9, batch_size=16), s.update)
+        k = config.start_layer
+        if k not in feats:  # samples enter where the scheme begins, as on a device
+            if k > 0:
+                feats[k] = (proxy.features_at(x_train, k), proxy.features_at(x_val, k))
+            else:
+                feats[k] = (proxy.prefix_features(x_train), proxy.prefix_features(x_val))
+        trainer = Trainer(proxy, config)
+        trainer.train_epochs(feats[k][0], y_train, epochs=epochs, seed=seed)
+        scores[s.name] = round(trainer.evaluate(feats[k][1], y_val).accuracy, 6)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(scores, indent=2))
     return scores

@@ -66,6 +66,7 @@ class FederatedTask:
     clients: list[ClientData]
     server_test: Split
     info: dict = field(default_factory=dict)
+    pretrain_groups: np.ndarray | None = None  # optional group id (e.g. subject) per pretrain sample
 
     @property
     def num_classes(self) -> int:

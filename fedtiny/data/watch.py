@@ -48,13 +48,15 @@ def build(cfg) -> FederatedTask:
     gap = int(np.ceil(length / step)) - 1
 
     # windows per recording, split in time
-    train_x, train_y, test_x, test_y, train_dev, test_dev, vendor_x, vendor_y, hold_x, hold_y = ([] for _ in range(10))
+    train_x, train_y, test_x, test_y, train_dev, test_dev, vendor_x, vendor_y, hold_x, hold_y, vendor_g = (
+        [] for _ in range(11))
     for rec, label, subj, side in zip(data["X"], data["y"], data["subject"], data["side"]):
         win = _windows(np.asarray(rec, np.float32), length, step)
         subj = int(subj)
         if subj in vendor:
             vendor_x.append(win)
             vendor_y.append(np.full(len(win), int(label)))
+            vendor_g.append(np.full(len(win), subj))
             continue
         device = f"subject{subj:02d}" + (f"-{SIDES[int(side)]}" if cfg.device == "subject_side" else "")
         tr, te, ho = temporal_split(len(win), (cfg.test_fraction, cfg.holdout_fraction), gap)
@@ -62,7 +64,7 @@ def build(cfg) -> FederatedTask:
         train_x.append(win[tr]); train_y.append(np.full(len(tr), int(label))); train_dev += [device] * len(tr)
         test_x.append(win[te]); test_y.append(np.full(len(te), int(label))); test_dev += [device] * len(te)
 
-    vx, vy = np.concatenate(vendor_x), np.concatenate(vendor_y)
+    vx, vy, vg = np.concatenate(vendor_x), np.concatenate(vendor_y), np.concatenate(vendor_g)
     mean, std = vx.reshape(-1, 6).mean(0), vx.reshape(-1, 6).std(0) + 1e-6
 
     def shape(x: np.ndarray) -> np.ndarray:  # (N, T, 6) -> (N, 1, T, 6), standardised
@@ -82,4 +84,5 @@ def build(cfg) -> FederatedTask:
         pretrain=vendor_split.take(order[n_val:]), pretrain_val=vendor_split.take(order[:n_val]),
         clients=clients, server_test=Split(shape(np.concatenate(hold_x)), np.concatenate(hold_y)),
         info={"vendor_subjects": vendor, "field_subjects": field, "window": length, "step": step},
+        pretrain_groups=vg[order[n_val:]],
     )

@@ -73,17 +73,39 @@ def client_state(cfg_json: str, partition_id: int) -> ClientState:
 
 
 def scheme_scores(cfg_json: str) -> dict[str, float]:
-    """Contribution analysis of the run's backbone on the vendor data (cached on disk)."""
+    """Contribution analysis of the run's candidate schemes by transfer on vendor data (cached)."""
     from fedtiny.budgets.memory import contribution_analysis
 
     st = experiment_state(cfg_json)
+    return contribution_analysis(st.model, lambda: transfer_proxy(st), st.cfg.cache_dir,
+                                 epochs=int(st.cfg.budget.memory.contribution_epochs), seed=int(st.cfg.seed),
+                                 tag=f"{st.task.name}-vendor-{len(st.task.pretrain)}")
 
-    def data():
-        return (features(st.model, st.task.pretrain.x), st.task.pretrain.y.astype(np.uint8),
-                features(st.model, st.task.pretrain_val.x), st.task.pretrain_val.y.astype(np.uint8))
 
-    return contribution_analysis(st.model, data, st.cfg.cache_dir, epochs=int(st.cfg.budget.memory.contribution_epochs),
-                                 seed=int(st.cfg.seed), tag=f"{st.task.name}-vendor-{len(st.task.pretrain)}")
+def transfer_proxy(st: ExperimentState):
+    """A backbone pretrained like the run's one without one vendor group, and that group's data
+    split in two (fine-tune, score), as int8 model inputs."""
+    from dataclasses import replace
+
+    from fedtiny.models.export import export_int8
+    from fedtiny.models.pretrain import train_float
+
+    cfg, task = st.cfg, st.task
+    rng = np.random.default_rng(int(cfg.seed))
+    groups = task.pretrain_groups
+    if groups is not None and len(np.unique(groups)) > 1:
+        held = groups == np.max(groups)
+    else:
+        held = rng.random(len(task.pretrain)) < 0.3
+    seen, unseen = task.pretrain.take(np.flatnonzero(~held)), task.pretrain.take(np.flatnonzero(held))
+    net = train_float(replace(task, pretrain=seen), cfg.model, int(cfg.seed))
+    calib = seen.x[rng.permutation(len(seen))[: int(cfg.model.calibration_samples)]]
+    proxy = Model(export_int8(net, calib, task.num_classes, int(cfg.model.trainable_layers)))
+    order = rng.permutation(len(unseen))
+    tune, score = order[: len(order) // 2], order[len(order) // 2 :]
+    q = proxy.quantize_input
+    return (proxy, q(unseen.x[tune]), unseen.y[tune].astype(np.uint8), q(unseen.x[score]),
+            unseen.y[score].astype(np.uint8))
 
 
 def device_budget_kb(cfg: DictConfig, partition_id: int) -> float | None:
