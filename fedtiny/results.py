@@ -37,7 +37,7 @@ class RoundLog:
         self.tensor_counts: dict = {}
         self.row = {k: 0 for k in ("participating", "failed", "rejected", "bytes_up", "bytes_down")}
 
-    def sent(self, kind: str, nodes: int, nbytes: int) -> None:
+    def sent(self, nbytes: int) -> None:
         self.row["bytes_down"] = self.row.get("bytes_down", 0) + nbytes
 
     def received(self, kind: str, pids: list[int], failed: list, rejected: list, bytes_up: int) -> None:

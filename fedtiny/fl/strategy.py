@@ -62,7 +62,7 @@ class FedtinyStrategy:
         config["server-round"] = server_round
         nodes = self.sample(server_round) if kind == MessageType.TRAIN else [self.node_of[p] for p in sorted(self.node_of)]
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        self.round_log.sent(kind, len(nodes), arrays.count_bytes() * len(nodes))
+        self.round_log.sent(arrays.count_bytes() * len(nodes))
         return self._construct_messages(record, nodes, kind)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -76,16 +76,16 @@ class FedtinyStrategy:
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         return self._messages(server_round, arrays, config, MessageType.EVALUATE)
 
-    def _sorted_valid(self, kind: str, replies: Iterable[Message]) -> list[Message]:
+    def _sorted_valid(self, kind: str, replies: Iterable[Message]) -> list[tuple[Message, dict | None]]:
+        """Valid replies sorted by partition id, each with its parsed update (None for evaluate)."""
         valid, failed, rejected, bytes_up = [], [], [], 0
-        self.parsed = {}
         for msg in replies:
             pid = self.pid_of.get(msg.metadata.src_node_id, -1)
             if msg.has_error():
                 failed.append((pid, msg.error.reason))
                 continue
             content = msg.content
-            reason = None
+            reason, parsed = None, None
             if kind == MessageType.TRAIN:
                 if self.arrayrecord_key not in content.array_records:
                     reason = "no parameters in the reply"
@@ -99,34 +99,33 @@ class FedtinyStrategy:
                         arrays, reason = {}, f"undecodable arrays ({type(err).__name__})"
                     if reason is None:
                         parsed, reason = parse_update(arrays, dict(subset), self.shapes, self.axes)
-                        self.parsed[id(msg)] = parsed
             metrics = content.metric_records.get("metrics")
             if reason is None and (metrics is None or not float(metrics.get(self.weighted_by_key, 0)) > 0):
                 reason = f"missing or non-positive '{self.weighted_by_key}'"
             if reason is not None:
                 rejected.append((pid, reason))
                 continue
-            valid.append((pid, msg))
+            valid.append((pid, msg, parsed))
         valid.sort(key=lambda item: item[0])
-        self.round_log.received(kind, [p for p, _ in valid], failed, rejected, bytes_up)
-        return [m for _, m in valid]
+        self.round_log.received(kind, [p for p, _, _ in valid], failed, rejected, bytes_up)
+        return [(m, parsed) for _, m, parsed in valid]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid = self._sorted_valid(MessageType.TRAIN, replies)
         if not valid:
             return None, None  # no usable update: the global model stays as it was
-        updates = [(float(m.content["metrics"][self.weighted_by_key]), self.parsed[id(m)]) for m in valid]
+        updates = [(float(m.content["metrics"][self.weighted_by_key]), parsed) for m, parsed in valid]
         mean, contributors = masked_mean(self.global_arrays, updates, self.axes)
         self.round_log.contributors(contributors)
         merged = ArrayRecord({k: Array(v) for k, v in mean.items()})
-        for m in valid:
+        for m, _ in valid:
             m.content[self.arrayrecord_key] = merged
-        arrays, metrics = super().aggregate_train(server_round, valid)
+        arrays, metrics = super().aggregate_train(server_round, [m for m, _ in valid])
         self.round_log.train_metrics(metrics)
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        valid = self._sorted_valid(MessageType.EVALUATE, replies)
+        valid = [m for m, _ in self._sorted_valid(MessageType.EVALUATE, replies)]
         metrics = super().aggregate_evaluate(server_round, valid) if valid else None
         self.round_log.federated_eval(metrics)
         return metrics

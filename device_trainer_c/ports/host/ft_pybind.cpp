@@ -142,14 +142,6 @@ PYBIND11_MODULE(_core, m) {
                                   const arr<float> &in, arr<float> out) {
         ft_layer_forward_f32(&h.model.layers[i], w.data(), b.data(), in.data(), out.mutable_data());
     });
-    m.def("layer_backward_f32", [](const ModelHandle &h, int i, const arr<float> &w, const arr<float> &in,
-                                   const arr<float> &out, arr<float> gout, py::object gin, arr<float> gw,
-                                   arr<float> gb) {
-        float *gin_p = gin.is_none() ? nullptr : gin.cast<arr<float>>().mutable_data();
-        ft_layer_backward_f32(&h.model.layers[i], w.data(), in.data(), out.data(), gout.mutable_data(), gin_p,
-                              gw.size() ? gw.mutable_data() : nullptr, gb.size() ? gb.mutable_data() : nullptr,
-                              nullptr);
-    });
 
     m.def("plan", [](const ModelHandle &h, float lr, float mom, float wd, int batch, int with_prefix, float prox,
                      int start_layer, const std::vector<std::tuple<int, int, int>> &updates) {
