@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedtiny.errors import ConfigError
+from fedtiny.trainer.runtime import PRECISIONS, ROUNDINGS
 
 
 def conf_dir() -> Path:
@@ -108,6 +109,8 @@ class ClientCfg:
     momentum: float = 0.9
     weight_decay: float = 0.0
     batch_size: int = 16
+    precision: str = "float32"  # updated weights in RAM: float32, or int8 with QAS steps
+    rounding: str = "stochastic"  # int8 steps: stochastic or nearest
 
 
 @dataclass
@@ -130,6 +133,7 @@ class MemoryBudgetCfg:
     sram_kb: list[float] = field(default_factory=list)
     reserve_kb: float = 8.0
     contribution_epochs: int = 5
+    precisions: list[str] = field(default_factory=lambda: ["float32"])  # the planner may choose among these
 
 
 @dataclass
@@ -195,6 +199,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(0 <= c.momentum < 1, f"client.momentum must be in [0, 1), got {c.momentum}")
     _check(c.weight_decay >= 0, f"client.weight_decay must be >= 0, got {c.weight_decay}")
     _check(c.batch_size >= 1, f"client.batch_size must be >= 1, got {c.batch_size}")
+    _check(c.precision in PRECISIONS, f"client.precision must be one of {list(PRECISIONS)}, got {c.precision!r}")
+    _check(c.rounding in ROUNDINGS, f"client.rounding must be one of {list(ROUNDINGS)}, got {c.rounding!r}")
     s = top.simulation
     _check(s.num_cpus >= 1 and 0 < s.client_cpus <= s.num_cpus,
            f"simulation: need num_cpus >= 1 and 0 < client_cpus <= num_cpus, got {s.num_cpus} and {s.client_cpus}")
@@ -203,6 +209,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(mem.reserve_kb >= 0 and all(kb > mem.reserve_kb for kb in mem.sram_kb),
            f"budget.memory: every sram_kb must exceed reserve_kb={mem.reserve_kb}, got {list(mem.sram_kb)}")
     _check(mem.contribution_epochs >= 1, "budget.memory.contribution_epochs must be >= 1")
+    _check(len(mem.precisions) >= 1 and all(p in PRECISIONS for p in mem.precisions),
+           f"budget.memory.precisions must be a non-empty subset of {list(PRECISIONS)}, got {list(mem.precisions)}")
     st = top.strategy
     if st_name == "fedprox":
         _check(st.proximal_mu >= 0, f"strategy.proximal_mu must be >= 0, got {st.proximal_mu}")

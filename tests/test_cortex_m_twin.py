@@ -45,14 +45,15 @@ def job_bytes(model_bytes: bytes, x: np.ndarray, y: np.ndarray, cfg: TrainConfig
     updates = [u._arg() for u in cfg.update] if cfg.update is not None else []
     words = [kind | (bias << 8) | (channels << 16) for kind, bias, channels in updates]
     words += [0] * (32 - len(words))
-    head = 4 * (18 + 32)
+    head = 4 * (20 + 32)
     m_off = align(head)
     x_off = align(m_off + len(model_bytes))
     y_off = align(x_off + x.nbytes)
     out = bytearray(align(y_off + y.size))
-    struct.pack_into("<4sIIIIIIIIIfffIIfII32I", out, 0, b"FTTW", 2, m_off, len(model_bytes), x_off, y_off, len(y),
+    struct.pack_into("<4sIIIIIIIIIfffIIfIIII32I", out, 0, b"FTTW", 3, m_off, len(model_bytes), x_off, y_off, len(y),
                      x[0].size, epochs, seed, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size,
-                     int(cfg.with_prefix), cfg.prox_mu, cfg.start_layer, len(updates), *words)
+                     int(cfg.with_prefix), cfg.prox_mu, cfg.start_layer, len(updates),
+                     cfg._precision_arg(), cfg._rounding_arg(), *words)
     out[m_off : m_off + len(model_bytes)] = model_bytes
     out[x_off : x_off + x.nbytes] = np.ascontiguousarray(x).tobytes()
     out[y_off : y_off + y.size] = y.astype(np.uint8).tobytes()
@@ -81,7 +82,8 @@ def run_qemu(firmware: Path, job: Path) -> dict:
 
 N, A = LayerUpdate("none", False), LayerUpdate("all", True)
 CASES = [
-    # (frozen int8 prefix, trainable float suffix, with_prefix, momentum, weight decay, prox, scheme, start)
+    # (frozen int8 prefix, trainable float suffix, with_prefix, momentum, weight decay, prox, scheme, start
+    #  [, precision, rounding])
     (("conv2d", "dwconv2d"), ("fc",), True, 0.9, 1e-4, 0.0, None, 0),
     (("conv2d",), ("conv2d", "avgpool", "flatten", "fc"), True, 0.0, 0.0, 0.1, None, 0),
     (("dwconv2d", "conv2d"), ("dwconv2d", "conv2d", "fc", "fc"), False, 0.9, 0.0, 0.0, None, 0),
@@ -90,12 +92,18 @@ CASES = [
      (LayerUpdate(2, True), LayerUpdate(1, False), N, A), 0),
     (("conv2d",), ("conv2d", "dwconv2d", "avgpool", "fc", "fc"), False, 0.9, 0.0, 0.0,
      (N, LayerUpdate("none", True), N, LayerUpdate(2, False), A), 1),
+    # int8 weights with QAS steps: stochastic rounding (the hash draws) and round-to-nearest
+    (("conv2d",), ("conv2d", "dwconv2d", "flatten", "fc"), False, 0.9, 1e-4, 0.1,
+     (LayerUpdate(2, True), LayerUpdate("all", False), N, A), 0, "int8", "stochastic"),
+    (("conv2d",), ("dwconv2d", "conv2d", "avgpool", "fc"), True, 0.0, 0.0, 0.0,
+     (LayerUpdate(1, True), LayerUpdate("all", True), N, LayerUpdate(2, True)), 0, "int8", "nearest"),
 ]
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_emulated_cortex_m4_trains_bit_identically(firmware, tmp_path, case):
-    frozen, suffix, with_prefix, mom, wd, prox, scheme, start = CASES[case]
+    frozen, suffix, with_prefix, mom, wd, prox, scheme, start, *precision = CASES[case]
+    precision, rounding = precision or ("float32", "stochastic")
     rng = np.random.default_rng(100 + case)
     spec = random_model(rng, frozen=frozen, trainable=suffix)
     model = Model(spec)
@@ -103,7 +111,7 @@ def test_emulated_cortex_m4_trains_bit_identically(firmware, tmp_path, case):
     y = rng.integers(0, model.num_classes, 40).astype(np.uint8)
     samples = x if with_prefix else (model.features_at(x, start) if start else model.prefix_features(x))
     cfg = TrainConfig(lr=0.05, momentum=mom, weight_decay=wd, batch_size=8, with_prefix=with_prefix, prox_mu=prox,
-                      update=scheme, start_layer=start)
+                      update=scheme, start_layer=start, precision=precision, rounding=rounding)
     host = Trainer(model, cfg)
     host.train_epochs(samples, y, epochs=3, seed=11 + case)
     loss = host.evaluate(samples, y).loss

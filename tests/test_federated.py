@@ -93,25 +93,29 @@ def test_default_experiment_improves_on_the_field_devices(default_run):
 
 @pytest.fixture(scope="session")
 def fleet_run(tmp_path_factory, cache_dir):
-    """Digits with a deeper float suffix and three memory budgets spread over the candidates."""
-    from fedtiny.budgets.memory import candidate_schemes
+    """Digits with a deeper float suffix and three memory budgets spread over the candidates; the
+    devices hold their updated weights in int8 (QAS steps)."""
+    from fedtiny.budgets.memory import candidate_schemes, scheme_config
     from fedtiny.config import compose
     from fedtiny.fl.state import client_train_config, config_json, experiment_state
     from fedtiny.trainer import plan
 
-    base = ["experiment=digits_quick", "model.trainable_layers=5", "rounds=2", f"cache_dir={cache_dir}"]
+    base = ["experiment=digits_quick", "model.trainable_layers=5", "rounds=2", f"cache_dir={cache_dir}",
+            "budget.memory.precisions=[int8]"]
     cfg = compose(base)
     st = experiment_state(config_json(cfg))
-    needs = sorted({plan(st.model, client_train_config(cfg, s.update)).arena_bytes for s in candidate_schemes(st.model)})
+    needs = sorted({plan(st.model, scheme_config(st.model, client_train_config(cfg), s.update, s.precision)).arena_bytes
+                    for s in candidate_schemes(st.model, ("int8",))})
     kbs = [8 + (needs[i] + 1023) // 1024 for i in (0, len(needs) // 2, len(needs) - 1)]
-    return run([*base[:3], f"budget.memory.sram_kb=[{','.join(map(str, kbs))}]"], tmp_path_factory.mktemp("fleet"),
-               cache_dir)
+    return run([*base[:3], base[4], f"budget.memory.sram_kb=[{','.join(map(str, kbs))}]"],
+               tmp_path_factory.mktemp("fleet"), cache_dir)
 
 
 def test_heterogeneous_fleet_aggregates_per_parameter(fleet_run):
     s, rows = fleet_run["summary"], fleet_run["rows"]
     schemes = {v["scheme"] for v in s["memory_schemes"].values()}
     assert len(schemes) >= 2, s["memory_schemes"]  # different budgets train different subsets
+    assert {v["precision"] for v in s["memory_schemes"].values()} == {"int8"}
     assert s["failed_total"] == 0 and s["rejected_total"] == 0 and s["rounds"] == 2
     for r in rows[1:]:
         assert int(r["contributors_max"]) == s["clients"]  # the classifier: every device

@@ -33,6 +33,11 @@ def test_candidates_always_train_the_classifier(model):
     assert deeper + 2 <= len(schemes) <= 1 + 5 * deeper and len({s.update for s in schemes}) == len(schemes)
     for s in schemes:
         assert s.update[-1].weights == "all" and s.update[-1].bias
+    both = candidate_schemes(model, ("float32", "int8"))
+    assert [s.update for s in both[::2]] == [s.update for s in both[1::2]] == [s.update for s in schemes]
+    assert {s.precision for s in both[1::2]} == {"int8"} and all(s.name.endswith("/int8") for s in both[1::2])
+    with pytest.raises(ConfigError, match="precisions"):
+        candidate_schemes(model, ("int4",))
 
 
 @pytest.mark.parametrize("with_prefix", [False, True])
@@ -41,11 +46,13 @@ def test_report_total_equals_measured_for_every_candidate(model, with_prefix):
     x = rng.integers(-128, 128, (5, *model.input_shape)).astype(np.int8)
     samples = x if with_prefix else model.prefix_features(x)
     y = rng.integers(0, model.num_classes, 5)
-    for s in candidate_schemes(model):
-        config = TrainConfig(momentum=0.9, batch_size=2, with_prefix=with_prefix, update=s.update)
+    for s in candidate_schemes(model, ("float32", "int8")):
+        config = TrainConfig(momentum=0.9, batch_size=2, with_prefix=with_prefix, update=s.update, precision=s.precision)
         report = memory_report(model, config)
         peak, hwm = _painted_peak(model, config, samples, y)
         assert report["arena_total"] == peak == hwm, s.name
+        items = sum(v for k, v in report.items() if k.startswith("arena_") and k != "arena_total")
+        assert items <= report["arena_total"] < items + 8 * 16, s.name  # the rest is alignment padding
         assert report["flash_model"] == len(model.to_bytes())
 
 
@@ -53,19 +60,24 @@ def test_budget_choice(model, tmp_path):
     rng = np.random.default_rng(2)
     x = rng.integers(-128, 128, (60, *model.input_shape)).astype(np.int8)
     y = rng.integers(0, model.num_classes, 60).astype(np.uint8)
+    both = ("float32", "int8")
     scores = contribution_analysis(model, lambda: (model, x[:40], y[:40], x[40:], y[40:]), tmp_path, epochs=1,
-                                   tag="t")
-    assert set(scores) == {s.name for s in candidate_schemes(model)}
+                                   tag="t", precisions=both)
+    assert set(scores) == {s.name for s in candidate_schemes(model, both)}
     def fail():
         raise AssertionError("the cached scores must be used")
-    assert contribution_analysis(model, fail, tmp_path, epochs=1, tag="t") == scores
+    assert contribution_analysis(model, fail, tmp_path, epochs=1, tag="t", precisions=both) == scores
     config = TrainConfig(momentum=0.9)
-    needs = sorted(memory_report(model, scheme_config(model, config, s.update))["arena_total"]
-                   for s in candidate_schemes(model))
+    needs = {s.name: memory_report(model, scheme_config(model, config, s.update, s.precision))["arena_total"]
+             for s in candidate_schemes(model, both)}
+    ordered = sorted(needs.values())
     previous = -1.0
-    for budget in (needs[0], needs[len(needs) // 2], needs[-1]):
-        best, need = choose_scheme(model, config, budget, scores)
-        assert need <= budget and scores[best.name] >= previous
+    for budget in (ordered[0], ordered[len(ordered) // 2], ordered[-1]):
+        best, need = choose_scheme(model, config, budget, scores, both)
+        assert need == needs[best.name] <= budget and scores[best.name] >= previous
+        # nothing that fits scores higher (ties: the smaller arena)
+        assert all(scores[n] < scores[best.name] or (scores[n] == scores[best.name] and needs[n] >= need)
+                   for n in needs if needs[n] <= budget)
         previous = scores[best.name]
-    with pytest.raises(ConfigError, match=f"holds no update scheme.*smallest needs {needs[0]} bytes"):
-        choose_scheme(model, config, needs[0] - 1, scores)
+    with pytest.raises(ConfigError, match=f"holds no update scheme.*smallest needs {ordered[0]} bytes"):
+        choose_scheme(model, config, ordered[0] - 1, scores, both)

@@ -225,6 +225,25 @@ static void test_training(void)
     y[3] = 0;
     d.sample_size = 15;
     CHECK(ft_trainer_evaluate(&tr, &d, NULL, &st) == FT_ERR_BAD_DATA);
+    d.sample_size = 16;
+
+    /* int8 weights (QAS): two of three channels in RAM as int8, learns, fits the plan */
+    cfg.precision = FT_PRECISION_INT8;
+    cfg.n_updates = 1;
+    cfg.update[0] = (ft_layer_update){FT_UPDATE_CHANNELS, 1, 2};
+    cfg.lr = 0.2f;
+    ft_plan qplan;
+    CHECK(ft_trainer_plan(&m, &cfg, &qplan) == FT_OK);
+    CHECK(qplan.qparams_bytes == 2u * 4u && qplan.qscale_bytes == 2u * 4u && qplan.params_bytes == 3u * 4u);
+    CHECK(ft_trainer_init(&tr, &m, &cfg, arena, qplan.arena_bytes) == FT_OK);
+    CHECK(ft_trainer_evaluate(&tr, &d, NULL, &before) == FT_OK);
+    CHECK(ft_trainer_train_epochs(&tr, &d, 20, 7, &st) == FT_OK);
+    CHECK(ft_trainer_evaluate(&tr, &d, NULL, &after) == FT_OK);
+    printf("training int8 (QAS, stochastic): loss %.4f -> %.4f, arena %u B (float32: %u B)\n", before.loss,
+           after.loss, qplan.arena_bytes, plan.arena_bytes);
+    CHECK(after.loss < before.loss);
+    cfg.rounding = 2;
+    CHECK(ft_trainer_plan(&m, &cfg, &qplan) == FT_ERR_BAD_CONFIG);
 }
 
 int main(void)

@@ -3,9 +3,10 @@
  * (-device loader,file=job.bin,addr=0x21000000) and prints the resulting parameters as the
  * bit patterns of their float32 values, so a host test can compare them bit for bit.
  *
- * Job layout (little-endian u32/f32): magic "FTTW", version 2, model offset, model length,
+ * Job layout (little-endian u32/f32): magic "FTTW", version 3, model offset, model length,
  * x offset, y offset, count, sample size, epochs, seed, lr, momentum, weight decay,
- * batch size, with_prefix, prox_mu, start_layer, n_updates, then FT_MAX_LAYERS update words
+ * batch size, with_prefix, prox_mu, start_layer, n_updates, precision, rounding, then
+ * FT_MAX_LAYERS update words
  * (weights kind | bias << 8 | channels << 16); then the referenced data (offsets from the job
  * start). Samples are int8, or float32 when start_layer > 0.
  */
@@ -23,6 +24,7 @@ static uint8_t arena[FT_TWIN_ARENA] __attribute__((aligned(8)));
 static ft_model model;
 static ft_trainer trainer;
 static char line[96];
+static float params[8192];
 
 static void put_hex(char *out, uint32_t v)
 {
@@ -52,7 +54,7 @@ static uint32_t bits(float f)
 int main(void)
 {
     const uint32_t *job = (const uint32_t *)FT_JOB_ADDR;
-    if (job[0] != 0x57545446u || job[1] != 2u) {
+    if (job[0] != 0x57545446u || job[1] != 3u) {
         ft_semihost_write("ERROR bad job\n");
         return 2;
     }
@@ -67,8 +69,10 @@ int main(void)
     memcpy(&cfg.prox_mu, &job[15], 4);
     cfg.start_layer = (int32_t)job[16];
     cfg.n_updates = (int32_t)job[17];
+    cfg.precision = (int32_t)job[18];
+    cfg.rounding = (int32_t)job[19];
     for (int32_t k = 0; k < FT_MAX_LAYERS; k++) {
-        const uint32_t u = job[18 + k];
+        const uint32_t u = job[20 + k];
         cfg.update[k] = (ft_layer_update){(uint8_t)(u & 0xFFu), (uint8_t)((u >> 8) & 0xFFu), (uint16_t)(u >> 16)};
     }
     ft_status st = ft_model_load(&model, base + job[2], job[3]);
@@ -93,13 +97,13 @@ int main(void)
     say("PARAMS", (uint32_t)trainer.plan.param_count);
     for (int32_t k = 0; k < model.num_layers - model.first_trainable; k++) {
         const ft_layer *l = &model.layers[model.first_trainable + k];
-        const float *w, *b;
-        ft_trainer_layer_params(&trainer, k, &w, &b);
-        for (int32_t i = 0; i < l->weight_count; i++) {
-            say("P", bits(w[i]));
+        if (l->weight_count + l->bias_count > (int32_t)(sizeof params / sizeof params[0])) {
+            ft_semihost_write("ERROR layer too large for the twin\n");
+            return 4;
         }
-        for (int32_t i = 0; i < l->bias_count; i++) {
-            say("P", bits(b[i]));
+        ft_trainer_layer_params(&trainer, k, params, params + l->weight_count);
+        for (int32_t i = 0; i < l->weight_count + l->bias_count; i++) {
+            say("P", bits(params[i]));
         }
     }
     ft_semihost_write("END\n");

@@ -5,7 +5,9 @@ best scheme that fits a board's SRAM budget.
   high-water mark) plus what lives in flash (the model file) and the caller-owned trainer state.
 * :func:`candidate_schemes` lists sparse updates in the spirit of MIT's tiny-training: the last
   layer (the classifier) is always updated in full; deeper layers add their biases, a fraction of
-  their output channels' weights (ranked by weight L2 norm), or their full weights.
+  their output channels' weights (ranked by weight L2 norm), or their full weights. Each scheme
+  comes in every allowed precision: float32 weight copies, or int8 weights with a per-channel
+  scale and QAS steps (named ``<scheme>/int8``; see ft_trainer.h).
 * :func:`contribution_analysis` scores every candidate by transfer on the vendor's data: a proxy
   backbone is pretrained and exported exactly like the real one but without one vendor group
   (a subject, or 30 % of the samples when the data has no groups); each scheme then fine-tunes
@@ -30,6 +32,7 @@ import numpy as np
 from fedtiny import _core
 from fedtiny.errors import ConfigError, TrainerError
 from fedtiny.trainer import LayerUpdate, Model, TrainConfig, Trainer, plan
+from fedtiny.trainer.runtime import PRECISIONS
 
 FRACTIONS = (0.125, 0.25, 0.5)
 
@@ -38,13 +41,15 @@ FRACTIONS = (0.125, 0.25, 0.5)
 class Scheme:
     name: str
     update: tuple[LayerUpdate, ...]
+    precision: str = "float32"
 
 
 def memory_report(model: Model, config: TrainConfig) -> dict[str, int]:
     """Itemised bytes: the arena (exact), the trainer state and the model in flash."""
     p = plan(model, config)
     return {
-        "arena_params": p.params_bytes, "arena_momentum": p.momentum_bytes, "arena_gradients": p.grads_bytes,
+        "arena_params": p.params_bytes, "arena_int8_weights": p.qparams_bytes, "arena_int8_scales": p.qscale_bytes,
+        "arena_momentum": p.momentum_bytes, "arena_gradients": p.grads_bytes,
         "arena_anchor": p.anchor_bytes, "arena_channel_maps": p.index_bytes, "arena_int8_prefix": p.prefix_bytes,
         "arena_kernel_scratch": p.scratch_bytes, "arena_activations": p.acts_bytes,
         "arena_gradient_buffers": p.grad_acts_bytes, "arena_total": p.arena_bytes,
@@ -52,7 +57,7 @@ def memory_report(model: Model, config: TrainConfig) -> dict[str, int]:
     }
 
 
-def candidate_schemes(model: Model) -> list[Scheme]:
+def candidate_schemes(model: Model, precisions: tuple[str, ...] = ("float32",)) -> list[Scheme]:
     layers = model.spec.layers[model.first_trainable :]
     with_params = [k for k, layer in enumerate(layers) if layer.has_params]
     if not with_params:
@@ -80,7 +85,10 @@ def candidate_schemes(model: Model) -> list[Scheme]:
         if s.update not in seen:
             seen.add(s.update)
             unique.append(s)
-    return unique
+    if not precisions or any(p not in PRECISIONS for p in precisions):
+        raise ConfigError(f"precisions must be a non-empty subset of {list(PRECISIONS)}, got {list(precisions)}")
+    return [Scheme(s.name if p == "float32" else f"{s.name}/{p}", s.update, p)
+            for s in unique for p in precisions]
 
 
 def _scores_path(cache_dir: Path, model: Model, settings: dict) -> Path:
@@ -89,13 +97,13 @@ def _scores_path(cache_dir: Path, model: Model, settings: dict) -> Path:
 
 
 def contribution_analysis(model: Model, data, cache_dir: str | Path, epochs: int = 5, lr: float = 0.005,
-                          seed: int = 0, tag: str = "") -> dict[str, float]:
+                          seed: int = 0, tag: str = "", precisions: tuple[str, ...] = ("float32",)) -> dict[str, float]:
     """Accuracy each candidate scheme of `model` reaches by transfer (see the module docstring).
 
     `data` is a callable returning (proxy model, x_train, y_train, x_val, y_val), the inputs as
     int8 model inputs; it runs only when the scores are not cached. The proxy must have the
     structure of `model` (same candidates). `tag` names the data in the cache key."""
-    schemes = candidate_schemes(model)
+    schemes = candidate_schemes(model, precisions)
     settings = {"schemes": [s.name for s in schemes], "epochs": epochs, "lr": lr, "seed": seed, "data": tag,
                 "protocol": "transfer-1"}
     path = _scores_path(Path(cache_dir), model, settings)
@@ -105,7 +113,7 @@ def contribution_analysis(model: Model, data, cache_dir: str | Path, epochs: int
     feats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     scores = {}
     for s in schemes:
-        config = scheme_config(proxy, TrainConfig(lr=lr, momentum=0.9, batch_size=16), s.update)
+        config = scheme_config(proxy, TrainConfig(lr=lr, momentum=0.9, batch_size=16), s.update, s.precision)
         k = config.start_layer
         if k not in feats:  # samples enter where the scheme begins, as on a device
             if k > 0:
@@ -120,22 +128,26 @@ def contribution_analysis(model: Model, data, cache_dir: str | Path, epochs: int
     return scores
 
 
-def scheme_config(model: Model, config: TrainConfig, update: tuple[LayerUpdate, ...]) -> TrainConfig:
-    """`config` with `update`, its samples entering at the earliest layer the update changes
-    (features cached below it, so the frozen layers neither run nor hold buffers)."""
+def scheme_config(model: Model, config: TrainConfig, update: tuple[LayerUpdate, ...],
+                  precision: str | None = None) -> TrainConfig:
+    """`config` with `update` (and `precision`, if given), its samples entering at the earliest
+    layer the update changes (features cached below it, so the frozen layers neither run nor hold
+    buffers)."""
     from dataclasses import replace
 
+    config = replace(config, precision=precision or config.precision)
     first = plan(model, replace(config, update=update, start_layer=0, with_prefix=False)).first_backward
     return replace(config, update=update, start_layer=first, with_prefix=False)
 
 
-def choose_scheme(model: Model, config: TrainConfig, budget_bytes: int, scores: dict[str, float]) -> tuple[Scheme, int]:
+def choose_scheme(model: Model, config: TrainConfig, budget_bytes: int, scores: dict[str, float],
+                  precisions: tuple[str, ...] = ("float32",)) -> tuple[Scheme, int]:
     """The best-scoring scheme whose arena fits `budget_bytes`; returns it and its arena bytes."""
     fits = []
     smallest = None
-    for s in candidate_schemes(model):
+    for s in candidate_schemes(model, precisions):
         try:
-            need = plan(model, scheme_config(model, config, s.update)).arena_bytes
+            need = plan(model, scheme_config(model, config, s.update, s.precision)).arena_bytes
         except TrainerError:
             continue
         smallest = need if smallest is None else min(smallest, need)

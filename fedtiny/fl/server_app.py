@@ -91,7 +91,7 @@ def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
                                                       batch_size=int(cfg.client.batch_size),
                                                       prox_mu=float(cfg.strategy.get("proximal_mu", 0.0)))).arena_bytes,
         "backbone": state.backbone.report,
-        "memory_schemes": {f"{kb:g}": {"scheme": sc.name, "arena_bytes": need}
+        "memory_schemes": {f"{kb:g}": {"scheme": sc.name, "precision": sc.precision, "arena_bytes": need}
                            for kb, (sc, need) in memory_schemes(cfg_json).items()},
         "title": f"{cfg.dataset.name} / {cfg.strategy.name}: {len(node_of)} devices, {cfg.rounds} rounds",
     })

@@ -79,7 +79,8 @@ def scheme_scores(cfg_json: str) -> dict[str, float]:
     st = experiment_state(cfg_json)
     return contribution_analysis(st.model, lambda: transfer_proxy(st), st.cfg.cache_dir,
                                  epochs=int(st.cfg.budget.memory.contribution_epochs), seed=int(st.cfg.seed),
-                                 tag=f"{st.task.name}-vendor-{len(st.task.pretrain)}")
+                                 tag=f"{st.task.name}-vendor-{len(st.task.pretrain)}",
+                                 precisions=tuple(st.cfg.budget.memory.precisions))
 
 
 def transfer_proxy(st: ExperimentState):
@@ -122,7 +123,8 @@ def device_scheme(cfg_json: str, sram_kb: float | None):
         return None, None
     st = experiment_state(cfg_json)
     budget = int((sram_kb - float(st.cfg.budget.memory.reserve_kb)) * 1024)
-    return choose_scheme(st.model, client_train_config(st.cfg), budget, scheme_scores(cfg_json))
+    return choose_scheme(st.model, client_train_config(st.cfg), budget, scheme_scores(cfg_json),
+                         tuple(st.cfg.budget.memory.precisions))
 
 
 def train_config_for(cfg_json: str, partition_id: int, prox_mu: float = 0.0):
@@ -132,7 +134,7 @@ def train_config_for(cfg_json: str, partition_id: int, prox_mu: float = 0.0):
     st = experiment_state(cfg_json)
     scheme, _ = device_scheme(cfg_json, device_budget_kb(st.cfg, partition_id))
     base = client_train_config(st.cfg, prox_mu=prox_mu)
-    return base if scheme is None else scheme_config(st.model, base, scheme.update)
+    return base if scheme is None else scheme_config(st.model, base, scheme.update, scheme.precision)
 
 
 def client_train_config(cfg: DictConfig, update=None, prox_mu: float = 0.0):
@@ -140,4 +142,5 @@ def client_train_config(cfg: DictConfig, update=None, prox_mu: float = 0.0):
 
     c = cfg.client
     return TrainConfig(lr=float(c.lr), momentum=float(c.momentum), weight_decay=float(c.weight_decay),
-                       batch_size=int(c.batch_size), prox_mu=prox_mu, update=update)
+                       batch_size=int(c.batch_size), prox_mu=prox_mu, update=update, precision=str(c.precision),
+                       rounding=str(c.rounding))

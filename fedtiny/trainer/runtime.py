@@ -183,6 +183,10 @@ class LayerUpdate:
         return 2, int(bool(self.bias)), int(self.weights)
 
 
+PRECISIONS = ("float32", "int8")  # index = ft_precision
+ROUNDINGS = ("stochastic", "nearest")  # index = ft_rounding
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """SGD settings of the on-device trainer. ``update`` (one :class:`LayerUpdate` per
@@ -196,6 +200,9 @@ class TrainConfig:
     prox_mu: float = 0.0  # FedProx: adds prox_mu * (w - anchor) to every gradient
     update: tuple[LayerUpdate, ...] | None = None
     start_layer: int = 0  # > 0: float32 samples enter trainable layer k (see Model.features_at)
+    # updated weights held as "float32" or "int8" (per-channel scale, QAS step; see ft_trainer.h)
+    precision: str = "float32"
+    rounding: str = "stochastic"  # int8 steps: "stochastic" (unbiased, seeded) or "nearest"
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.lr) and self.lr > 0):
@@ -211,13 +218,24 @@ class TrainConfig:
 
         if int(self.start_layer) != self.start_layer or self.start_layer < 0:
             raise ConfigError(f"start_layer must be an integer >= 0, got {self.start_layer}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.rounding not in ROUNDINGS:
+            raise ConfigError(f"rounding must be one of {list(ROUNDINGS)}, got {self.rounding!r}")
         if self.update is not None and not all(isinstance(u, LayerUpdate) for u in self.update):
             raise ConfigError("update must be a sequence of LayerUpdate, one per trainable layer")
 
     def _args(self) -> tuple:
         updates = [u._arg() for u in self.update] if self.update is not None else []
         return (float(self.lr), float(self.momentum), float(self.weight_decay), int(self.batch_size),
-                int(bool(self.with_prefix)), float(self.prox_mu), int(self.start_layer), updates)
+                int(bool(self.with_prefix)), float(self.prox_mu), int(self.start_layer), updates,
+                self._precision_arg(), self._rounding_arg())
+
+    def _precision_arg(self) -> int:
+        return PRECISIONS.index(self.precision)
+
+    def _rounding_arg(self) -> int:
+        return ROUNDINGS.index(self.rounding)
 
 
 @dataclass(frozen=True)
@@ -225,7 +243,9 @@ class Plan:
     """Itemised arena plan (bytes) of a model and config."""
 
     arena_bytes: int
-    params_bytes: int
+    params_bytes: int  # float32 copies of updated tensors
+    qparams_bytes: int  # int8 updated weights
+    qscale_bytes: int  # their per-channel float scales
     momentum_bytes: int
     grads_bytes: int
     anchor_bytes: int
@@ -234,7 +254,7 @@ class Plan:
     scratch_bytes: int
     acts_bytes: int
     grad_acts_bytes: int
-    param_count: int  # floats held in RAM as parameter copies
+    param_count: int  # floats held in RAM as parameter copies (int8 weights not included)
     update_count: int  # scalars the update changes
     first_backward: int  # earliest trainable layer backprop reaches
     sample_size: int
@@ -386,14 +406,23 @@ class Trainer:
     def set_params(self, params: list[tuple[np.ndarray, np.ndarray]], only_updated: bool = False) -> None:
         """Overwrite the trainable parameters (shapes as :meth:`get_params` returns). Tensors
         the update does not change live in the model: they must be passed unchanged, or, with
-        ``only_updated=True``, they are ignored (the device keeps its model's values). With
+        ``only_updated=True``, they are ignored (the device keeps its model's values; with int8
+        precision this includes the channels a channel subset does not update). With
         ``prox_mu > 0`` the new parameters also become the FedProx anchor."""
         shapes = self._shapes()
         if only_updated and len(params) == len(shapes):
             current = self.get_params()
             kept = []
             for k, ((w, b), (w0, b0)) in enumerate(zip(params, current)):
-                kind, bias_on, _ = self.layer_update(k)
+                kind, bias_on, channels = self.layer_update(k)
+                if kind == "channels" and self.config.precision == "int8":
+                    # int8 subsets hold only their channels; the others stay the model's (flash)
+                    axis = w0.ndim - 1 if self.model.spec.layers[self.model.first_trainable + k].type == "dwconv2d" else 0
+                    merged = np.array(w0, np.float32, copy=True)
+                    index = [slice(None)] * w0.ndim
+                    index[axis] = channels
+                    merged[tuple(index)] = np.asarray(w, np.float32)[tuple(index)]
+                    w = merged
                 kept.append((w if kind != "none" else w0, b if bias_on else b0))
             params = kept
         if len(params) != len(shapes):

@@ -30,6 +30,20 @@ extern "C" {
 
 typedef enum { FT_UPDATE_NONE = 0, FT_UPDATE_ALL = 1, FT_UPDATE_CHANNELS = 2 } ft_update_kind;
 
+/* How updated weights are held in RAM (biases are always float32, as Lin et al. keep int32 biases).
+ *   FT_PRECISION_F32:  float32 copies (4 B per weight).
+ *   FT_PRECISION_INT8: int8 with one float scale per updated output channel (1 B per weight),
+ *     s = max|w| / 127 over the channel, set when the weights are loaded. The forward and
+ *     backward passes read s * q. The step uses quantization-aware scaling (QAS, Lin et al.
+ *     2022): the gradient with respect to q, s * dL/dw, is scaled by s^-2, so
+ *       q <- clamp(round(q - lr * d / s), -127, 127)
+ *     where d is the float SGD direction (gradient / n + weight decay + prox, through momentum).
+ *     Gradients, momentum and anchors stay float32 ("float accumulation where needed"). */
+typedef enum { FT_PRECISION_F32 = 0, FT_PRECISION_INT8 = 1 } ft_precision;
+/* Rounding of int8 steps: stochastic (floor(x) + [u < x - floor(x)], u from a counter-based
+ * hash keyed by the training seed; unbiased) or to nearest (halves away from zero). */
+typedef enum { FT_ROUND_STOCHASTIC = 0, FT_ROUND_NEAREST = 1 } ft_rounding;
+
 /* What one trainable layer updates. Tensors that are not updated are read from the model
  * (flash on a board) and cost no RAM; backprop stops at the earliest layer that updates. */
 typedef struct {
@@ -49,6 +63,8 @@ typedef struct {
     int32_t start_layer; /* 0: int8 samples (see with_prefix); k > 0: float32 samples that enter trainable
                             layer k (activations cached below the deepest layer the update touches);
                             must not exceed the earliest layer the update changes */
+    int32_t precision;   /* ft_precision of the updated weights */
+    int32_t rounding;    /* ft_rounding of int8 steps */
     int32_t n_updates;   /* 0: every tensor of every trainable layer; else = number of trainable layers */
     ft_layer_update update[FT_MAX_LAYERS]; /* index 0 = first trainable layer */
 } ft_train_config;
@@ -56,7 +72,9 @@ typedef struct {
 /* Itemised arena plan. Offsets are from the arena start; sizes in bytes. */
 typedef struct {
     uint32_t arena_bytes;  /* end of the highest buffer: what the arena must hold */
-    uint32_t params_bytes;   /* RAM copies of the updated tensors */
+    uint32_t params_bytes;   /* float32 RAM copies of the updated tensors */
+    uint32_t qparams_bytes;  /* int8 updated weights (precision int8) */
+    uint32_t qscale_bytes;   /* their per-channel float scales */
     uint32_t momentum_bytes, grads_bytes, anchor_bytes; /* per updated scalar */
     uint32_t index_bytes;    /* channel maps of channel-subset updates */
     uint32_t prefix_bytes;  /* int8 ping-pong buffers of the frozen prefix */
@@ -72,7 +90,9 @@ typedef struct {
 
 /* Run-time state of one trainable layer (pointers into the arena, or NULL). */
 typedef struct {
-    float *w, *b;      /* RAM copies of updated tensors; NULL: the model's values are used */
+    float *w, *b;      /* float RAM copies of updated tensors; NULL: the model's values are used */
+    int8_t *q;         /* int8 updated weights (gradient layout), NULL unless precision int8 */
+    float *qs;         /* their scales, one per gradient row */
     float *gw, *gb;    /* gradients (gw compact [slot][row] for channel subsets) */
     float *mw, *mb;    /* momentum, laid out as the gradients */
     float *aw, *ab;    /* FedProx anchors, laid out as the gradients */
@@ -93,6 +113,7 @@ typedef struct {
     void *scratch;
     float *acts[FT_MAX_LAYERS + 1]; /* acts[k]: input of trainable layer k; acts[L]: logits */
     float *grad_acts[2];
+    uint32_t rng_key, rng_ctr; /* stochastic rounding: u_i = hash(key ^ hash(ctr++)) */
     int32_t initialized;
 } ft_trainer;
 
@@ -129,22 +150,29 @@ ft_status ft_trainer_apply(ft_trainer *tr, int32_t n);
 /* One SGD step on samples idx[0..n) (0..n-1 when idx is NULL): accumulate, then apply. */
 ft_status ft_trainer_step(ft_trainer *tr, const ft_dataset *data, const uint32_t *idx, int32_t n, ft_stats *stats);
 /* Epoch loop: each epoch visits the samples in the order ft_permute(i, count, key(seed, epoch))
- * in batches of cfg.batch_size (the last batch may be smaller). Stats are of the last epoch. */
+ * in batches of cfg.batch_size (the last batch may be smaller). Stats are of the last epoch.
+ * Stochastic rounding restarts from key ft_rounding_key(seed), counter 0. */
 ft_status ft_trainer_train_epochs(ft_trainer *tr, const ft_dataset *data, int32_t epochs, uint32_t seed,
                                   ft_stats *stats);
 /* Loss and accuracy over the data; logits (count * num_classes floats) may be NULL. */
 ft_status ft_trainer_evaluate(ft_trainer *tr, const ft_dataset *data, float *logits, ft_stats *stats);
 
-/* Current weights and bias of trainable layer k (RAM copy or the model's values). */
-ft_status ft_trainer_layer_params(const ft_trainer *tr, int32_t k, const float **w, const float **b);
-/* Overwrite trainable layer k's tensors. A tensor the update does not change lives in the model
- * and must be passed unchanged (bit for bit), else FT_ERR_BAD_CONFIG. */
+/* Copy the current weights and bias of trainable layer k (int8 weights as s * q) into w and b
+ * (weight_count and bias_count floats; either may be NULL). */
+ft_status ft_trainer_layer_params(const ft_trainer *tr, int32_t k, float *w, float *b);
+/* Overwrite trainable layer k's tensors. A tensor (or, for channel subsets, a channel) the update
+ * does not change lives in the model and must be passed unchanged (bit for bit), else
+ * FT_ERR_BAD_CONFIG. Int8 weights are requantized with new per-channel scales. */
 ft_status ft_trainer_set_layer_params(ft_trainer *tr, int32_t k, const float *w, const float *b);
 /* Full-shaped accumulated gradients of layer k (zeros where not updated). */
 ft_status ft_trainer_layer_grads(const ft_trainer *tr, int32_t k, float *gw, float *gb);
 
 /* Shuffling key for (seed, epoch). */
 uint32_t ft_epoch_key(uint32_t seed, uint32_t epoch);
+/* Stochastic-rounding key for a training seed, and the uniform in [0, 1) of draw `ctr`:
+ * (hash(key ^ hash(ctr)) >> 8) * 2^-24. */
+uint32_t ft_rounding_key(uint32_t seed);
+float ft_uniform(uint32_t key, uint32_t ctr);
 
 #ifdef __cplusplus
 }

@@ -48,8 +48,11 @@ static py::tuple stats(ft_status st, const ft_stats &s) {
 
 // updates: empty (every tensor) or one (weights kind, bias, channels) tuple per trainable layer
 static ft_train_config config(float lr, float momentum, float wd, int batch, int with_prefix, float prox_mu,
-                              int start_layer, const std::vector<std::tuple<int, int, int>> &updates) {
+                              int start_layer, const std::vector<std::tuple<int, int, int>> &updates, int precision,
+                              int rounding) {
     ft_train_config c{};
+    c.precision = precision;
+    c.rounding = rounding;
     c.lr = lr; c.momentum = momentum; c.weight_decay = wd; c.batch_size = batch; c.with_prefix = with_prefix;
     c.prox_mu = prox_mu;
     c.start_layer = start_layer;
@@ -67,6 +70,8 @@ static py::dict plan_dict(const ft_plan &p) {
     py::dict d;
     d["arena_bytes"] = p.arena_bytes;
     d["params_bytes"] = p.params_bytes;
+    d["qparams_bytes"] = p.qparams_bytes;
+    d["qscale_bytes"] = p.qscale_bytes;
     d["momentum_bytes"] = p.momentum_bytes;
     d["grads_bytes"] = p.grads_bytes;
     d["anchor_bytes"] = p.anchor_bytes;
@@ -140,12 +145,15 @@ PYBIND11_MODULE(_core, m) {
     });
     m.def("layer_forward_f32", [](const ModelHandle &h, int i, const arr<float> &w, const arr<float> &b,
                                   const arr<float> &in, arr<float> out) {
-        ft_layer_forward_f32(&h.model.layers[i], w.data(), b.data(), in.data(), out.mutable_data());
+        const ft_layer &l = h.model.layers[i];
+        const ft_wview v{w.data(), nullptr, nullptr, nullptr, ft_layer_row_f32(&l)};
+        ft_layer_forward_f32(&l, &v, b.data(), in.data(), out.mutable_data());
     });
 
     m.def("plan", [](const ModelHandle &h, float lr, float mom, float wd, int batch, int with_prefix, float prox,
-                     int start_layer, const std::vector<std::tuple<int, int, int>> &updates) {
-        ft_train_config cfg = config(lr, mom, wd, batch, with_prefix, prox, start_layer, updates);
+                     int start_layer, const std::vector<std::tuple<int, int, int>> &updates, int precision,
+                     int rounding) {
+        ft_train_config cfg = config(lr, mom, wd, batch, with_prefix, prox, start_layer, updates, precision, rounding);
         ft_plan p{};
         ft_status st = ft_trainer_plan(&h.model, &cfg, &p);
         return py::make_tuple(static_cast<int>(st), plan_dict(p));
@@ -153,15 +161,12 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<TrainerHandle, std::shared_ptr<TrainerHandle>>(m, "TrainerHandle")
         .def("hwm", [](const TrainerHandle &t) { return ft_trainer_arena_hwm(&t.tr); })
-        .def("layer_params", [](const TrainerHandle &t, int k) {  // copies of weights and bias
-            const float *w = nullptr, *b = nullptr;
-            ft_status st = ft_trainer_layer_params(&t.tr, k, &w, &b);
+        .def("layer_params", [](const TrainerHandle &t, int k) -> py::tuple {  // copies of weights and bias
+            const int n_train = t.model->model.num_layers - t.model->model.first_trainable;
+            if (k < 0 || k >= n_train) return py::make_tuple(static_cast<int>(FT_ERR_BAD_CONFIG), py::none(), py::none());
             const ft_layer &l = t.model->model.layers[t.model->model.first_trainable + k];
-            arr<float> wa(st == FT_OK ? l.weight_count : 0), ba(st == FT_OK ? l.bias_count : 0);
-            if (st == FT_OK) {
-                std::memcpy(wa.mutable_data(), w, sizeof(float) * l.weight_count);
-                std::memcpy(ba.mutable_data(), b, sizeof(float) * l.bias_count);
-            }
+            arr<float> wa(l.weight_count), ba(l.bias_count);
+            ft_status st = ft_trainer_layer_params(&t.tr, k, wa.mutable_data(), ba.mutable_data());
             return py::make_tuple(static_cast<int>(st), wa, ba);
         })
         .def("set_layer_params", [](TrainerHandle &t, int k, const arr<float> &w, const arr<float> &b) {
@@ -219,11 +224,13 @@ PYBIND11_MODULE(_core, m) {
 
     m.def("trainer_init", [](std::shared_ptr<ModelHandle> h, float lr, float mom, float wd, int batch,
                              int with_prefix, float prox, int start_layer,
-                             const std::vector<std::tuple<int, int, int>> &updates, arr<uint8_t> arena) {
+                             const std::vector<std::tuple<int, int, int>> &updates, int precision, int rounding,
+                             arr<uint8_t> arena) {
         auto t = std::make_shared<TrainerHandle>();
         t->model = h;
         t->arena = arena;
-        ft_train_config cfg = config(lr, mom, wd, batch, with_prefix, prox, start_layer, updates);
+        ft_train_config cfg = config(lr, mom, wd, batch, with_prefix, prox, start_layer, updates, precision,
+                                     rounding);
         ft_status st = ft_trainer_init(&t->tr, &h->model, &cfg, t->arena.mutable_data(),
                                        static_cast<uint32_t>(t->arena.size()));
         return py::make_tuple(static_cast<int>(st), st == FT_OK ? py::cast(t) : py::none());

@@ -44,11 +44,6 @@ static void ft_select_channels(const ft_layer *l, ft_layer_state *s)
     }
 }
 
-static const float *ft_w(const ft_trainer *tr, int32_t k)
-{
-    return tr->ls[k].w != NULL ? tr->ls[k].w : tr->model->layers[tr->model->first_trainable + k].w_f32;
-}
-
 static const float *ft_b(const ft_trainer *tr, int32_t k)
 {
     return tr->ls[k].b != NULL ? tr->ls[k].b : tr->model->layers[tr->model->first_trainable + k].b_f32;
@@ -57,10 +52,69 @@ static const float *ft_b(const ft_trainer *tr, int32_t k)
 /* Gradient row of output channel oc: itself for full updates, its slot (or -1) for subsets. */
 static inline int32_t ft_grad_row(const ft_layer_state *s, int32_t oc) { return s->slot != NULL ? s->slot[oc] : oc; }
 
-/* Index of weight j of channel oc in the layer's gradient (and momentum/anchor) storage. */
+/* Index of weight j of channel oc in the layer's gradient (and momentum/anchor/int8) storage. */
 static inline int32_t ft_grad_index(const ft_layer *l, const ft_layer_state *s, int32_t oc, int32_t j)
 {
     return s->slot != NULL ? s->slot[oc] * s->row + j : ft_layer_widx_f32(l, oc, j, s->row);
+}
+
+/* The weights trainable layer k computes with (see ft_wview). */
+static ft_wview ft_wv(const ft_trainer *tr, int32_t k)
+{
+    const ft_layer_state *s = &tr->ls[k];
+    const ft_wview v = {s->w != NULL ? s->w : tr->model->layers[tr->model->first_trainable + k].w_f32, s->q, s->qs,
+                        s->slot, s->row};
+    return v;
+}
+
+/* Current value of weight j of channel oc of trainable layer k. */
+static float ft_weight(const ft_trainer *tr, int32_t k, int32_t oc, int32_t j)
+{
+    const ft_layer *l = &tr->model->layers[tr->model->first_trainable + k];
+    const ft_layer_state *s = &tr->ls[k];
+    if (s->q != NULL && ft_grad_row(s, oc) >= 0) {
+        return (float)s->q[ft_grad_index(l, s, oc, j)] * s->qs[ft_grad_row(s, oc)];
+    }
+    return ft_wv(tr, k).f[ft_layer_widx_f32(l, oc, j, s->row)];
+}
+
+/* floor(x) for |x| < 2^23, and x clamped to the int8 weight range first. */
+static float ft_clampf(float x, float lo, float hi) { return !(x > lo) ? lo : (x > hi ? hi : x); }
+static int32_t ft_floor_i32(float x)
+{
+    int32_t t = (int32_t)x;
+    return (float)t > x ? t - 1 : t;
+}
+/* Nearest integer in [-127, 127], halves away from zero. */
+static int8_t ft_round_s8(float x)
+{
+    x = ft_clampf(x, -127.0f, 127.0f);
+    int32_t t = (int32_t)x;
+    const float frac = x - (float)t;
+    t += frac >= 0.5f ? 1 : (frac <= -0.5f ? -1 : 0);
+    return (int8_t)t;
+}
+
+/* Per-channel int8 quantization of the updated channels of layer k from float weights w (layer layout). */
+static void ft_quantize_rows(const ft_layer *l, ft_layer_state *s, const float *w)
+{
+    for (int32_t oc = 0; oc < l->out_c; oc++) {
+        const int32_t r = ft_grad_row(s, oc);
+        if (r < 0) {
+            continue;
+        }
+        float amax = 0.0f;
+        for (int32_t j = 0; j < s->row; j++) {
+            const float v = w[ft_layer_widx_f32(l, oc, j, s->row)];
+            const float a = v < 0.0f ? -v : v;
+            amax = a > amax ? a : amax;
+        }
+        const float sc = amax > 0.0f ? amax / 127.0f : 1.0f;
+        s->qs[r] = sc;
+        for (int32_t j = 0; j < s->row; j++) {
+            s->q[ft_grad_index(l, s, oc, j)] = ft_round_s8(w[ft_layer_widx_f32(l, oc, j, s->row)] / sc);
+        }
+    }
 }
 
 ft_status ft_trainer_init(ft_trainer *tr, const ft_model *model, const ft_train_config *cfg, void *arena,
@@ -102,6 +156,9 @@ ft_status ft_trainer_init(ft_trainer *tr, const ft_model *model, const ft_train_
         if (s->slot != NULL) {
             ft_select_channels(l, s);
         }
+        if (s->q != NULL) {
+            ft_quantize_rows(l, s, l->w_f32);
+        }
         if (s->mw != NULL) {
             memset(s->mw, 0, (size_t)s->nsel * (size_t)s->row * sizeof(float));
         }
@@ -110,6 +167,8 @@ ft_status ft_trainer_init(ft_trainer *tr, const ft_model *model, const ft_train_
         }
     }
     memset(tr->grads, 0, tr->plan.grads_bytes);
+    tr->rng_key = ft_rounding_key(0);
+    tr->rng_ctr = 0;
     tr->initialized = 1;
     return ft_trainer_set_anchor(tr);
 }
@@ -129,7 +188,7 @@ ft_status ft_trainer_set_anchor(ft_trainer *tr)
         if (s->aw != NULL) {
             for (int32_t oc = 0; oc < l->out_c; oc++) {
                 for (int32_t j = 0; ft_grad_row(s, oc) >= 0 && j < s->row; j++) {
-                    s->aw[ft_grad_index(l, s, oc, j)] = s->w[ft_layer_widx_f32(l, oc, j, s->row)];
+                    s->aw[ft_grad_index(l, s, oc, j)] = ft_weight(tr, k, oc, j);
                 }
             }
         }
@@ -143,6 +202,10 @@ ft_status ft_trainer_set_anchor(ft_trainer *tr)
 uint32_t ft_trainer_arena_hwm(const ft_trainer *tr) { return tr != NULL ? tr->hwm : 0; }
 
 uint32_t ft_epoch_key(uint32_t seed, uint32_t epoch) { return ft_hash32(ft_hash32(seed) ^ (epoch * 0x9E3779B9u)); }
+
+uint32_t ft_rounding_key(uint32_t seed) { return ft_hash32(seed ^ 0xA511E9B3u); }
+
+float ft_uniform(uint32_t key, uint32_t ctr) { return (float)(ft_hash32(key ^ ft_hash32(ctr)) >> 8) * (1.0f / 16777216.0f); }
 
 static ft_status ft_check_data(const ft_trainer *tr, const ft_dataset *data)
 {
@@ -174,7 +237,8 @@ static ft_status ft_forward(ft_trainer *tr, const ft_dataset *data, uint32_t i)
     if (k0 > 0) { /* cached float activations enter trainable layer k0 (read only) */
         tr->acts[k0] = (float *)(uintptr_t)(data->xf + (size_t)i * (size_t)data->sample_size);
         for (int32_t k = k0; k < m->num_layers - first; k++) {
-            ft_layer_forward_f32(&m->layers[first + k], ft_w(tr, k), ft_b(tr, k), tr->acts[k], tr->acts[k + 1]);
+            const ft_wview v = ft_wv(tr, k);
+            ft_layer_forward_f32(&m->layers[first + k], &v, ft_b(tr, k), tr->acts[k], tr->acts[k + 1]);
         }
         return FT_OK;
     }
@@ -207,7 +271,8 @@ static ft_status ft_forward(ft_trainer *tr, const ft_dataset *data, uint32_t i)
     }
     for (int32_t i = first; i < m->num_layers; i++) {
         const int32_t k = i - first;
-        ft_layer_forward_f32(&m->layers[i], ft_w(tr, k), ft_b(tr, k), tr->acts[k], tr->acts[k + 1]);
+        const ft_wview v = ft_wv(tr, k);
+        ft_layer_forward_f32(&m->layers[i], &v, ft_b(tr, k), tr->acts[k], tr->acts[k + 1]);
     }
     return FT_OK;
 }
@@ -244,7 +309,8 @@ static void ft_backward(ft_trainer *tr)
         const ft_layer_state *s = &tr->ls[k];
         float *gout = tr->grad_acts[(n_train - 1 - k) % 2];
         float *gin = k > k_min ? tr->grad_acts[(n_train - k) % 2] : NULL;
-        ft_layer_backward_f32(&m->layers[first + k], ft_w(tr, k), tr->acts[k], tr->acts[k + 1], gout, gin, s->gw, s->gb,
+        const ft_wview v = ft_wv(tr, k);
+        ft_layer_backward_f32(&m->layers[first + k], &v, tr->acts[k], tr->acts[k + 1], gout, gin, s->gw, s->gb,
                               s->slot);
     }
 }
@@ -292,8 +358,9 @@ ft_status ft_trainer_accumulate(ft_trainer *tr, const ft_dataset *data, const ui
     return FT_OK;
 }
 
-/* p - lr * (g/n + wd p + prox (p - anchor)), through momentum when enabled. */
-static inline float ft_sgd(const ft_train_config *c, float p, float g, float inv_n, float *m, const float *a)
+/* The SGD direction d = g/n + wd p + prox (p - anchor), through momentum when enabled;
+ * the step is p - lr * d (float) or q - lr * d / s (int8, QAS). */
+static inline float ft_sgd_dir(const ft_train_config *c, float p, float g, float inv_n, float *m, const float *a)
 {
     float d = g * inv_n + c->weight_decay * p;
     if (a != NULL) {
@@ -303,7 +370,26 @@ static inline float ft_sgd(const ft_train_config *c, float p, float g, float inv
         *m = c->momentum * *m + d;
         d = *m;
     }
-    return p - c->lr * d;
+    return d;
+}
+
+static inline float ft_sgd(const ft_train_config *c, float p, float g, float inv_n, float *m, const float *a)
+{
+    return p - c->lr * ft_sgd_dir(c, p, g, inv_n, m, a);
+}
+
+/* QAS step of int8 weight q with scale sc (see FT_PRECISION_INT8). */
+static int8_t ft_step_s8(ft_trainer *tr, int8_t q, float sc, float d)
+{
+    const float x = (float)q - tr->cfg.lr * d / sc;
+    if (tr->cfg.rounding == FT_ROUND_NEAREST) {
+        return ft_round_s8(x);
+    }
+    const float xc = ft_clampf(x, -128.0f, 128.0f);
+    const int32_t fl = ft_floor_i32(xc);
+    const float u = ft_uniform(tr->rng_key, tr->rng_ctr++);
+    const int32_t r = fl + (u < xc - (float)fl ? 1 : 0);
+    return (int8_t)(r < -127 ? -127 : (r > 127 ? 127 : r));
 }
 
 ft_status ft_trainer_apply(ft_trainer *tr, int32_t n)
@@ -325,11 +411,18 @@ ft_status ft_trainer_apply(ft_trainer *tr, int32_t n)
         ft_layer_state *s = &tr->ls[k];
         if (s->gw != NULL) {
             for (int32_t oc = 0; oc < l->out_c; oc++) {
-                for (int32_t j = 0; ft_grad_row(s, oc) >= 0 && j < s->row; j++) {
-                    const int32_t wi = ft_layer_widx_f32(l, oc, j, s->row);
+                const int32_t r = ft_grad_row(s, oc);
+                for (int32_t j = 0; r >= 0 && j < s->row; j++) {
                     const int32_t gi = ft_grad_index(l, s, oc, j);
-                    s->w[wi] = ft_sgd(c, s->w[wi], s->gw[gi], inv_n, s->mw != NULL ? s->mw + gi : NULL,
-                                      s->aw != NULL ? s->aw + gi : NULL);
+                    float *mom = s->mw != NULL ? s->mw + gi : NULL;
+                    const float *anchor = s->aw != NULL ? s->aw + gi : NULL;
+                    if (s->q != NULL) {
+                        const float w = (float)s->q[gi] * s->qs[r];
+                        s->q[gi] = ft_step_s8(tr, s->q[gi], s->qs[r], ft_sgd_dir(c, w, s->gw[gi], inv_n, mom, anchor));
+                    } else {
+                        const int32_t wi = ft_layer_widx_f32(l, oc, j, s->row);
+                        s->w[wi] = ft_sgd(c, s->w[wi], s->gw[gi], inv_n, mom, anchor);
+                    }
                 }
             }
         }
@@ -343,52 +436,82 @@ ft_status ft_trainer_apply(ft_trainer *tr, int32_t n)
     return FT_OK;
 }
 
-ft_status ft_trainer_layer_params(const ft_trainer *tr, int32_t k, const float **w, const float **b)
+static ft_status ft_check_layer(const ft_trainer *tr, int32_t k)
 {
-    if (tr == NULL || w == NULL || b == NULL) {
+    if (tr == NULL) {
         return FT_ERR_NULL_ARG;
     }
     if (!tr->initialized) {
         return FT_ERR_NOT_INITIALIZED;
     }
-    if (k < 0 || k >= tr->model->num_layers - tr->model->first_trainable) {
-        return FT_ERR_BAD_CONFIG;
+    return k < 0 || k >= tr->model->num_layers - tr->model->first_trainable ? FT_ERR_BAD_CONFIG : FT_OK;
+}
+
+ft_status ft_trainer_layer_params(const ft_trainer *tr, int32_t k, float *w, float *b)
+{
+    ft_status st = ft_check_layer(tr, k);
+    if (st != FT_OK) {
+        return st;
     }
-    *w = ft_w(tr, k);
-    *b = ft_b(tr, k);
+    const ft_layer *l = &tr->model->layers[tr->model->first_trainable + k];
+    const ft_layer_state *s = &tr->ls[k];
+    if (w != NULL && l->weight_count > 0) {
+        for (int32_t oc = 0; oc < l->out_c; oc++) {
+            for (int32_t j = 0; j < s->row; j++) {
+                w[ft_layer_widx_f32(l, oc, j, s->row)] = ft_weight(tr, k, oc, j);
+            }
+        }
+    }
+    if (b != NULL && l->bias_count > 0) {
+        memcpy(b, ft_b(tr, k), (size_t)l->bias_count * sizeof(float));
+    }
     return FT_OK;
 }
 
 ft_status ft_trainer_set_layer_params(ft_trainer *tr, int32_t k, const float *w, const float *b)
 {
-    const float *cw, *cb;
-    ft_status st = ft_trainer_layer_params(tr, k, &cw, &cb);
+    ft_status st = ft_check_layer(tr, k);
     if (st != FT_OK) {
         return st;
     }
     const ft_layer *l = &tr->model->layers[tr->model->first_trainable + k];
+    ft_layer_state *s = &tr->ls[k];
     const size_t wb = (size_t)l->weight_count * sizeof(float), bb = (size_t)l->bias_count * sizeof(float);
     if ((wb > 0 && w == NULL) || (bb > 0 && b == NULL)) {
         return FT_ERR_NULL_ARG;
     }
-    /* tensors read from the model cannot change */
-    if ((tr->ls[k].w == NULL && wb > 0 && memcmp(cw, w, wb) != 0) ||
-        (tr->ls[k].b == NULL && bb > 0 && memcmp(cb, b, bb) != 0)) {
+    /* tensors (and channels) read from the model cannot change */
+    if (bb > 0 && s->b == NULL && memcmp(l->b_f32, b, bb) != 0) {
         return FT_ERR_BAD_CONFIG;
     }
-    if (tr->ls[k].w != NULL) {
-        memcpy(tr->ls[k].w, w, wb);
+    if (wb > 0 && s->w == NULL) {
+        for (int32_t oc = 0; oc < l->out_c; oc++) {
+            if (s->q != NULL && ft_grad_row(s, oc) >= 0) {
+                continue;
+            }
+            for (int32_t j = 0; j < s->row; j++) {
+                const int32_t wi = ft_layer_widx_f32(l, oc, j, s->row);
+                if (memcmp(&l->w_f32[wi], &w[wi], sizeof(float)) != 0) {
+                    return FT_ERR_BAD_CONFIG;
+                }
+            }
+        }
     }
-    if (tr->ls[k].b != NULL) {
-        memcpy(tr->ls[k].b, b, bb);
+    if (s->w != NULL) {
+        memcpy(s->w, w, wb);
+    }
+    if (s->q != NULL) {
+        ft_quantize_rows(l, s, w);
+    }
+    if (s->b != NULL) {
+        memcpy(s->b, b, bb);
     }
     return FT_OK;
 }
 
 ft_status ft_trainer_layer_grads(const ft_trainer *tr, int32_t k, float *gw, float *gb)
 {
-    const float *cw, *cb;
-    ft_status st = ft_trainer_layer_params(tr, k, &cw, &cb);
+    ft_status st = ft_check_layer(tr, k);
     if (st != FT_OK) {
         return st;
     }
@@ -436,6 +559,8 @@ ft_status ft_trainer_train_epochs(ft_trainer *tr, const ft_dataset *data, int32_
         return FT_ERR_BAD_CONFIG;
     }
     const int32_t bs = tr->cfg.batch_size;
+    tr->rng_key = ft_rounding_key(seed);
+    tr->rng_ctr = 0;
     ft_stats total = {0.0f, 0, 0, 0};
     int32_t steps = 0;
     for (int32_t e = 0; e < epochs; e++) {

@@ -2,8 +2,9 @@
  * Arena layout shared by ft_trainer_plan (base == NULL: sizes only) and ft_trainer_init
  * (base != NULL: pointers). Because both run this one function, the plan is the layout.
  *
- * Regions, low to high: RAM copies of updated tensors | momentum | gradients | FedProx anchors |
- * channel maps | int8 prefix ping-pong | kernel scratch | float activations | gradient ping-pong.
+ * Regions, low to high: float RAM copies of updated tensors | int8 weight scales | int8 weights |
+ * momentum | gradients | FedProx anchors | channel maps | int8 prefix ping-pong | kernel scratch |
+ * float activations | gradient ping-pong.
  * Only updated tensors get a copy, gradients, momentum and anchors; activations are kept only
  * from the earliest layer backprop reaches, lower layers use two ping-pong buffers. The buffers
  * that every training step writes in full are at the top, so a painted arena shows the same
@@ -37,16 +38,18 @@ static uint32_t ft_max_u32(uint32_t a, uint32_t b) { return a > b ? a : b; }
 typedef struct {
     int32_t w_kind, b_on, row, nsel;
     int32_t copy_w, copy_b, grad_w, slots;
+    int32_t q_w, q_s; /* int8 weights and their scales (precision int8) */
 } ft_layer_sizes;
 
 static ft_status ft_update_sizes(const ft_layer *l, const ft_train_config *cfg, int32_t k, ft_layer_sizes *z)
 {
+    const int int8 = cfg->precision == FT_PRECISION_INT8;
     ft_layer_update u = {FT_UPDATE_ALL, 1, 0};
     if (cfg->n_updates != 0) {
         u = cfg->update[k];
     }
     const int has = l->weight_count > 0;
-    *z = (ft_layer_sizes){0, 0, ft_layer_row_f32(l), 0, 0, 0, 0, 0};
+    *z = (ft_layer_sizes){0, 0, ft_layer_row_f32(l), 0, 0, 0, 0, 0, 0, 0};
     if (u.weights > FT_UPDATE_CHANNELS || u.bias > 1) {
         return FT_ERR_BAD_CONFIG;
     }
@@ -60,9 +63,11 @@ static ft_status ft_update_sizes(const ft_layer *l, const ft_train_config *cfg, 
         return FT_ERR_BAD_CONFIG;
     }
     z->nsel = u.weights == FT_UPDATE_ALL ? l->out_c : (u.weights == FT_UPDATE_CHANNELS ? u.channels : 0);
-    z->copy_w = u.weights != FT_UPDATE_NONE ? l->weight_count : 0;
-    z->copy_b = u.bias ? l->bias_count : 0;
     z->grad_w = z->nsel * z->row;
+    z->copy_w = u.weights != FT_UPDATE_NONE && !int8 ? l->weight_count : 0;
+    z->copy_b = u.bias ? l->bias_count : 0;
+    z->q_w = int8 ? z->grad_w : 0; /* int8 holds only the updated channels */
+    z->q_s = int8 ? z->nsel : 0;
     z->slots = u.weights == FT_UPDATE_CHANNELS ? l->out_c : 0;
     return FT_OK;
 }
@@ -82,7 +87,9 @@ ft_status ft_trainer_layout(const ft_model *m, const ft_train_config *cfg, uint8
     }
     if (!(cfg->lr > 0.0f) || !(cfg->momentum >= 0.0f && cfg->momentum < 1.0f) || !(cfg->weight_decay >= 0.0f) ||
         cfg->batch_size < 1 || (cfg->with_prefix != 0 && cfg->with_prefix != 1) || !(cfg->prox_mu >= 0.0f) ||
-        (cfg->n_updates != 0 && cfg->n_updates != n_train)) {
+        (cfg->n_updates != 0 && cfg->n_updates != n_train) ||
+        (cfg->precision != FT_PRECISION_F32 && cfg->precision != FT_PRECISION_INT8) ||
+        (cfg->rounding != FT_ROUND_STOCHASTIC && cfg->rounding != FT_ROUND_NEAREST)) {
         return FT_ERR_BAD_CONFIG;
     }
     ft_plan p = {0};
@@ -92,7 +99,7 @@ ft_status ft_trainer_layout(const ft_model *m, const ft_train_config *cfg, uint8
 
     /* the update scheme: sizes per layer, and the earliest layer backprop reaches */
     ft_layer_sizes z[FT_MAX_LAYERS];
-    int64_t copies = 0, grads = 0, slots = 0;
+    int64_t copies = 0, grads = 0, slots = 0, qw = 0, qs = 0;
     int32_t k_min = -1;
     for (int32_t k = 0; k < n_train; k++) {
         ft_status st = ft_update_sizes(&m->layers[first + k], cfg, k, &z[k]);
@@ -102,6 +109,8 @@ ft_status ft_trainer_layout(const ft_model *m, const ft_train_config *cfg, uint8
         copies += z[k].copy_w + z[k].copy_b;
         grads += z[k].grad_w + z[k].copy_b;
         slots += z[k].slots;
+        qw += z[k].q_w;
+        qs += z[k].q_s;
         if (k_min < 0 && z[k].grad_w + z[k].copy_b > 0) {
             k_min = k;
         }
@@ -161,6 +170,8 @@ ft_status ft_trainer_layout(const ft_model *m, const ft_train_config *cfg, uint8
     ft_bump b = {base, 0, 0};
     const uint32_t gbytes = (uint32_t)grads * sizeof(float);
     float *copy_r = ft_bump_take(&b, (uint32_t)copies * sizeof(float));
+    float *qs_r = ft_bump_take(&b, (uint32_t)qs * sizeof(float));
+    int8_t *qw_r = ft_bump_take(&b, (uint32_t)qw);
     float *mom_r = ft_bump_take(&b, cfg->momentum > 0.0f ? gbytes : 0);
     float *grad_r = ft_bump_take(&b, gbytes);
     float *anchor_r = ft_bump_take(&b, cfg->prox_mu > 0.0f ? gbytes : 0);
@@ -188,6 +199,8 @@ ft_status ft_trainer_layout(const ft_model *m, const ft_train_config *cfg, uint8
     float *g1 = ft_bump_take(&b, gsize[1] * sizeof(float));
 
     p.params_bytes = (uint32_t)copies * sizeof(float);
+    p.qparams_bytes = (uint32_t)qw;
+    p.qscale_bytes = (uint32_t)qs * sizeof(float);
     p.momentum_bytes = cfg->momentum > 0.0f ? gbytes : 0;
     p.grads_bytes = gbytes;
     p.anchor_bytes = cfg->prox_mu > 0.0f ? gbytes : 0;
@@ -201,7 +214,7 @@ ft_status ft_trainer_layout(const ft_model *m, const ft_train_config *cfg, uint8
     if (tr == NULL || base == NULL) {
         return FT_OK;
     }
-    int32_t oc_copy = 0, oc_grad = 0, oc_slot = 0;
+    int32_t oc_copy = 0, oc_grad = 0, oc_slot = 0, oc_qw = 0, oc_qs = 0;
     for (int32_t k = 0; k < n_train; k++) {
         ft_layer_state *s = &tr->ls[k];
         *s = (ft_layer_state){0};
@@ -212,6 +225,10 @@ ft_status ft_trainer_layout(const ft_model *m, const ft_train_config *cfg, uint8
         s->w = z[k].copy_w ? copy_r + oc_copy : NULL;
         s->b = z[k].copy_b ? copy_r + oc_copy + z[k].copy_w : NULL;
         oc_copy += z[k].copy_w + z[k].copy_b;
+        s->q = z[k].q_w ? qw_r + oc_qw : NULL;
+        s->qs = z[k].q_s ? qs_r + oc_qs : NULL;
+        oc_qw += z[k].q_w;
+        oc_qs += z[k].q_s;
         if (z[k].grad_w) {
             s->gw = grad_r + oc_grad;
             s->mw = mom_r != NULL ? mom_r + oc_grad : NULL;
