@@ -37,3 +37,16 @@ def faulty_runs(tmp_path_factory, cache_dir) -> tuple[dict, dict]:
     """The same faulty digits experiment twice (same seed)."""
     base = tmp_path_factory.mktemp("runs")
     return run(FAULTY, base / "a", cache_dir), run(FAULTY, base / "b", cache_dir)
+
+
+@pytest.fixture(scope="session")
+def task():
+    """The digits demo task: a small int8 backbone and its float head."""
+    from fedtiny.trainer.demo import digits_task
+
+    return digits_task(seed=0)
+
+
+@pytest.fixture(scope="session")
+def features(task):
+    return task.model.prefix_features(task.x_train), task.model.prefix_features(task.x_test)

@@ -14,13 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_memory_sweep_writes_table_and_plot(tmp_path, cache_dir):
     env = {**os.environ, "FEDTINY_CACHE": str(cache_dir)}
     proc = subprocess.run([sys.executable, str(ROOT / "experiments/memory_sweep.py"), "--budgets", "1", "64",
-                           "--rounds", "1", "--", "experiment=digits_quick"], cwd=tmp_path, env=env,
+                           "--rounds", "1", "--precision-sets", "float32", "int8", "--", "experiment=digits_quick"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = next((tmp_path / "outputs/memory_sweep").iterdir())
     rows = list(csv.DictReader(open(out / "memory_sweep.csv")))
-    assert [r["scheme"] for r in rows][0] == "none fits"  # 1 KiB holds no scheme: reported, not fatal
-    ok = rows[1]
-    assert ok["scheme"] != "none fits" and 0 < int(ok["arena_bytes"]) <= 64 * 1024
-    assert float(ok["torch_ratio"]) > 1.0  # autograd keeps more for the same update
+    assert [r["scheme"] for r in rows][:2] == ["none fits"] * 2  # 1 KiB holds no scheme: reported, not fatal
+    assert [r["precisions"] for r in rows] == ["float32", "int8"] * 2
+    for ok in rows[2:]:
+        assert ok["scheme"] != "none fits" and 0 < int(ok["arena_bytes"]) <= 64 * 1024
+        assert ok["precision"] == ok["precisions"]
+        assert float(ok["torch_ratio"]) > 1.0  # autograd keeps more for the same update
     assert (out / "memory_sweep.md").exists() and (out / "memory_sweep.png").stat().st_size > 5000

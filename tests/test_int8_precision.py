@@ -17,7 +17,6 @@ from tests import torch_oracle
 from tests.models import random_model
 from tests.test_plan import _painted_peak
 from tests.test_schemes import SUFFIX, _mask, chosen_channels, random_scheme
-from tests.test_training import features, task  # noqa: F401  (module fixtures: digits head)
 
 F32 = np.float32
 

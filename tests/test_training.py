@@ -8,17 +8,7 @@ import pytest
 
 from fedtiny.errors import ConfigError, TrainerError
 from fedtiny.trainer import TrainConfig, Trainer
-from fedtiny.trainer.demo import digits_task
 
-
-@pytest.fixture(scope="module")
-def task():
-    return digits_task(seed=0)
-
-
-@pytest.fixture(scope="module")
-def features(task):
-    return task.model.prefix_features(task.x_train), task.model.prefix_features(task.x_test)
 
 
 def test_training_lowers_loss_and_raises_accuracy(task, features):
