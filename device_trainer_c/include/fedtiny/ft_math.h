@@ -20,6 +20,9 @@ float ft_logf(float x);
 /* 32-bit integer hash (bijective mixer) used for keys and seeds. */
 uint32_t ft_hash32(uint32_t x);
 
+/* Counter-based uniform in [0, 1): (ft_hash32(key ^ ft_hash32(ctr)) >> 8) * 2^-24. */
+float ft_uniform(uint32_t key, uint32_t ctr);
+
 /* i-th element of a pseudo-random permutation of [0, n) keyed by `key`: a 4-round Feistel
  * network on the next even power of two, cycle-walked into range. O(1) memory. */
 uint32_t ft_permute(uint32_t i, uint32_t n, uint32_t key);

@@ -38,6 +38,11 @@ typedef enum {
     FT_ERR_KERNEL,                /* an int8 kernel returned an error */
     FT_ERR_NOT_INITIALIZED,       /* trainer used before ft_trainer_init succeeded */
     FT_ERR_UNSUPPORTED,           /* valid but not supported on this build */
+    FT_ERR_CODEC_HEADER,          /* update blob: bad magic, version, scheme or flags */
+    FT_ERR_CODEC_BITS,            /* update blob: bits not 32/16/8/4/2/1 or not the scheme's */
+    FT_ERR_CODEC_LENGTH,          /* update blob: size, payload or value count inconsistent */
+    FT_ERR_CODEC_SCALE,           /* update blob: a scale is negative, NaN or infinite */
+    FT_ERR_CODEC_CODE,            /* update blob: a code outside the quantization grid */
     FT_STATUS_COUNT
 } ft_status;
 

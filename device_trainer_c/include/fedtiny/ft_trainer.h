@@ -169,10 +169,8 @@ ft_status ft_trainer_layer_grads(const ft_trainer *tr, int32_t k, float *gw, flo
 
 /* Shuffling key for (seed, epoch). */
 uint32_t ft_epoch_key(uint32_t seed, uint32_t epoch);
-/* Stochastic-rounding key for a training seed, and the uniform in [0, 1) of draw `ctr`:
- * (hash(key ^ hash(ctr)) >> 8) * 2^-24. */
+/* Stochastic-rounding key for a training seed (draws: ft_uniform(key, ctr), see ft_math.h). */
 uint32_t ft_rounding_key(uint32_t seed);
-float ft_uniform(uint32_t key, uint32_t ctr);
 
 #ifdef __cplusplus
 }

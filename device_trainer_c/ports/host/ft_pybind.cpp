@@ -11,6 +11,7 @@
 #include <vector>
 
 extern "C" {
+#include "fedtiny/ft_codec.h"
 #include "fedtiny/ft_math.h"
 #include "fedtiny/ft_model.h"
 #include "fedtiny/ft_nn.h"
@@ -149,6 +150,36 @@ PYBIND11_MODULE(_core, m) {
         const ft_wview v{w.data(), nullptr, nullptr, nullptr, ft_layer_row_f32(&l)};
         ft_layer_forward_f32(&l, &v, b.data(), in.data(), out.mutable_data());
     });
+
+    // ---- update codec (ft_codec.h) ----
+    m.def("codec_blob_bytes", [](int bits, int per_channel, int channels, int channel_last, int n) {
+        ft_codec_params p{bits, per_channel, channels, channel_last};
+        return ft_codec_blob_bytes(&p, n);
+    });
+    m.def("codec_encode", [](int bits, int per_channel, int channels, int channel_last, const arr<float> &v,
+                             uint32_t key, arr<float> residual) {
+        ft_codec_params p{bits, per_channel, channels, channel_last};
+        const int32_t n = static_cast<int32_t>(v.size());
+        const uint32_t need = ft_codec_blob_bytes(&p, n);
+        arr<uint8_t> out(need);
+        uint32_t written = 0;
+        ft_status st = FT_ERR_BAD_CONFIG;
+        if (need > 0 && (residual.size() == 0 || residual.size() == v.size())) {
+            st = ft_codec_encode(&p, v.data(), n, key, residual.size() ? residual.mutable_data() : nullptr,
+                                 out.mutable_data(), need, &written);
+        }
+        return py::make_tuple(static_cast<int>(st), out);
+    });
+    m.def("codec_decode", [](const arr<uint8_t> &blob, int max_n) {
+        arr<float> out(std::max(max_n, 0));
+        ft_codec_params p{};
+        int32_t n = 0;
+        ft_status st = ft_codec_decode(blob.data(), static_cast<uint32_t>(blob.size()), out.mutable_data(), max_n,
+                                       &p, &n);
+        return py::make_tuple(static_cast<int>(st), out, n, py::make_tuple(p.bits, p.per_channel, p.channels,
+                                                                           p.channel_last));
+    });
+    m.def("uniform", [](uint32_t key, uint32_t ctr) { return ft_uniform(key, ctr); });
 
     m.def("plan", [](const ModelHandle &h, float lr, float mom, float wd, int batch, int with_prefix, float prox,
                      int start_layer, const std::vector<std::tuple<int, int, int>> &updates, int precision,

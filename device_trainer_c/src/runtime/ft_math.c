@@ -90,6 +90,11 @@ uint32_t ft_hash32(uint32_t x)
     return x;
 }
 
+float ft_uniform(uint32_t key, uint32_t ctr)
+{
+    return (float)(ft_hash32(key ^ ft_hash32(ctr)) >> 8) * (1.0f / 16777216.0f);
+}
+
 uint32_t ft_permute(uint32_t i, uint32_t n, uint32_t key)
 {
     if (n <= 1) {

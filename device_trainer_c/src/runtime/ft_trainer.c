@@ -205,8 +205,6 @@ uint32_t ft_epoch_key(uint32_t seed, uint32_t epoch) { return ft_hash32(ft_hash3
 
 uint32_t ft_rounding_key(uint32_t seed) { return ft_hash32(seed ^ 0xA511E9B3u); }
 
-float ft_uniform(uint32_t key, uint32_t ctr) { return (float)(ft_hash32(key ^ ft_hash32(ctr)) >> 8) * (1.0f / 16777216.0f); }
-
 static ft_status ft_check_data(const ft_trainer *tr, const ft_dataset *data)
 {
     if (tr == NULL || data == NULL) {

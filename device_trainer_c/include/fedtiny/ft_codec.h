@@ -1,0 +1,69 @@
+/*
+ * fedtiny update codec: what a device sends after training, version 1.
+ *
+ * One tensor's update v (n float32 values, e.g. w_local - w_global of the channels the device
+ * trained) is encoded into one blob:
+ *
+ *   header (16 bytes, little-endian)
+ *     0 u8[2] magic "FQ"    2 u8 version (1)    3 u8 scheme (ft_codec_scheme)    4 u8 bits
+ *     5 u8 flags: bit 0 per-channel scales, bit 1 channel axis is the last (depthwise layout)
+ *     6 u16 channels (output channels the tensor carries; rows of per-channel scales)
+ *     8 u32 n (values)      12 u32 payload bytes (everything after the header)
+ *   payload
+ *     FT_CODEC_FLOAT32: n float32 values
+ *     otherwise:        scales (float32, one per channel or one per tensor), then n codes of
+ *                       `bits` bits each, packed LSB first (code i at bit i * bits), zero padded
+ *                       to a whole byte
+ *
+ * Quantization grid of a group (a channel, or the whole tensor) with scale s:
+ *   bits >= 2: values q * s, q in [-L, L], L = 2^(bits-1) - 1, s = max|v| / L; code = q + L.
+ *   bits == 1: values -s and +s, s = max|v|; code 1 = +s.
+ * Rounding is stochastic and unbiased: x = v / s (bits == 1: (v / s + 1) / 2), then
+ * floor(x) + [u_i < x - floor(x)] with u_i = ft_uniform(key, i) for value i; so the error of a
+ * value has mean 0 and variance frac (1 - frac) Delta^2 <= Delta^2 / 4 (Delta = s, or 2 s for
+ * one bit). A group of zeros gets s = 0 and decodes to zeros.
+ *
+ * Error feedback: with a residual buffer r (n floats, kept by the device between rounds), the
+ * encoder quantizes v + r and stores r <- (v + r) - decode(blob).
+ */
+#ifndef FT_CODEC_H
+#define FT_CODEC_H
+
+#include <stdint.h>
+
+#include "fedtiny/ft_status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FT_CODEC_HEADER_BYTES 16u
+#define FT_CODEC_VERSION 1u
+
+typedef enum { FT_CODEC_FLOAT32 = 0, FT_CODEC_UNIFORM = 1, FT_CODEC_SIGN = 2 } ft_codec_scheme;
+
+typedef struct {
+    int32_t bits;         /* 32 (float32), 16, 8, 4, 2 or 1 */
+    int32_t per_channel;  /* 1: one scale per channel; 0: one per tensor */
+    int32_t channels;     /* output channels in the tensor (>= 1); n must be a multiple */
+    int32_t channel_last; /* 1: value i belongs to channel i % channels; 0: to i / (n / channels) */
+} ft_codec_params;
+
+/* Bytes of the blob for n values (header included); 0 for invalid parameters. */
+uint32_t ft_codec_blob_bytes(const ft_codec_params *p, int32_t n);
+
+/* Encode v[0..n) into out (out_size >= ft_codec_blob_bytes). residual: NULL, or n floats
+ * updated in place (error feedback). *written = blob bytes. */
+ft_status ft_codec_encode(const ft_codec_params *p, const float *v, int32_t n, uint32_t key, float *residual,
+                          uint8_t *out, uint32_t out_size, uint32_t *written);
+
+/* Validate a blob (header fields, exact length, finite non-negative scales) and decode its n
+ * values into out (max_n floats). Fills *p from the header and *n. */
+ft_status ft_codec_decode(const uint8_t *blob, uint32_t size, float *out, int32_t max_n, ft_codec_params *p,
+                          int32_t *n);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FT_CODEC_H */
