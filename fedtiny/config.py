@@ -126,6 +126,20 @@ class FaultsCfg:
     raise_rounds: list[int] = field(default_factory=list)
     nan_partitions: list[int] = field(default_factory=list)
     nan_rounds: list[int] = field(default_factory=list)
+    malformed_partitions: list[int] = field(default_factory=list)
+    malformed_rounds: list[int] = field(default_factory=list)
+    malformed_kinds: list[str] = field(default_factory=lambda: ["truncated"])
+
+
+MALFORMED_KINDS = ("truncated", "bits", "nan_scale", "inf_scale", "subset", "oversize")
+
+
+@dataclass
+class CodecCfg:
+    bits: int = 32
+    per_channel: bool = True
+    error_feedback: bool = False
+    max_update_bytes: int = 4194304
 
 
 @dataclass
@@ -155,6 +169,7 @@ class TopCfg:
     simulation: SimulationCfg = field(default_factory=SimulationCfg)
     faults: FaultsCfg = field(default_factory=FaultsCfg)
     budget: BudgetCfg = field(default_factory=BudgetCfg)
+    codec: CodecCfg = field(default_factory=CodecCfg)
 
 
 def _typed(schema: type, node: Any, where: str) -> DictConfig:
@@ -238,7 +253,14 @@ def validate(cfg: DictConfig) -> DictConfig:
         _check(1 <= d.server_test_size <= 10000, f"dataset.server_test_size must be in [1, 10000], got {d.server_test_size}")
     _check(top.clients_per_round <= devices,
            f"clients_per_round={top.clients_per_round} exceeds the {devices} devices of dataset '{ds_name}'")
-    for key in ("raise_partitions", "nan_partitions"):
+    f = top.faults
+    _check(len(f.malformed_kinds) >= 1 and all(k in MALFORMED_KINDS for k in f.malformed_kinds),
+           f"faults.malformed_kinds must be a non-empty list of {list(MALFORMED_KINDS)}, got {list(f.malformed_kinds)}")
+    q = top.codec
+    _check(q.bits in (32, 16, 8, 4, 2, 1), f"codec.bits must be 32, 16, 8, 4, 2 or 1, got {q.bits}")
+    _check(not (q.error_feedback and q.bits == 32), "codec.error_feedback needs codec.bits < 32 (float32 has no error)")
+    _check(q.max_update_bytes >= 16, f"codec.max_update_bytes must be >= 16, got {q.max_update_bytes}")
+    for key in ("raise_partitions", "nan_partitions", "malformed_partitions"):
         bad = [p for p in top.faults[key] if not 0 <= p < devices]
         _check(not bad, f"faults.{key}: {bad} are not partition ids in [0, {devices})")
     return top

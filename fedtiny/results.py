@@ -3,12 +3,17 @@
 ``metrics.csv`` columns: round (0 = the pretrained model before any round), accuracy and loss
 of the global model on the server's held-out field data, fed_accuracy/fed_loss (federated
 evaluation on the clients' test splits), train_loss/train_accuracy (example-weighted means
-reported by the clients), participating (updates aggregated), failed (clients that raised or
+reported by the clients), ef_residual_norm (example-weighted mean over the clients of the norm
+of the error-feedback residual each carried into its update; 0 without error feedback),
+participating (updates aggregated), failed (clients that raised or
 timed out), rejected (updates that failed validation), contributors_min/max (over every output
 channel of every trainable tensor: how many aggregated updates changed it; per tensor in
-``contributors.csv``), bytes_up/bytes_down (ArrayRecord
-payload: array bytes plus key names, Flower's ``count_bytes()``), wall_s (seconds the round
-took; the only column that differs between runs with the same seed).
+``contributors.csv``), bytes_up/bytes_down (exact serialized size of every message's
+RecordDict, train and evaluate, all clients), split into *_payload (parameter data: float32
+values sent down, encoded scales and codes sent up) and *_overhead (the rest: codec headers,
+array and record framing, keys, metrics, config), wall_s (seconds the round took; the only
+column that differs between runs with the same seed). ``traffic.csv`` has the same split per
+client, message and direction.
 """
 
 from __future__ import annotations
@@ -20,8 +25,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-COLUMNS = ["round", "accuracy", "loss", "fed_accuracy", "fed_loss", "train_loss", "train_accuracy", "participating",
-           "failed", "rejected", "contributors_min", "contributors_max", "bytes_up", "bytes_down", "wall_s"]
+COLUMNS = ["round", "accuracy", "loss", "fed_accuracy", "fed_loss", "train_loss", "train_accuracy", "ef_residual_norm",
+           "participating",
+           "failed", "rejected", "contributors_min", "contributors_max", "bytes_up", "bytes_down", "bytes_up_payload",
+           "bytes_up_overhead", "bytes_down_payload", "bytes_down_overhead", "wall_s"]
+BYTE_COLUMNS = ("bytes_up", "bytes_down", "bytes_up_payload", "bytes_up_overhead", "bytes_down_payload",
+                "bytes_down_overhead")
 
 
 @dataclass
@@ -35,17 +44,28 @@ class RoundLog:
     def start(self, server_round: int) -> None:
         self.server_round = server_round
         self.tensor_counts: dict = {}
-        self.row = {k: 0 for k in ("participating", "failed", "rejected", "bytes_up", "bytes_down")}
+        self.traffic: list[tuple] = []
+        self.row = {k: 0 for k in ("participating", "failed", "rejected", *BYTE_COLUMNS)}
 
-    def sent(self, nbytes: int) -> None:
-        self.row["bytes_down"] = self.row.get("bytes_down", 0) + nbytes
+    def _bytes(self, direction: str, stage: str, pid: int, payload: int, overhead: int) -> None:
+        self.row[f"bytes_{direction}"] += payload + overhead
+        self.row[f"bytes_{direction}_payload"] += payload
+        self.row[f"bytes_{direction}_overhead"] += overhead
+        self.traffic.append((pid, stage, direction, payload, overhead))
 
-    def received(self, kind: str, pids: list[int], failed: list, rejected: list, bytes_up: int) -> None:
+    def sent(self, stage: str, pids: list[int], payload: int, overhead: int) -> None:
+        """The same message to every pid: `payload` parameter bytes and `overhead` other bytes each."""
+        for pid in pids:
+            self._bytes("down", stage, pid, payload, overhead)
+
+    def received(self, kind: str, pids: list[int], failed: list, rejected: list,
+                 traffic: list[tuple[int, int, int]]) -> None:
+        for pid, payload, overhead in traffic:
+            self._bytes("up", kind, pid, payload, overhead)
         if kind == "train":
             self.row["participating"] = len(pids)
         self.row["failed"] = self.row.get("failed", 0) + len(failed)
         self.row["rejected"] = self.row.get("rejected", 0) + len(rejected)
-        self.row["bytes_up"] = self.row.get("bytes_up", 0) + bytes_up
         for what, items in (("failed", failed), ("rejected", rejected)):
             for pid, reason in items:
                 self.failures.append({"round": self.server_round, "stage": kind, "partition": pid, "what": what,
@@ -60,6 +80,7 @@ class RoundLog:
         if metrics is not None:
             self.row["train_loss"] = float(metrics.get("train-loss", float("nan")))
             self.row["train_accuracy"] = float(metrics.get("train-accuracy", float("nan")))
+            self.row["ef_residual_norm"] = float(metrics.get("ef-residual-norm", float("nan")))
 
     def federated_eval(self, metrics) -> None:
         if metrics is not None:
@@ -101,12 +122,21 @@ class RunRecorder:
         row.update(self.log.row)
         row.update(round=server_round, accuracy=round(accuracy, 6), loss=round(loss, 6),
                    wall_s=round(now - self.t_round, 3))
-        for key in ("fed_accuracy", "fed_loss", "train_loss", "train_accuracy"):
+        for key in ("fed_accuracy", "fed_loss", "train_loss", "train_accuracy", "ef_residual_norm"):
             if isinstance(row[key], float):
                 row[key] = round(row[key], 6)
         self.rows.append(row)
         with open(self.csv_path, "a", newline="") as fh:
             csv.writer(fh).writerow([row[c] for c in COLUMNS])
+        if self.log.traffic:
+            path = self.out_dir / "traffic.csv"
+            new = not path.exists()
+            with open(path, "a", newline="") as fh:
+                w = csv.writer(fh)
+                if new:
+                    w.writerow(["round", "partition", "stage", "direction", "payload_bytes", "overhead_bytes"])
+                for pid, stage, direction, payload, overhead in sorted(self.log.traffic):
+                    w.writerow([server_round, pid, stage, direction, payload, overhead])
         if self.log.tensor_counts:
             path = self.out_dir / "contributors.csv"
             new = not path.exists()
@@ -137,8 +167,7 @@ class RunRecorder:
             "best_accuracy": max((r["accuracy"] for r in rows), default=None),
             "final_fed_accuracy": rows[-1]["fed_accuracy"] if rows else None,
             "rounds": len(rows) - 1,
-            "bytes_up_total": int(sum(int(r["bytes_up"] or 0) for r in rows)),
-            "bytes_down_total": int(sum(int(r["bytes_down"] or 0) for r in rows)),
+            **{f"{k}_total": int(sum(int(r[k] or 0) for r in rows)) for k in BYTE_COLUMNS},
             "failed_total": int(sum(int(r["failed"] or 0) for r in rows)),
             "rejected_total": int(sum(int(r["rejected"] or 0) for r in rows)),
             "wall_s": round(time.perf_counter() - self.t0, 3),

@@ -43,6 +43,14 @@ def test_every_experiment_composes(name):
     (["strategy=fedprox", "strategy.proximal_mu=-1"], "proximal_mu"),
     (["faults.raise_partitions=[99]"], "not partition ids"),
     (["simulation.client_cpus=4"], "client_cpus"),
+    (["codec.bits=3"], "codec.bits must be"),
+    (["codec.error_feedback=true"], "error_feedback needs codec.bits < 32"),
+    (["codec.max_update_bytes=8"], "max_update_bytes"),
+    (["faults.malformed_kinds=[garbage]"], "malformed_kinds"),
+    (["faults.malformed_partitions=[40]"], "not partition ids"),
+    (["client.precision=int4"], "client.precision"),
+    (["client.rounding=up"], "client.rounding"),
+    (["budget.memory.precisions=[float16]"], "budget.memory.precisions"),
 ])
 def test_bad_values_fail_with_a_clear_message(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("+", r"\+")):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 
 import numpy as np
 import pytest
@@ -45,28 +44,66 @@ def test_malformed_update_is_rejected_with_its_reason(faulty_runs):
     assert np.isfinite(float(row["accuracy"]))  # the NaN update never reached the global model
 
 
-def _npy_bytes(shape) -> int:
-    buf = io.BytesIO()
-    np.save(buf, np.zeros(shape, np.float32), allow_pickle=False)
-    return len(buf.getvalue())
-
-
 def test_bytes_are_counted_exactly(faulty_runs):
-    """bytes = per array: key name + .npy serialisation (Flower's Array payload)."""
-    from fedtiny.fl.state import experiment_state, config_json
+    """float32 codec: payload = 4 B per parameter value sent (down: the global model, to every
+    device for training and for evaluation; up: every update that arrived, the rejected NaN
+    update included, the raising client sent nothing); overhead = the rest of each serialized
+    RecordDict; per-client rows in traffic.csv add up to the round's columns."""
+    from fedtiny.fl.state import config_json, experiment_state
     from fedtiny.trainer import TrainConfig, Trainer
 
     a, _ = faulty_runs
     state = experiment_state(config_json(a["cfg"]))
-    params = Trainer(state.model, TrainConfig()).get_params()
-    record = sum(len(f"layer{k}.weight") + _npy_bytes(w.shape) + len(f"layer{k}.bias") + _npy_bytes(b.shape)
-                 for k, (w, b) in enumerate(params) if w.size)
+    values = sum(w.size + b.size for w, b in Trainer(state.model, TrainConfig()).get_params() if w.size)
     n = a["summary"]["clients"]
+    traffic = list(csv.DictReader(open(a["dir"] / "traffic.csv")))
     for r in a["rows"][1:]:
-        assert int(r["bytes_down"]) == 2 * n * record  # train + evaluate messages to every device
-        # uplink: updates that arrived (the rejected NaN update arrived too; the raising client sent nothing)
-        assert int(r["bytes_up"]) == (int(r["participating"]) + int(r["rejected"])) * record
-    assert a["summary"]["bytes_up_total"] == sum(int(r["bytes_up"]) for r in a["rows"])
+        arrived = int(r["participating"]) + int(r["rejected"])
+        assert int(r["bytes_down_payload"]) == 2 * n * 4 * values
+        assert int(r["bytes_up_payload"]) == arrived * 4 * values
+        for d in ("up", "down"):
+            assert int(r[f"bytes_{d}"]) == int(r[f"bytes_{d}_payload"]) + int(r[f"bytes_{d}_overhead"])
+            mine = [t for t in traffic if t["round"] == r["round"] and t["direction"] == d]
+            assert sum(int(t["payload_bytes"]) for t in mine) == int(r[f"bytes_{d}_payload"])
+            assert sum(int(t["overhead_bytes"]) for t in mine) == int(r[f"bytes_{d}_overhead"])
+        assert 0 < int(r["bytes_up_overhead"]) < int(r["bytes_up_payload"])
+        down_train = [t for t in traffic if t["round"] == r["round"] and t["direction"] == "down"
+                      and t["stage"] == "train"]
+        assert len(down_train) == n and len({t["overhead_bytes"] for t in down_train}) == 1  # one message each
+    for k in ("bytes_up", "bytes_down", "bytes_up_payload", "bytes_down_overhead"):
+        assert a["summary"][f"{k}_total"] == sum(int(r[k]) for r in a["rows"])
+
+
+def test_quantized_updates_and_malformed_blobs(codec_run):
+    """4-bit updates with error feedback; in round 2 six devices send six kinds of malformed
+    blobs: each is rejected with its reason and counted, and the run goes on."""
+    from fedtiny.fl.codec import blob_bytes, layout_of
+    from fedtiny.fl.state import config_json, experiment_state
+    from fedtiny.trainer import TrainConfig, Trainer
+
+    s, rows = codec_run["summary"], codec_run["rows"]
+    n = s["clients"]
+    assert s["rounds"] == 3 and s["codec"] == {"bits": 4, "per_channel": True, "error_feedback": True}
+    assert [int(r["rejected"]) for r in rows[1:]] == [0, 6, 0]
+    assert int(rows[2]["participating"]) == n - 6
+    reasons = {f["partition"]: f["reason"] for f in s["failures"] if f["what"] == "rejected"}
+    expect = {0: "length", 2: "bits 3 invalid", 3: "scale", 4: "scale", 5: "values, expected", 6: "limit"}
+    assert set(reasons) == set(expect)
+    for pid, words in expect.items():
+        assert words in reasons[pid], (pid, reasons[pid])
+    assert all(np.isfinite(float(r["accuracy"])) for r in rows)
+    assert float(rows[-1]["accuracy"]) > float(rows[0]["accuracy"])
+    # error feedback: nothing carried in round 1, a residual carried from round 2 on (node state persists)
+    assert float(rows[1]["ef_residual_norm"]) == 0.0 and float(rows[2]["ef_residual_norm"]) > 0
+    # uplink payload of a valid update, from the format: scales + packed 4-bit codes per tensor
+    state = experiment_state(config_json(codec_run["cfg"]))
+    per_update = 0
+    for w, b in Trainer(state.model, TrainConfig()).get_params():
+        if w.size:
+            per_update += blob_bytes(4, True, layout_of(w.shape, 0), w.size) - 16
+            per_update += blob_bytes(4, False, layout_of(b.shape, 0), b.size) - 16
+    assert int(rows[1]["bytes_up_payload"]) == n * per_update
+    assert int(rows[3]["bytes_up_payload"]) == n * per_update
 
 
 def test_results_directory(faulty_runs):
@@ -77,6 +114,15 @@ def test_results_directory(faulty_runs):
         assert key in s
     assert (a["dir"] / "config.yaml").exists() and (a["dir"] / "accuracy.png").stat().st_size > 5000
     assert s["initial_accuracy"] == float(a["rows"][0]["accuracy"])
+
+
+@pytest.fixture(scope="session")
+def codec_run(tmp_path_factory, cache_dir):
+    return run(["experiment=digits_quick", "rounds=3", "codec.bits=4", "codec.error_feedback=true",
+                "codec.max_update_bytes=65536", "faults.malformed_partitions=[0,2,3,4,5,6]",
+                "faults.malformed_rounds=[2]",
+                "faults.malformed_kinds=[truncated,bits,nan_scale,inf_scale,subset,oversize]"],
+               tmp_path_factory.mktemp("codec"), cache_dir)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@
 
 #include "fedtiny/ft_math.h"
 #include "fedtiny/ft_model.h"
+#include "fedtiny/ft_codec.h"
 #include "fedtiny/ft_trainer.h"
 
 static int failures = 0, checks = 0;
@@ -246,6 +247,56 @@ static void test_training(void)
     CHECK(ft_trainer_plan(&m, &cfg, &qplan) == FT_ERR_BAD_CONFIG);
 }
 
+/* Codec: round trip within one grid step, then random corruptions of valid blobs (ASan/UBSan). */
+static void test_codec(void)
+{
+    static float v[96], r[96], out[96];
+    static uint8_t blob[512], bad[512];
+    uint32_t rng = 12345u;
+    for (int32_t i = 0; i < 96; i++) {
+        rng = ft_hash32(rng + 1u);
+        v[i] = ((float)(rng >> 8) / 16777216.0f - 0.5f) * 4.0f;
+    }
+    static const int32_t widths[6] = {32, 16, 8, 4, 2, 1};
+    int ok = 1, rejected = 0, accepted = 0;
+    for (int32_t w = 0; w < 6; w++) {
+        ft_codec_params p = {widths[w], w % 2, 8, w % 3 == 0};
+        uint32_t written = 0;
+        memset(r, 0, sizeof r);
+        CHECK(ft_codec_encode(&p, v, 96, 7u, r, blob, sizeof blob, &written) == FT_OK);
+        CHECK(written == ft_codec_blob_bytes(&p, 96));
+        ft_codec_params q;
+        int32_t n = 0;
+        CHECK(ft_codec_decode(blob, written, out, 96, &q, &n) == FT_OK && n == 96 && q.bits == p.bits);
+        for (int32_t i = 0; i < 96; i++) {
+            ok &= out[i] + r[i] == v[i] || (out[i] + r[i] - v[i]) * (out[i] + r[i] - v[i]) < 1e-10f;
+        }
+        CHECK(ft_codec_decode(blob, written - 1, out, 96, &q, &n) == FT_ERR_CODEC_LENGTH);
+        CHECK(ft_codec_decode(blob, written, out, 95, &q, &n) == FT_ERR_CODEC_LENGTH);
+        for (int32_t round = 0; round < 4000; round++) {
+            memcpy(bad, blob, written);
+            uint32_t size = written;
+            for (int32_t k = 0; k < 3; k++) {
+                rng = ft_hash32(rng + 7u);
+                bad[rng % size] = (uint8_t)(rng >> 24);
+            }
+            rng = ft_hash32(rng);
+            if ((rng & 3u) == 0u) {
+                size = rng % (size + 1u);
+            }
+            if (ft_codec_decode(bad, size, out, 96, &q, &n) == FT_OK) {
+                accepted++;
+            } else {
+                rejected++;
+            }
+        }
+    }
+    CHECK(ok);
+    CHECK(rejected > 6000);
+    printf("codec: 6 widths round trip (value = decoded + residual); 24000 corruptions: %d rejected, %d accepted\n",
+           rejected, accepted);
+}
+
 int main(void)
 {
     build_model();
@@ -254,6 +305,7 @@ int main(void)
     test_permute();
     test_loader();
     test_training();
+    test_codec();
     printf("%d passed, %d failed\n", checks - failures, failures);
     return failures == 0 ? 0 : 1;
 }

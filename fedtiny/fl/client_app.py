@@ -2,8 +2,13 @@
 
 The server's ConfigRecord carries the experiment config (``fedtiny-config``, JSON) and the
 round's training settings; the client trains its float suffix on cached frozen-prefix
-features and replies with its parameters and metrics (``num-examples``, ``train-loss``,
-``train-accuracy``, ``partition-id``, ``arena-bytes``).
+features and replies with its update and metrics (``num-examples``, ``train-loss``,
+``train-accuracy``, ``partition-id``, ``arena-bytes``, ``ef-residual-norm``).
+
+The update is what a board would send: for every tensor the scheme trained, the change
+``w_local - w_global`` (channel subsets compact, listed in the ``subset`` ConfigRecord),
+encoded by the C encoder (``fedtiny.fl.codec``, ``ft_codec.h``) into one uint8 blob per tensor.
+With error feedback the device keeps the rounding residual in its node state between rounds.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedtiny.fl import codec
+from fedtiny.fl.aggregate import channel_axes
 from fedtiny.fl.records import record_to_params
 from fedtiny.fl.state import client_state, device_budget_kb, device_scheme, experiment_state, train_config_for
 from fedtiny.trainer import TrainConfig, Trainer
@@ -53,17 +60,32 @@ def train(msg: Message, context: Context) -> Message:
     trainer.set_params(record_to_params(msg.content["arrays"], trainer.get_params()), only_updated=True)
     stats = trainer.train_epochs(data.x_train, data.y_train, epochs=int(conf["epochs"]),
                                  seed=train_seed(int(cfg.seed), rnd, pid))
+    arrays, subset = partial_update(trainer)
+    received = {k: a.numpy() for k, a in msg.content["arrays"].items()}
+    axes = channel_axes(trainer.model)
+    deltas = {}
+    for key, local in arrays.items():
+        g = received[key]
+        channels = subset.get(f"channels.{key}")
+        if channels is not None:
+            g = np.take(g, channels, axis=axes[key])
+        deltas[key] = (local - g).astype(np.float32)
+    if _fault(cfg.faults.nan_partitions, cfg.faults.nan_rounds, pid, rnd):
+        deltas = {k: np.full_like(d, np.nan) for k, d in deltas.items()}
+    blobs, residual_norm = encode_update(deltas, axes, cfg.codec, (int(cfg.seed), rnd, pid), context)
+    if _fault(cfg.faults.malformed_partitions, cfg.faults.malformed_rounds, pid, rnd):
+        kinds = list(cfg.faults.malformed_kinds)
+        kind = kinds[list(cfg.faults.malformed_partitions).index(pid) % len(kinds)]
+        blobs, subset = malform(blobs, subset, str(kind), int(cfg.codec.max_update_bytes))
     metrics = MetricRecord({"num-examples": len(data.y_train), "train-loss": stats.loss,
                             "train-accuracy": stats.accuracy, "partition-id": pid,
-                            "arena-bytes": trainer.arena_hwm})
-    arrays, subset = partial_update(trainer)
-    if _fault(cfg.faults.nan_partitions, cfg.faults.nan_rounds, pid, rnd):
-        arrays = ArrayRecord({k: Array(np.full_like(a.numpy(), np.nan)) for k, a in arrays.items()})
+                            "arena-bytes": trainer.arena_hwm, "ef-residual-norm": residual_norm})
     subset["scheme"] = scheme.name if scheme is not None else "all"
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics, "subset": ConfigRecord(subset)}), reply_to=msg)
+    record = ArrayRecord({k: Array(b) for k, b in blobs.items()})
+    return Message(RecordDict({"arrays": record, "metrics": metrics, "subset": ConfigRecord(subset)}), reply_to=msg)
 
 
-def partial_update(trainer: Trainer) -> tuple[ArrayRecord, dict]:
+def partial_update(trainer: Trainer) -> tuple[dict[str, np.ndarray], dict]:
     """The tensors the scheme updated; channel subsets travel compact, listed in the subset record."""
     arrays, subset = {}, {}
     model = trainer.model
@@ -71,14 +93,67 @@ def partial_update(trainer: Trainer) -> tuple[ArrayRecord, dict]:
         kind, bias_on, channels = trainer.layer_update(k)
         layer = model.spec.layers[model.first_trainable + k]
         if kind == "all":
-            arrays[f"layer{k}.weight"] = Array(np.ascontiguousarray(w))
+            arrays[f"layer{k}.weight"] = np.ascontiguousarray(w)
         elif kind == "channels":
             axis = 2 if layer.type == "dwconv2d" else 0
-            arrays[f"layer{k}.weight"] = Array(np.ascontiguousarray(np.take(w, channels, axis=axis)))
+            arrays[f"layer{k}.weight"] = np.ascontiguousarray(np.take(w, channels, axis=axis))
             subset[f"channels.layer{k}.weight"] = [int(c) for c in channels]
         if bias_on:
-            arrays[f"layer{k}.bias"] = Array(np.ascontiguousarray(b))
-    return ArrayRecord(arrays), subset
+            arrays[f"layer{k}.bias"] = np.ascontiguousarray(b)
+    return arrays, subset
+
+
+def encode_update(deltas: dict[str, np.ndarray], axes: dict[str, int], codec_cfg, key_parts: tuple[int, int, int],
+                  context: Context | None) -> tuple[dict[str, np.ndarray], float]:
+    """Encode each tensor's change with the device's C encoder. Weights use per-channel scales
+    if configured, biases one scale per tensor. With error feedback the residual of each tensor
+    lives in ``context.state['ef-residual']`` between rounds. Returns the blobs and the norm of
+    the residual carried into this update (0 without error feedback or in a device's first round)."""
+    bits, ef = int(codec_cfg.bits), bool(codec_cfg.error_feedback)
+    stored = {}
+    if ef and context is not None and "ef-residual" in context.state.array_records:
+        stored = {k: a.numpy() for k, a in context.state.array_records["ef-residual"].items()}
+    blobs, kept, carried = {}, {}, 0.0
+    for index, key in enumerate(sorted(deltas)):
+        d = deltas[key]
+        residual = None
+        if ef:
+            r = stored.get(key)
+            residual = np.array(r, np.float32).reshape(-1) if r is not None and r.shape == d.shape else \
+                np.zeros(d.size, np.float32)
+            carried += float(np.sum(residual.astype(np.float64) ** 2))
+        per_channel = bool(codec_cfg.per_channel) and key.endswith(".weight")
+        blobs[key] = codec.encode(d, bits, per_channel, codec.layout_of(d.shape, axes[key]),
+                                  codec.tensor_key(*key_parts, index), residual)
+        if residual is not None:
+            kept[key] = residual.reshape(d.shape)
+    if ef and context is not None:
+        context.state["ef-residual"] = ArrayRecord({k: Array(v) for k, v in kept.items()})
+    return blobs, float(np.sqrt(carried))
+
+
+def malform(blobs: dict[str, np.ndarray], subset: dict, kind: str, max_bytes: int) -> tuple[dict, dict]:
+    """A deliberately broken update (faults.malformed_*), to exercise the server's checks."""
+    key = sorted(blobs)[-1]
+    b = np.array(blobs[key], np.uint8)
+    out = dict(blobs)
+    subset = dict(subset)
+    if kind == "truncated":
+        out[key] = b[: max(1, b.size - 3)]
+    elif kind == "bits":
+        b[4] = 3  # not a supported width
+        out[key] = b
+    elif kind in ("nan_scale", "inf_scale"):
+        if b[4] == 32:
+            raise ValueError("malformed kinds nan_scale/inf_scale need codec.bits < 32 (float32 has no scale)")
+        b[16:20] = np.frombuffer(np.array([np.nan if kind == "nan_scale" else np.inf], "<f4").tobytes(), np.uint8)
+        out[key] = b
+    elif kind == "subset":  # the subset record claims other channels than the blob carries
+        carried = int(np.frombuffer(b[6:8].tobytes(), "<u2")[0])
+        subset[f"channels.{key}"] = list(range(carried - 1)) if carried > 1 else [0, 1]
+    else:  # oversize: a valid header followed by more bytes than the limit
+        out[key] = np.concatenate([b, np.zeros(max_bytes + 1 - b.size if b.size <= max_bytes else 1, np.uint8)])
+    return out, subset
 
 
 def _fault(partitions, rounds, pid: int, rnd: int) -> bool:

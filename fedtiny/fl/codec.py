@@ -216,8 +216,10 @@ def decode(blob: np.ndarray | bytes, expect_n: int | None = None, expect_layout:
         return body.view("<f4").astype(np.float32), {"bits": bits, "per_channel": per_channel, "layout": layout}
     ngroups = channels if per_channel else 1
     scales = body[: 4 * ngroups].view("<f4").astype(np.float32)
-    if not (np.isfinite(scales).all() and (scales >= 0).all()):
-        raise CodecError("a scale is negative, NaN or infinite")
+    with np.errstate(over="ignore", invalid="ignore"):
+        top = scales * np.float32(_levels(bits))  # the largest magnitude a code decodes to
+    if not (np.isfinite(top).all() and (scales >= 0).all()):
+        raise CodecError("a scale is negative, NaN, infinite or overflows")
     codes = _unpack(body[4 * ngroups :], bits, n)
     if bits > 1 and codes.max(initial=0) > 2 * _levels(bits):
         raise CodecError(f"a code outside the {bits}-bit grid")
@@ -228,3 +230,28 @@ def decode(blob: np.ndarray | bytes, expect_n: int | None = None, expect_layout:
 def payload_bytes(blob_size: int) -> int:
     """Scales and codes (or float32 values): the blob minus its header."""
     return max(0, blob_size - HEADER_BYTES)
+
+
+def decode_update(blobs: dict[str, np.ndarray], subset: dict, shapes: dict[str, tuple], axes: dict[str, int],
+                  global_arrays: dict[str, np.ndarray], max_bytes: int) -> tuple[dict | None, str | None]:
+    """Server side: check and decode every tensor blob of a reply against what this tensor
+    should carry (value count and channels from its shape and declared subset), and rebuild
+    the device's parameters as global + change. Returns (float32 arrays, None) or (None, reason)."""
+    out = {}
+    for key in sorted(blobs):
+        if key not in shapes:
+            return None, f"unexpected arrays ['{key}']"
+        shape, axis, g = tuple(shapes[key]), axes[key], global_arrays[key]
+        channels = subset.get(f"channels.{key}")
+        if channels is not None:
+            channels = [int(c) for c in channels]
+            if not channels or channels != sorted(set(channels)) or channels[0] < 0 or channels[-1] >= shape[axis]:
+                return None, f"{key}: channel subset must be sorted, unique and within [0, {shape[axis]})"
+            shape = shape[:axis] + (len(channels),) + shape[axis + 1 :]
+            g = np.take(g, channels, axis=axis)
+        try:
+            delta, _ = decode(blobs[key], int(np.prod(shape)), layout_of(shape, axis), max_bytes)
+        except CodecError as err:
+            return None, f"{key}: {err}"
+        out[key] = (g.astype(np.float32) + delta.reshape(shape)).astype(np.float32)
+    return out, None

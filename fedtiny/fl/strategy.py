@@ -12,7 +12,12 @@ handling of replies; the maths stay Flower's:
   output channel over the clients that updated it (``fedtiny.fl.aggregate.masked_mean``), then
   every valid reply carries that mean into Flower's own step, so FedAvg/FedProx return it and
   FedAdam applies its server optimizer to it;
-* bytes sent and received are counted per round from the ArrayRecords.
+* updates arrive encoded (``fedtiny.fl.codec``): each tensor blob is validated (header,
+  bits, lengths, declared subset, finite scales, size limit) and decoded before the checks
+  above; a malformed blob rejects the reply with its reason;
+* bytes are counted exactly per client and message: payload (parameter data: float32 values
+  down, encoded scales and codes up) and overhead (everything else in the serialized
+  RecordDict: blob headers, array and record framing, keys, metrics, config).
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from fedtiny.fl.aggregate import masked_mean, parse_update
+from fedtiny.fl.codec import decode_update, payload_bytes
 from fedtiny.results import RoundLog
 
 
@@ -32,7 +39,7 @@ def weighted_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord
     """Example-weighted mean of the loss/accuracy metrics of the replies (in the given order)."""
     weights = np.array([float(r["metrics"][weight_key]) for r in records])
     out = {weight_key: int(weights.sum())}
-    for key in ("train-loss", "train-accuracy", "loss", "accuracy"):
+    for key in ("train-loss", "train-accuracy", "loss", "accuracy", "ef-residual-norm"):
         if all(key in r["metrics"] for r in records):
             values = np.array([float(r["metrics"][key]) for r in records])
             out[key] = float((weights * values).sum() / weights.sum())
@@ -43,7 +50,8 @@ class FedtinyStrategy:
     """Mixin for a Flower message-based strategy (see the module docstring)."""
 
     def setup(self, node_of: dict[int, int], shapes: dict, axes: dict, seed: int, clients_per_round: int,
-              log: RoundLog) -> None:
+              log: RoundLog, max_update_bytes: int = 4 << 20) -> None:
+        self.max_update_bytes = max_update_bytes
         self.axes = axes
         self.node_of = dict(node_of)  # partition id -> node id
         self.pid_of = {n: p for p, n in node_of.items()}
@@ -62,7 +70,10 @@ class FedtinyStrategy:
         config["server-round"] = server_round
         nodes = self.sample(server_round) if kind == MessageType.TRAIN else [self.node_of[p] for p in sorted(self.node_of)]
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        self.round_log.sent(arrays.count_bytes() * len(nodes))
+        payload = sum(int(a.numpy().nbytes) for a in arrays.values())
+        total = recorddict_to_proto(record).ByteSize()
+        stage = "train" if kind == MessageType.TRAIN else "evaluate"
+        self.round_log.sent(stage, [self.pid_of[n] for n in nodes], payload, total - payload)
         return self._construct_messages(record, nodes, kind)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -78,27 +89,33 @@ class FedtinyStrategy:
 
     def _sorted_valid(self, kind: str, replies: Iterable[Message]) -> list[tuple[Message, dict | None]]:
         """Valid replies sorted by partition id, each with its parsed update (None for evaluate)."""
-        valid, failed, rejected, bytes_up = [], [], [], 0
+        valid, failed, rejected, traffic = [], [], [], []
         for msg in replies:
             pid = self.pid_of.get(msg.metadata.src_node_id, -1)
             if msg.has_error():
                 failed.append((pid, msg.error.reason))
                 continue
             content = msg.content
-            reason, parsed = None, None
+            reason, parsed, payload = None, None, 0
             if kind == MessageType.TRAIN:
                 if self.arrayrecord_key not in content.array_records:
                     reason = "no parameters in the reply"
                 else:
                     record = content.array_records[self.arrayrecord_key]
-                    bytes_up += record.count_bytes()
-                    subset = content.config_records.get("subset") or {}
+                    subset = dict(content.config_records.get("subset") or {})
                     try:
-                        arrays = {k: a.numpy() for k, a in record.items()}
+                        blobs = {k: a.numpy() for k, a in record.items()}
                     except Exception as err:  # undecodable payload
-                        arrays, reason = {}, f"undecodable arrays ({type(err).__name__})"
+                        blobs, reason = {}, f"undecodable arrays ({type(err).__name__})"
+                    payload = sum(payload_bytes(int(b.size)) for b in blobs.values())
+                    if reason is None and not blobs:
+                        reason = "no parameters in the update"
                     if reason is None:
-                        parsed, reason = parse_update(arrays, dict(subset), self.shapes, self.axes)
+                        arrays, reason = decode_update(blobs, subset, self.shapes, self.axes, self.global_arrays,
+                                                       self.max_update_bytes)
+                    if reason is None:
+                        parsed, reason = parse_update(arrays, subset, self.shapes, self.axes)
+            traffic.append((pid, payload, recorddict_to_proto(content).ByteSize() - payload))
             metrics = content.metric_records.get("metrics")
             if reason is None and (metrics is None or not float(metrics.get(self.weighted_by_key, 0)) > 0):
                 reason = f"missing or non-positive '{self.weighted_by_key}'"
@@ -107,7 +124,7 @@ class FedtinyStrategy:
                 continue
             valid.append((pid, msg, parsed))
         valid.sort(key=lambda item: item[0])
-        self.round_log.received(kind, [p for p, _, _ in valid], failed, rejected, bytes_up)
+        self.round_log.received(kind, [p for p, _, _ in valid], failed, rejected, sorted(traffic))
         return [(m, parsed) for _, m, parsed in valid]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:

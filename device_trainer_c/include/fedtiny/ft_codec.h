@@ -57,7 +57,8 @@ uint32_t ft_codec_blob_bytes(const ft_codec_params *p, int32_t n);
 ft_status ft_codec_encode(const ft_codec_params *p, const float *v, int32_t n, uint32_t key, float *residual,
                           uint8_t *out, uint32_t out_size, uint32_t *written);
 
-/* Validate a blob (header fields, exact length, finite non-negative scales) and decode its n
+/* Validate a blob (header fields, exact length, scales non-negative and finite with the largest
+ * code, codes on the grid) and decode its n
  * values into out (max_n floats). Fills *p from the header and *n. */
 ft_status ft_codec_decode(const uint8_t *blob, uint32_t size, float *out, int32_t max_n, ft_codec_params *p,
                           int32_t *n);

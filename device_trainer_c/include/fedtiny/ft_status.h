@@ -41,7 +41,7 @@ typedef enum {
     FT_ERR_CODEC_HEADER,          /* update blob: bad magic, version, scheme or flags */
     FT_ERR_CODEC_BITS,            /* update blob: bits not 32/16/8/4/2/1 or not the scheme's */
     FT_ERR_CODEC_LENGTH,          /* update blob: size, payload or value count inconsistent */
-    FT_ERR_CODEC_SCALE,           /* update blob: a scale is negative, NaN or infinite */
+    FT_ERR_CODEC_SCALE,           /* update blob: a scale is negative, NaN, infinite or overflows */
     FT_ERR_CODEC_CODE,            /* update blob: a code outside the quantization grid */
     FT_STATUS_COUNT
 } ft_status;

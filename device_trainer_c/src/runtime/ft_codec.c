@@ -218,7 +218,8 @@ ft_status ft_codec_decode(const uint8_t *blob, uint32_t size, float *out, int32_
         for (uint32_t g = 0; g < groups; g++) {
             float s;
             memcpy(&s, payload + 4u * g, 4);
-            if (!(s >= 0.0f && s <= 3.4e38f)) {
+            const float top = s * ft_levels(bits); /* the largest magnitude a code can decode to */
+            if (!(s >= 0.0f) || !(top <= 3.4028235e38f)) {
                 return FT_ERR_CODEC_SCALE;
             }
         }
