@@ -81,3 +81,42 @@ def test_budget_choice(model, tmp_path):
         previous = scores[best.name]
     with pytest.raises(ConfigError, match=f"holds no update scheme.*smallest needs {ordered[0]} bytes"):
         choose_scheme(model, config, ordered[0] - 1, scores, both)
+
+
+@pytest.mark.parametrize("bits", [32, 8, 1])
+def test_codec_items_match_a_real_encoded_update(model, bits):
+    """ef_residual = one float per value the update sends (the C plan's update_count); tx_buffer =
+    the bytes of the blobs the client really encodes for this scheme."""
+    from fedtiny.fl.aggregate import channel_axes
+    from fedtiny.fl.client_app import partial_update
+    from fedtiny.fl.codec import encode, layout_of
+    from fedtiny.trainer import Trainer, plan
+
+    axes = channel_axes(model)
+    for s in candidate_schemes(model, ("float32", "int8")):
+        config = scheme_config(model, TrainConfig(momentum=0.9), s.update, s.precision)
+        report = memory_report(model, config, bits=bits, per_channel=True, error_feedback=bits < 32)
+        arrays, _ = partial_update(Trainer(model, config))
+        sent = sum(encode(a, bits, k.endswith(".weight"), layout_of(a.shape, axes[k]), 1).size for k, a in arrays.items())
+        assert report["tx_buffer"] == sent, s.name
+        assert report["ef_residual"] == (4 * plan(model, config).update_count if bits < 32 else 0)
+        assert report["device_ram"] == (report["arena_total"] + report["ef_residual"] + report["tx_buffer"]
+                                        + report["trainer_state"])
+
+
+def test_error_feedback_residual_counts_against_the_budget(model, tmp_path):
+    rng = np.random.default_rng(3)
+    x = rng.integers(-128, 128, (40, *model.input_shape)).astype(np.int8)
+    y = rng.integers(0, model.num_classes, 40).astype(np.uint8)
+    scores = contribution_analysis(model, lambda: (model, x[:20], y[:20], x[20:], y[20:]), tmp_path, epochs=1, tag="e")
+    config = TrainConfig(momentum=0.9)
+    best, need = choose_scheme(model, config, 1 << 30, scores)
+    best_ef, need_ef = choose_scheme(model, config, 1 << 30, scores, ef_bits=4)
+    assert best_ef == best
+    assert need_ef == need + memory_report(model, scheme_config(model, config, best.update), 4,
+                                           error_feedback=True)["ef_residual"] > need
+    smallest = min(memory_report(model, scheme_config(model, config, s.update))["arena_total"]
+                   for s in candidate_schemes(model))
+    choose_scheme(model, config, smallest, scores)  # fits without a residual ...
+    with pytest.raises(ConfigError, match=r"arena \+ residual holds no update scheme"):
+        choose_scheme(model, config, smallest, scores, ef_bits=4)  # ... but not with one

@@ -14,8 +14,10 @@ best scheme that fits a board's SRAM budget.
   the proxy (pretrained classifier included) on half of the held-out group with the C trainer,
   and its score is the accuracy on the other half. A scheme that adapts better to data the
   backbone has not seen scores higher. No field data is used. Scores are cached.
-* :func:`choose_scheme` picks the highest-scoring scheme whose arena fits the budget (ties: the
-  smaller arena); a budget that holds no scheme is a :class:`~fedtiny.errors.ConfigError`. Each
+* :func:`codec_bytes` sizes what the update codec adds in RAM: the error-feedback residual (kept
+  between rounds, one float32 per value sent) and the encoded update (transmit buffer).
+* :func:`choose_scheme` picks the highest-scoring scheme whose arena (plus the error-feedback
+  residual, when the run uses it) fits the budget (ties: the smaller arena); a budget that holds no scheme is a :class:`~fedtiny.errors.ConfigError`. Each
   scheme is sized with its samples cached at the deepest layer it leaves untouched
   (:func:`scheme_config`), which is how fedtiny's simulated devices train.
 """
@@ -44,16 +46,50 @@ class Scheme:
     precision: str = "float32"
 
 
-def memory_report(model: Model, config: TrainConfig) -> dict[str, int]:
-    """Itemised bytes: the arena (exact), the trainer state and the model in flash."""
+def update_tensors(model: Model, config: TrainConfig) -> list[tuple[int, int, bool]]:
+    """(values, channels, is_weight) of every tensor an update of `config` sends."""
+    out = []
+    layers = model.spec.layers[model.first_trainable :]
+    update = config.update or tuple(LayerUpdate("all", True) for _ in layers)
+    for layer, u in zip(layers, update):
+        if not layer.has_params:
+            continue
+        out_c = layer.out_shape[2]
+        row = int(np.prod(np.shape(layer.weights))) // out_c
+        if u.weights != "none":
+            ch = out_c if u.weights == "all" else int(u.weights)
+            out.append((ch * row, ch, True))
+        if u.bias:
+            out.append((out_c, out_c, False))
+    return out
+
+
+def codec_bytes(model: Model, config: TrainConfig, bits: int = 32, per_channel: bool = True,
+                error_feedback: bool = False) -> dict[str, int]:
+    """Device RAM the update codec needs besides the arena: the error-feedback residual (one
+    float32 per value sent, kept between rounds) and the encoded update (the transmit buffer)."""
+    from fedtiny.fl.codec import Layout, blob_bytes
+
+    tensors = update_tensors(model, config)
+    return {"ef_residual": 4 * sum(n for n, _, _ in tensors) if error_feedback else 0,
+            "tx_buffer": sum(blob_bytes(bits, per_channel and w, Layout(c, False), n) for n, c, w in tensors)}
+
+
+def memory_report(model: Model, config: TrainConfig, bits: int = 32, per_channel: bool = True,
+                  error_feedback: bool = False) -> dict[str, int]:
+    """Itemised bytes: the arena (exact), the codec's residual and transmit buffer, the trainer
+    state, their sum (``device_ram``), and the model in flash."""
     p = plan(model, config)
+    c = codec_bytes(model, config, bits, per_channel, error_feedback)
     return {
         "arena_params": p.params_bytes, "arena_int8_weights": p.qparams_bytes, "arena_int8_scales": p.qscale_bytes,
         "arena_momentum": p.momentum_bytes, "arena_gradients": p.grads_bytes,
         "arena_anchor": p.anchor_bytes, "arena_channel_maps": p.index_bytes, "arena_int8_prefix": p.prefix_bytes,
         "arena_kernel_scratch": p.scratch_bytes, "arena_activations": p.acts_bytes,
         "arena_gradient_buffers": p.grad_acts_bytes, "arena_total": p.arena_bytes,
-        "trainer_state": int(_core.TRAINER_STRUCT_BYTES), "flash_model": len(model.to_bytes()),
+        "ef_residual": c["ef_residual"], "tx_buffer": c["tx_buffer"], "trainer_state": int(_core.TRAINER_STRUCT_BYTES),
+        "device_ram": p.arena_bytes + c["ef_residual"] + c["tx_buffer"] + int(_core.TRAINER_STRUCT_BYTES),
+        "flash_model": len(model.to_bytes()),
     }
 
 
@@ -141,20 +177,25 @@ def scheme_config(model: Model, config: TrainConfig, update: tuple[LayerUpdate, 
 
 
 def choose_scheme(model: Model, config: TrainConfig, budget_bytes: int, scores: dict[str, float],
-                  precisions: tuple[str, ...] = ("float32",)) -> tuple[Scheme, int]:
-    """The best-scoring scheme whose arena fits `budget_bytes`; returns it and its arena bytes."""
+                  precisions: tuple[str, ...] = ("float32",), ef_bits: int | None = None) -> tuple[Scheme, int]:
+    """The best-scoring scheme whose arena (plus, with error feedback at `ef_bits`, the residual
+    the device keeps between rounds) fits `budget_bytes`; returns it and those bytes."""
     fits = []
     smallest = None
     for s in candidate_schemes(model, precisions):
         try:
-            need = plan(model, scheme_config(model, config, s.update, s.precision)).arena_bytes
+            sc = scheme_config(model, config, s.update, s.precision)
+            need = plan(model, sc).arena_bytes
+            if ef_bits is not None:
+                need += codec_bytes(model, sc, ef_bits, error_feedback=True)["ef_residual"]
         except TrainerError:
             continue
         smallest = need if smallest is None else min(smallest, need)
         if need <= budget_bytes:
             fits.append((-scores.get(s.name, 0.0), need, s))
     if not fits:
-        raise ConfigError(f"a {budget_bytes}-byte training arena holds no update scheme for this model "
+        raise ConfigError(f"a {budget_bytes}-byte training arena{' + residual' if ef_bits else ''} holds no update "
+                          f"scheme for this model "
                           f"(the smallest needs {smallest} bytes)")
     _, need, best = min(fits, key=lambda t: (t[0], t[1]))
     return best, need

@@ -19,6 +19,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedtiny import _core
 from fedtiny.fl import codec
 from fedtiny.fl.aggregate import channel_axes
 from fedtiny.fl.records import record_to_params
@@ -57,11 +58,12 @@ def train(msg: Message, context: Context) -> Message:
                  prox_mu=float(conf.get("proximal-mu", 0.0)))
     trainer = Trainer(experiment_state(cfg_json).model, tc)
     # a device loads the tensors it trains; the others stay as in its model file (its flash)
-    trainer.set_params(record_to_params(msg.content["arrays"], trainer.get_params()), only_updated=True)
+    received = received_arrays(msg, trainer)
+    trainer.set_params(record_to_params(ArrayRecord({k: Array(v) for k, v in received.items()}), trainer.get_params()),
+                       only_updated=True)
     stats = trainer.train_epochs(data.x_train, data.y_train, epochs=int(conf["epochs"]),
                                  seed=train_seed(int(cfg.seed), rnd, pid))
     arrays, subset = partial_update(trainer)
-    received = {k: a.numpy() for k, a in msg.content["arrays"].items()}
     axes = channel_axes(trainer.model)
     deltas = {}
     for key, local in arrays.items():
@@ -83,6 +85,29 @@ def train(msg: Message, context: Context) -> Message:
     subset["scheme"] = scheme.name if scheme is not None else "all"
     record = ArrayRecord({k: Array(b) for k, b in blobs.items()})
     return Message(RecordDict({"arrays": record, "metrics": metrics, "subset": ConfigRecord(subset)}), reply_to=msg)
+
+
+def received_arrays(msg: Message, trainer: Trainer) -> dict[str, np.ndarray]:
+    """The broadcast model as float32 arrays; a quantized downlink is decoded by the device's C
+    decoder (a malformed blob raises, so the client counts as failed)."""
+    record = msg.content["arrays"]
+    if int(msg.content["config"].get("downlink-bits", 32)) == 32:
+        return {k: a.numpy() for k, a in record.items()}
+    axes = channel_axes(trainer.model)
+    shapes = {}
+    for k, (w, b) in enumerate(trainer.get_params()):
+        if w.size:
+            shapes[f"layer{k}.weight"], shapes[f"layer{k}.bias"] = w.shape, b.shape
+    out = {}
+    for key, a in record.items():
+        if key not in shapes:
+            raise ValueError(f"unexpected array {key} in the broadcast")
+        shape = shapes[key]
+        status, values, n, params = _core.codec_decode(np.ascontiguousarray(a.numpy(), np.uint8), int(np.prod(shape)))
+        if status != 0 or n != int(np.prod(shape)) or params[2] != codec.layout_of(shape, axes[key]).channels:
+            raise ValueError(f"broadcast {key}: {_core.status_name(status)} ({n} values, {params[2]} channels)")
+        out[key] = values[:n].reshape(shape)
+    return out
 
 
 def partial_update(trainer: Trainer) -> tuple[dict[str, np.ndarray], dict]:
@@ -167,7 +192,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     pid = _partition(context)
     data = client_state(cfg_json, pid)
     trainer = Trainer(experiment_state(cfg_json).model, TrainConfig())
-    trainer.set_params(record_to_params(msg.content["arrays"], trainer.get_params()))
+    received = received_arrays(msg, trainer)
+    trainer.set_params(record_to_params(ArrayRecord({k: Array(v) for k, v in received.items()}), trainer.get_params()))
     res = trainer.evaluate(data.x_test, data.y_test)
     metrics = MetricRecord({"num-examples": len(data.y_test), "loss": res.loss, "accuracy": res.accuracy,
                             "partition-id": pid})

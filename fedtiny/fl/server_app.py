@@ -76,7 +76,8 @@ def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
         node_of = partition_map(grid, nodes, cfg_json, float(cfg.simulation.timeout_s))
         strategy = build_strategy(cfg)
         strategy.setup(node_of, expected_shapes(template), channel_axes(model), int(cfg.seed),
-                       int(cfg.clients_per_round), recorder.log, int(cfg.codec.max_update_bytes))
+                       int(cfg.clients_per_round), recorder.log, int(cfg.codec.max_update_bytes),
+                       int(cfg.codec.downlink_bits))
         train_config = ConfigRecord({"fedtiny-config": cfg_json, **settings(cfg)})
         strategy.start(grid=grid, initial_arrays=params_to_record(template), num_rounds=int(cfg.rounds),
                        timeout=float(cfg.simulation.timeout_s), train_config=train_config,
@@ -92,7 +93,7 @@ def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
                                                       prox_mu=float(cfg.strategy.get("proximal_mu", 0.0)))).arena_bytes,
         "backbone": state.backbone.report,
         "codec": {"bits": int(cfg.codec.bits), "per_channel": bool(cfg.codec.per_channel),
-                  "error_feedback": bool(cfg.codec.error_feedback)},
+                  "error_feedback": bool(cfg.codec.error_feedback), "downlink_bits": int(cfg.codec.downlink_bits)},
         "memory_schemes": {f"{kb:g}": {"scheme": sc.name, "precision": sc.precision, "arena_bytes": need}
                            for kb, (sc, need) in memory_schemes(cfg_json).items()},
         "title": f"{cfg.dataset.name} / {cfg.strategy.name}: {len(node_of)} devices, {cfg.rounds} rounds",

@@ -12,6 +12,9 @@ handling of replies; the maths stay Flower's:
   output channel over the clients that updated it (``fedtiny.fl.aggregate.masked_mean``), then
   every valid reply carries that mean into Flower's own step, so FedAvg/FedProx return it and
   FedAdam applies its server optimizer to it;
+* with ``codec.downlink_bits < 32`` the broadcast model travels encoded too; devices start from
+  the decoded model, so an update is rebuilt as decoded global + change, while channels nobody
+  updated keep the server's exact values;
 * updates arrive encoded (``fedtiny.fl.codec``): each tensor blob is validated (header,
   bits, lengths, declared subset, finite scales, size limit) and decoded before the checks
   above; a malformed blob rejects the reply with its reason;
@@ -31,7 +34,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from fedtiny.fl.aggregate import masked_mean, parse_update
-from fedtiny.fl.codec import decode_update, payload_bytes
+from fedtiny.fl.codec import decode, decode_update, encode, layout_of, payload_bytes, tensor_key
 from fedtiny.results import RoundLog
 
 
@@ -50,8 +53,9 @@ class FedtinyStrategy:
     """Mixin for a Flower message-based strategy (see the module docstring)."""
 
     def setup(self, node_of: dict[int, int], shapes: dict, axes: dict, seed: int, clients_per_round: int,
-              log: RoundLog, max_update_bytes: int = 4 << 20) -> None:
+              log: RoundLog, max_update_bytes: int = 4 << 20, downlink_bits: int = 32) -> None:
         self.max_update_bytes = max_update_bytes
+        self.downlink_bits = downlink_bits
         self.axes = axes
         self.node_of = dict(node_of)  # partition id -> node id
         self.pid_of = {n: p for p, n in node_of.items()}
@@ -69,15 +73,36 @@ class FedtinyStrategy:
     def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, kind: str) -> list[Message]:
         config["server-round"] = server_round
         nodes = self.sample(server_round) if kind == MessageType.TRAIN else [self.node_of[p] for p in sorted(self.node_of)]
+        if self.downlink_bits < 32:
+            arrays, reference = self._encode_downlink(server_round, arrays)
+            config["downlink-bits"] = self.downlink_bits
+            payload = sum(payload_bytes(int(a.numpy().size)) for a in arrays.values())
+            if kind == MessageType.TRAIN:
+                self.reference_arrays = reference
+        else:
+            payload = sum(int(a.numpy().nbytes) for a in arrays.values())
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        payload = sum(int(a.numpy().nbytes) for a in arrays.values())
         total = recorddict_to_proto(record).ByteSize()
         stage = "train" if kind == MessageType.TRAIN else "evaluate"
         self.round_log.sent(stage, [self.pid_of[n] for n in nodes], payload, total - payload)
         return self._construct_messages(record, nodes, kind)
 
+    def _encode_downlink(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, dict]:
+        """The broadcast model quantized like an update (per-channel scales for weights, one
+        scale for biases, stochastic rounding keyed by the round), and what devices decode."""
+        blobs, decoded = {}, {}
+        for index, key in enumerate(sorted(arrays.keys())):
+            g = arrays[key].numpy()
+            layout = layout_of(g.shape, self.axes[key])
+            blob = encode(g, self.downlink_bits, key.endswith(".weight"), layout,
+                          tensor_key(self.seed, server_round, 0xFFFF, index))
+            blobs[key] = Array(blob)
+            decoded[key] = decode(blob, g.size, layout)[0].reshape(g.shape)
+        return ArrayRecord(blobs), decoded
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self.global_arrays = {k: a.numpy() for k, a in arrays.items()}
+        self.reference_arrays = self.global_arrays  # what devices start from (decoded downlink, if quantized)
         if hasattr(self, "current_arrays"):  # FedOpt family keeps the round's starting point
             self.current_arrays = {k: a.numpy() for k, a in arrays.items()}
         if hasattr(self, "proximal_mu"):
@@ -111,7 +136,7 @@ class FedtinyStrategy:
                     if reason is None and not blobs:
                         reason = "no parameters in the update"
                     if reason is None:
-                        arrays, reason = decode_update(blobs, subset, self.shapes, self.axes, self.global_arrays,
+                        arrays, reason = decode_update(blobs, subset, self.shapes, self.axes, self.reference_arrays,
                                                        self.max_update_bytes)
                     if reason is None:
                         parsed, reason = parse_update(arrays, subset, self.shapes, self.axes)
