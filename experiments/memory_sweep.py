@@ -25,7 +25,6 @@ with torch.autograd.graph.saved_tensors_hooks); the int8 prefix is run as float 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,9 @@ from fedtiny.errors import ConfigError
 from fedtiny.experiment import run_experiment
 from fedtiny.fl.state import config_json, device_scheme, experiment_state
 from fedtiny.models.nets import to_nchw
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _table import write_table  # noqa: E402
 
 
 def torch_update_bytes(net: torch.nn.Sequential, model, scheme, x: np.ndarray, momentum: bool) -> int:
@@ -109,15 +111,7 @@ def run_one(kb: float, pset: str, rounds: int, overrides: list[str], out: Path) 
 
 
 def write(out: Path, rows: list[dict]) -> None:
-    keys = list(rows[0])
-    with open(out / "memory_sweep.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
-    (out / "memory_sweep.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_table(out, "memory_sweep", rows)
 
     import matplotlib
 

@@ -139,6 +139,7 @@ class CodecCfg:
     bits: int = 32
     per_channel: bool = True
     error_feedback: bool = False
+    rounding: str = "auto"
     max_update_bytes: int = 4194304
     downlink_bits: int = 32
 
@@ -261,6 +262,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(q.bits in (32, 16, 8, 4, 2, 1), f"codec.bits must be 32, 16, 8, 4, 2 or 1, got {q.bits}")
     _check(not (q.error_feedback and q.bits == 32), "codec.error_feedback needs codec.bits < 32 (float32 has no error)")
     _check(q.max_update_bytes >= 16, f"codec.max_update_bytes must be >= 16, got {q.max_update_bytes}")
+    _check(q.rounding in ("auto", "stochastic", "nearest"),
+           f"codec.rounding must be auto, stochastic or nearest, got {q.rounding!r}")
     _check(q.downlink_bits in (32, 16, 8), f"codec.downlink_bits must be 32, 16 or 8, got {q.downlink_bits}")
     for key in ("raise_partitions", "nan_partitions", "malformed_partitions"):
         bad = [p for p in top.faults[key] if not 0 <= p < devices]

@@ -24,7 +24,7 @@ def random_case(rng):
     if rng.random() < 0.2:
         v[:row] = 0.0  # a group of zeros
     residual = (rng.standard_normal(n) * 0.01).astype(np.float32) if rng.random() < 0.5 else None
-    return bits, per_channel, layout, v, residual, int(rng.integers(0, 2**32))
+    return bits, per_channel, layout, v, residual, int(rng.integers(0, 2**32)), bool(rng.random() < 0.4)
 
 
 def c_decode(blob: np.ndarray, max_n: int):
@@ -32,12 +32,16 @@ def c_decode(blob: np.ndarray, max_n: int):
     return _core.status_name(status), out[:n], params
 
 
+def _group_ids(n, per_channel, layout):
+    if not per_channel:
+        return np.zeros(n, int)
+    return np.arange(n) % layout.channels if layout.channel_last else np.arange(n) // (n // layout.channels)
+
+
 def grid_values(v, bits, per_channel, layout, residual=None):
-    """The two grid points around each target value and the grid step (from the format's definition)."""
+    """Targets, grid scale (max-based) and grid step of stochastic/nearest rounding (from the format's definition)."""
     t = v + (residual if residual is not None else 0)
-    n = v.size
-    g = (np.arange(n) % layout.channels if layout.channel_last else np.arange(n) // (n // layout.channels)) \
-        if per_channel else np.zeros(n, int)
+    g = _group_ids(v.size, per_channel, layout)
     amax = np.zeros(g.max() + 1, np.float32)
     np.maximum.at(amax, g, np.abs(t))
     levels = 1 if bits == 1 else 2 ** (bits - 1) - 1
@@ -50,11 +54,11 @@ def grid_values(v, bits, per_channel, layout, residual=None):
 def test_c_and_python_encoders_write_identical_bytes(seed):
     rng = np.random.default_rng(seed)
     for _ in range(60):
-        bits, per_channel, layout, v, residual, key = random_case(rng)
+        bits, per_channel, layout, v, residual, key, nearest = random_case(rng)
         r_c = None if residual is None else residual.copy()
         r_py = None if residual is None else residual.copy()
-        blob = encode(v, bits, per_channel, layout, key, r_c)
-        assert blob.tobytes() == encode_reference(v, bits, per_channel, layout, key, r_py)
+        blob = encode(v, bits, per_channel, layout, key, r_c, nearest)
+        assert blob.tobytes() == encode_reference(v, bits, per_channel, layout, key, r_py, nearest)
         assert blob.size == blob_bytes(bits, per_channel, layout, v.size)
         if residual is not None:
             assert r_c.tobytes() == r_py.tobytes()
@@ -64,27 +68,36 @@ def test_c_and_python_encoders_write_identical_bytes(seed):
 def test_round_trip_c_encode_python_decode_is_exact(seed):
     rng = np.random.default_rng(100 + seed)
     for _ in range(60):
-        bits, per_channel, layout, v, residual, key = random_case(rng)
+        bits, per_channel, layout, v, residual, key, nearest = random_case(rng)
         before = None if residual is None else residual.copy()
-        blob = encode(v, bits, per_channel, layout, key, residual)
+        blob = encode(v, bits, per_channel, layout, key, residual, nearest)
         values, header = decode(blob, v.size, layout)
         status, c_values, _ = c_decode(blob, v.size)
         assert status == "OK" and values.tobytes() == c_values.tobytes()
-        assert header["bits"] == bits and header["layout"] == layout
+        assert header["bits"] == bits and header["layout"] == layout and header["nearest"] == nearest
+        if before is not None:  # error feedback keeps exactly what was not sent
+            t = v + before
+            assert residual.tobytes() == (t - values).astype(np.float32).tobytes()
         if bits == 32:
             target = v + (before if before is not None else 0)
             assert values.tobytes() == target.astype(np.float32).tobytes()
             continue
         t, s, step = grid_values(v, bits, per_channel, layout, before)
-        # every decoded value is a grid point next to its target (one of the two that bracket it)
-        assert np.all(np.abs(values - t) <= step * (1 + 1e-5) + 1e-30)
+        if nearest:  # deterministic: the key does not matter
+            assert encode(v, bits, per_channel, layout, key + 1, None if before is None else before.copy(),
+                          True).tobytes() == blob.tobytes()
+        if nearest and bits == 1:  # scaled sign: mean |t| of the group, with t's sign
+            g = _group_ids(v.size, per_channel, layout)
+            mean = np.array([np.abs(t[g == k]).astype(np.float64).mean() for k in range(g.max() + 1)])[g]
+            assert np.allclose(np.abs(values), mean, rtol=1e-5) and np.all((values >= 0) == (t >= 0))
+            continue
+        tol = (step / 2 if nearest else step) * (1 + 1e-5) + 4 * np.spacing(np.abs(t))  # + float32 rounding of q * s
+        assert np.all(np.abs(values - t) <= tol)  # the nearest grid point, or one of the two around t
         k = (values / np.where(s > 0, s, 1)).astype(np.float64)
         if bits == 1:
             assert np.all(np.isin(np.round(k, 4), [-1.0, 1.0]) | (s == 0))
         else:
             assert np.allclose(k, np.round(k), atol=1e-3) and np.all(np.abs(np.round(k)) <= 2 ** (bits - 1) - 1)
-        if before is not None:  # error feedback keeps exactly what was not sent
-            assert residual.tobytes() == (t - values).astype(np.float32).tobytes()
 
 
 @pytest.mark.parametrize("bits", [16, 8, 4, 2, 1])
@@ -126,7 +139,7 @@ MALFORMED = {
     "bad version": (lambda b: _with(b, 2, b"\x02"), "CODEC_HEADER", "version"),
     "bits 3": (lambda b: _with(b, 4, b"\x03"), "CODEC_BITS", "bits"),
     "bits vs scheme": (lambda b: _with(b, 3, b"\x00"), "CODEC_BITS", "bits"),
-    "unknown flags": (lambda b: _with(b, 5, b"\x05"), "CODEC_HEADER", "flags"),
+    "unknown flags": (lambda b: _with(b, 5, b"\x09"), "CODEC_HEADER", "flags"),
     "NaN scale": (lambda b: _with(b, 16, np.array([np.nan], "<f4").tobytes()), "CODEC_SCALE", "scale"),
     "Inf scale": (lambda b: _with(b, 20, np.array([np.inf], "<f4").tobytes()), "CODEC_SCALE", "scale"),
     "negative scale": (lambda b: _with(b, 16, np.array([-1.0], "<f4").tobytes()), "CODEC_SCALE", "scale"),
@@ -198,5 +211,5 @@ def test_error_feedback_residual_lives_in_the_node_state():
     for index, key in enumerate(sorted(deltas)):
         r = kept[key].reshape(-1).copy()
         want = encode_reference(deltas[key], 2, key.endswith(".weight"), codec.layout_of(deltas[key].shape, 0),
-                                codec.tensor_key(0, 2, 2, index), r)
+                                codec.tensor_key(0, 2, 2, index), r, nearest=True)  # auto: nearest with feedback
         assert blobs[key].tobytes() == want

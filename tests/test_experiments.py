@@ -26,3 +26,19 @@ def test_memory_sweep_writes_table_and_plot(tmp_path, cache_dir):
         assert ok["precision"] == ok["precisions"]
         assert float(ok["torch_ratio"]) > 1.0  # autograd keeps more for the same update
     assert (out / "memory_sweep.md").exists() and (out / "memory_sweep.png").stat().st_size > 5000
+
+
+def test_bits_sweep_writes_table_and_plot(tmp_path, cache_dir):
+    env = {**os.environ, "FEDTINY_CACHE": str(cache_dir)}
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments/bits_sweep.py"), "--bits", "2", "--rounds", "1",
+                           "--", "experiment=digits_quick"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = next((tmp_path / "outputs/bits_sweep").iterdir())
+    rows = list(csv.DictReader(open(out / "bits_sweep.csv")))
+    assert [(r["bits"], r["error_feedback"]) for r in rows] == [("32", "False"), ("2", "False"), ("2", "True")]
+    f32, q2 = rows[0], rows[1]
+    assert float(q2["up_payload_ratio"]) > 10  # 2-bit codes + scales vs float32 values
+    assert int(q2["up_payload_bytes"]) < int(f32["up_payload_bytes"]) and int(q2["down_bytes"]) == int(f32["down_bytes"])
+    assert "best uplink compression" in proc.stdout
+    assert (out / "bits_sweep.md").exists() and (out / "bits_sweep.png").stat().st_size > 5000

@@ -75,15 +75,16 @@ def test_bytes_are_counted_exactly(faulty_runs):
 
 
 def test_quantized_updates_and_malformed_blobs(codec_run):
-    """4-bit updates with error feedback; in round 2 six devices send six kinds of malformed
-    blobs: each is rejected with its reason and counted, and the run goes on."""
+    """4-bit updates with error feedback and an 8-bit downlink; in round 2 six devices send six
+    kinds of malformed blobs: each is rejected with its reason and counted, and the run goes on."""
     from fedtiny.fl.codec import blob_bytes, layout_of
     from fedtiny.fl.state import config_json, experiment_state
     from fedtiny.trainer import TrainConfig, Trainer
 
     s, rows = codec_run["summary"], codec_run["rows"]
     n = s["clients"]
-    assert s["rounds"] == 3 and s["codec"] == {"bits": 4, "per_channel": True, "error_feedback": True}
+    assert s["rounds"] == 3 and s["codec"] == {"bits": 4, "per_channel": True, "error_feedback": True,
+                                               "rounding": "auto", "downlink_bits": 8}
     assert [int(r["rejected"]) for r in rows[1:]] == [0, 6, 0]
     assert int(rows[2]["participating"]) == n - 6
     reasons = {f["partition"]: f["reason"] for f in s["failures"] if f["what"] == "rejected"}
@@ -97,13 +98,16 @@ def test_quantized_updates_and_malformed_blobs(codec_run):
     assert float(rows[1]["ef_residual_norm"]) == 0.0 and float(rows[2]["ef_residual_norm"]) > 0
     # uplink payload of a valid update, from the format: scales + packed 4-bit codes per tensor
     state = experiment_state(config_json(codec_run["cfg"]))
-    per_update = 0
+    per_update, per_broadcast = 0, 0
     for w, b in Trainer(state.model, TrainConfig()).get_params():
         if w.size:
             per_update += blob_bytes(4, True, layout_of(w.shape, 0), w.size) - 16
             per_update += blob_bytes(4, False, layout_of(b.shape, 0), b.size) - 16
+            per_broadcast += blob_bytes(8, True, layout_of(w.shape, 0), w.size) - 16
+            per_broadcast += blob_bytes(8, False, layout_of(b.shape, 0), b.size) - 16
     assert int(rows[1]["bytes_up_payload"]) == n * per_update
     assert int(rows[3]["bytes_up_payload"]) == n * per_update
+    assert all(int(r["bytes_down_payload"]) == 2 * n * per_broadcast for r in rows[1:])
 
 
 def test_results_directory(faulty_runs):
@@ -118,7 +122,7 @@ def test_results_directory(faulty_runs):
 
 @pytest.fixture(scope="session")
 def codec_run(tmp_path_factory, cache_dir):
-    return run(["experiment=digits_quick", "rounds=3", "codec.bits=4", "codec.error_feedback=true",
+    return run(["experiment=digits_quick", "rounds=3", "codec.bits=4", "codec.error_feedback=true", "codec.downlink_bits=8",
                 "codec.max_update_bytes=65536", "faults.malformed_partitions=[0,2,3,4,5,6]",
                 "faults.malformed_rounds=[2]",
                 "faults.malformed_kinds=[truncated,bits,nan_scale,inf_scale,subset,oversize]"],

@@ -260,7 +260,7 @@ static void test_codec(void)
     static const int32_t widths[6] = {32, 16, 8, 4, 2, 1};
     int ok = 1, rejected = 0, accepted = 0;
     for (int32_t w = 0; w < 6; w++) {
-        ft_codec_params p = {widths[w], w % 2, 8, w % 3 == 0};
+        ft_codec_params p = {widths[w], w % 2, 8, w % 3 == 0, w >= 3};
         uint32_t written = 0;
         memset(r, 0, sizeof r);
         CHECK(ft_codec_encode(&p, v, 96, 7u, r, blob, sizeof blob, &written) == FT_OK);

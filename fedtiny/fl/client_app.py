@@ -131,10 +131,12 @@ def partial_update(trainer: Trainer) -> tuple[dict[str, np.ndarray], dict]:
 def encode_update(deltas: dict[str, np.ndarray], axes: dict[str, int], codec_cfg, key_parts: tuple[int, int, int],
                   context: Context | None) -> tuple[dict[str, np.ndarray], float]:
     """Encode each tensor's change with the device's C encoder. Weights use per-channel scales
-    if configured, biases one scale per tensor. With error feedback the residual of each tensor
+    if configured, biases one scale per tensor; rounding is deterministic with error feedback
+    (``codec.rounding=auto``) or as configured. With error feedback the residual of each tensor
     lives in ``context.state['ef-residual']`` between rounds. Returns the blobs and the norm of
     the residual carried into this update (0 without error feedback or in a device's first round)."""
     bits, ef = int(codec_cfg.bits), bool(codec_cfg.error_feedback)
+    nearest = codec_cfg.rounding == "nearest" or (codec_cfg.rounding == "auto" and ef)
     stored = {}
     if ef and context is not None and "ef-residual" in context.state.array_records:
         stored = {k: a.numpy() for k, a in context.state.array_records["ef-residual"].items()}
@@ -149,7 +151,7 @@ def encode_update(deltas: dict[str, np.ndarray], axes: dict[str, int], codec_cfg
             carried += float(np.sum(residual.astype(np.float64) ** 2))
         per_channel = bool(codec_cfg.per_channel) and key.endswith(".weight")
         blobs[key] = codec.encode(d, bits, per_channel, codec.layout_of(d.shape, axes[key]),
-                                  codec.tensor_key(*key_parts, index), residual)
+                                  codec.tensor_key(*key_parts, index), residual, nearest)
         if residual is not None:
             kept[key] = residual.reshape(d.shape)
     if ef and context is not None:

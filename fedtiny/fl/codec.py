@@ -5,8 +5,9 @@ byte in ``device_trainer_c/include/fedtiny/ft_codec.h``: a 16-byte header (magic
 version, scheme, bits, flags, channels, value count, payload length), float32 scales (per
 channel or per tensor) and the codes packed LSB first. A device sends the *change* of each
 tensor it trained, ``w_local - w_global`` (channel subsets compact), quantized with unbiased
-stochastic rounding; with error feedback it adds the residual it kept from its last update
-and keeps the new one.
+stochastic rounding — or, with error feedback, deterministic rounding (to nearest; one bit:
+the scaled sign, s = mean|v|), the contractive compressor error feedback needs: it adds the
+residual it kept from its last update and keeps the new one.
 
 * :func:`encode` runs the C encoder (what a board runs);
 * :func:`encode_reference` / :func:`decode` are independent numpy implementations of the same
@@ -101,30 +102,30 @@ def _check_params(bits: int, layout: Layout, n: int) -> None:
 
 
 def encode(v: np.ndarray, bits: int, per_channel: bool, layout: Layout, key: int,
-           residual: np.ndarray | None = None) -> np.ndarray:
+           residual: np.ndarray | None = None, nearest: bool = False) -> np.ndarray:
     """Encode with the C encoder (the device's code). `residual` (float32, same size) is updated
-    in place (error feedback). Returns the blob as uint8."""
+    in place (error feedback); `nearest` selects deterministic rounding. Returns the blob as uint8."""
     v = np.ascontiguousarray(v, np.float32).reshape(-1)
     _check_params(bits, layout, v.size)
     r = np.zeros(0, np.float32) if residual is None else residual
     if residual is not None and (r.dtype != np.float32 or r.size != v.size or not r.flags.c_contiguous):
         raise ValueError("residual must be a C-contiguous float32 array of the update's size")
-    status, blob = _core.codec_encode(bits, int(per_channel), layout.channels, int(layout.channel_last), v,
-                                      key & 0xFFFFFFFF, r.reshape(-1))
+    status, blob = _core.codec_encode(bits, int(per_channel), layout.channels, int(layout.channel_last), int(nearest),
+                                      v, key & 0xFFFFFFFF, r.reshape(-1))
     if status != 0:
         raise ValueError(f"encode failed: {_core.status_name(status)}")
     return blob
 
 
 def encode_reference(v: np.ndarray, bits: int, per_channel: bool, layout: Layout, key: int,
-                     residual: np.ndarray | None = None) -> bytes:
+                     residual: np.ndarray | None = None, nearest: bool = False) -> bytes:
     """The numpy reference encoder: the same bytes as the C encoder (same float32 steps)."""
     v = np.asarray(v, np.float32).reshape(-1)
     n = v.size
     _check_params(bits, layout, n)
     t = v + residual.reshape(-1) if residual is not None else v.copy()
     scheme = SCHEME_FLOAT32 if bits == 32 else (SCHEME_SIGN if bits == 1 else SCHEME_UNIFORM)
-    flags = int(per_channel) | (int(layout.channel_last) << 1)
+    flags = int(per_channel) | (int(layout.channel_last) << 1) | (int(nearest) << 2)
     size = blob_bytes(bits, per_channel, layout, n)
     header = b"FQ" + bytes([VERSION, scheme, bits, flags]) + np.array([layout.channels], "<u2").tobytes() + \
         np.array([n, size - HEADER_BYTES], "<u4").tobytes()
@@ -139,6 +140,18 @@ def encode_reference(v: np.ndarray, bits: int, per_channel: bool, layout: Layout
     np.maximum.at(amax, g, np.where(np.isfinite(a), a, np.float32(0)))
     amax[np.bincount(g, weights=~np.isfinite(a), minlength=ngroups) > 0] = np.nan
     levels = np.float32(_levels(bits))
+    if bits == 1 and nearest:  # scaled sign: mean |t| per group, summed in index order (as the C loop)
+        sums = amax.copy()  # NaN marks the groups with a non-finite value
+        for grp in range(ngroups):
+            if not np.isnan(sums[grp]):
+                sums[grp] = np.cumsum(a[g == grp], dtype=np.float32)[-1]
+        count = np.float32(n // layout.channels if per_channel else n)
+        scales = (sums / count).astype(np.float32)
+        s = scales[g]
+        codes = (t >= 0).astype(np.uint32)
+        if residual is not None:
+            residual.reshape(-1)[:] = t - _dequant(bits, codes, s)
+        return header + scales.astype("<f4").tobytes() + _pack(codes, bits)
     scales = (amax / levels).astype(np.float32)
     s = scales[g]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -149,8 +162,13 @@ def encode_reference(v: np.ndarray, bits: int, per_channel: bool, layout: Layout
     else:
         lo, hi = -levels, levels
     x = np.where(~(x > lo), lo, np.where(x > hi, hi, x)).astype(np.float32)
-    fl = np.floor(x)
-    q = fl.astype(np.int64) + (uniforms(key, n) < (x - fl)).astype(np.int64)
+    if nearest:
+        tr = np.trunc(x)
+        frac = x - tr
+        q = tr.astype(np.int64) + (frac >= 0.5) - (frac <= -0.5)
+    else:
+        fl = np.floor(x)
+        q = fl.astype(np.int64) + (uniforms(key, n) < (x - fl)).astype(np.int64)
     if bits == 1:
         codes = (q > 0).astype(np.uint32)
     else:
@@ -193,7 +211,7 @@ def decode(blob: np.ndarray | bytes, expect_n: int | None = None, expect_layout:
     if head[:2] != b"FQ" or head[2] != VERSION:
         raise CodecError(f"bad magic or version {head[:3]!r}")
     scheme, bits, flags = head[3], head[4], head[5]
-    if scheme > SCHEME_SIGN or flags & ~3:
+    if scheme > SCHEME_SIGN or flags & ~7:
         raise CodecError(f"bad scheme {scheme} or flags {flags:#x}")
     if bits not in BITS or (scheme == SCHEME_FLOAT32) != (bits == 32) or (scheme == SCHEME_SIGN) != (bits == 1):
         raise CodecError(f"bits {bits} invalid for scheme {scheme}")
@@ -213,7 +231,8 @@ def decode(blob: np.ndarray | bytes, expect_n: int | None = None, expect_layout:
         raise CodecError(f"length {size} B (payload field {payload}), expected {want} B")
     body = b[HEADER_BYTES:]
     if bits == 32:
-        return body.view("<f4").astype(np.float32), {"bits": bits, "per_channel": per_channel, "layout": layout}
+        return body.view("<f4").astype(np.float32), {"bits": bits, "per_channel": per_channel, "layout": layout,
+                                                     "nearest": bool(flags & 4)}
     ngroups = channels if per_channel else 1
     scales = body[: 4 * ngroups].view("<f4").astype(np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -224,7 +243,7 @@ def decode(blob: np.ndarray | bytes, expect_n: int | None = None, expect_layout:
     if bits > 1 and codes.max(initial=0) > 2 * _levels(bits):
         raise CodecError(f"a code outside the {bits}-bit grid")
     values = _dequant(bits, codes, scales[_groups(n, per_channel, layout)])
-    return values, {"bits": bits, "per_channel": per_channel, "layout": layout}
+    return values, {"bits": bits, "per_channel": per_channel, "layout": layout, "nearest": bool(flags & 4)}
 
 
 def payload_bytes(blob_size: int) -> int:

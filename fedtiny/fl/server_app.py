@@ -93,7 +93,8 @@ def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
                                                       prox_mu=float(cfg.strategy.get("proximal_mu", 0.0)))).arena_bytes,
         "backbone": state.backbone.report,
         "codec": {"bits": int(cfg.codec.bits), "per_channel": bool(cfg.codec.per_channel),
-                  "error_feedback": bool(cfg.codec.error_feedback), "downlink_bits": int(cfg.codec.downlink_bits)},
+                  "error_feedback": bool(cfg.codec.error_feedback), "rounding": str(cfg.codec.rounding),
+                  "downlink_bits": int(cfg.codec.downlink_bits)},
         "memory_schemes": {f"{kb:g}": {"scheme": sc.name, "precision": sc.precision, "arena_bytes": need}
                            for kb, (sc, need) in memory_schemes(cfg_json).items()},
         "title": f"{cfg.dataset.name} / {cfg.strategy.name}: {len(node_of)} devices, {cfg.rounds} rounds",

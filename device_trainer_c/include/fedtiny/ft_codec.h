@@ -6,7 +6,8 @@
  *
  *   header (16 bytes, little-endian)
  *     0 u8[2] magic "FQ"    2 u8 version (1)    3 u8 scheme (ft_codec_scheme)    4 u8 bits
- *     5 u8 flags: bit 0 per-channel scales, bit 1 channel axis is the last (depthwise layout)
+ *     5 u8 flags: bit 0 per-channel scales, bit 1 channel axis is the last (depthwise layout),
+ *                 bit 2 deterministic rounding (informational: decoding is the same)
  *     6 u16 channels (output channels the tensor carries; rows of per-channel scales)
  *     8 u32 n (values)      12 u32 payload bytes (everything after the header)
  *   payload
@@ -17,11 +18,15 @@
  *
  * Quantization grid of a group (a channel, or the whole tensor) with scale s:
  *   bits >= 2: values q * s, q in [-L, L], L = 2^(bits-1) - 1, s = max|v| / L; code = q + L.
- *   bits == 1: values -s and +s, s = max|v|; code 1 = +s.
- * Rounding is stochastic and unbiased: x = v / s (bits == 1: (v / s + 1) / 2), then
- * floor(x) + [u_i < x - floor(x)] with u_i = ft_uniform(key, i) for value i; so the error of a
- * value has mean 0 and variance frac (1 - frac) Delta^2 <= Delta^2 / 4 (Delta = s, or 2 s for
- * one bit). A group of zeros gets s = 0 and decodes to zeros.
+ *   bits == 1: values -s and +s; code 1 = +s.
+ * Stochastic rounding (unbiased; for use without error feedback): bits == 1 uses s = max|v|;
+ * x = v / s (bits == 1: (v / s + 1) / 2), then floor(x) + [u_i < x - floor(x)] with
+ * u_i = ft_uniform(key, i) for value i; so the error of a value has mean 0 and variance
+ * frac (1 - frac) Delta^2 <= Delta^2 / 4 (Delta = s, or 2 s for one bit).
+ * Deterministic rounding (biased but contractive, the compressor error feedback needs):
+ * bits >= 2 round x = v / s to nearest (halves away from zero); bits == 1 is the scaled sign,
+ * s = mean |v| over the group (summed in index order), +s for v >= 0.
+ * A group of zeros gets s = 0 and decodes to zeros.
  *
  * Error feedback: with a residual buffer r (n floats, kept by the device between rounds), the
  * encoder quantizes v + r and stores r <- (v + r) - decode(blob).
@@ -47,6 +52,7 @@ typedef struct {
     int32_t per_channel;  /* 1: one scale per channel; 0: one per tensor */
     int32_t channels;     /* output channels in the tensor (>= 1); n must be a multiple */
     int32_t channel_last; /* 1: value i belongs to channel i % channels; 0: to i / (n / channels) */
+    int32_t nearest;      /* 1: deterministic rounding (see above); 0: stochastic */
 } ft_codec_params;
 
 /* Bytes of the blob for n values (header included); 0 for invalid parameters. */

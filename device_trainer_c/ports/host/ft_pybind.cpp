@@ -156,9 +156,9 @@ PYBIND11_MODULE(_core, m) {
         ft_codec_params p{bits, per_channel, channels, channel_last};
         return ft_codec_blob_bytes(&p, n);
     });
-    m.def("codec_encode", [](int bits, int per_channel, int channels, int channel_last, const arr<float> &v,
-                             uint32_t key, arr<float> residual) {
-        ft_codec_params p{bits, per_channel, channels, channel_last};
+    m.def("codec_encode", [](int bits, int per_channel, int channels, int channel_last, int nearest,
+                             const arr<float> &v, uint32_t key, arr<float> residual) {
+        ft_codec_params p{bits, per_channel, channels, channel_last, nearest};
         const int32_t n = static_cast<int32_t>(v.size());
         const uint32_t need = ft_codec_blob_bytes(&p, n);
         arr<uint8_t> out(need);

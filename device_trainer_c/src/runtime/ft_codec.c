@@ -14,7 +14,7 @@ static int ft_bits_ok(int32_t bits)
 static int ft_params_ok(const ft_codec_params *p, int32_t n)
 {
     return p != NULL && ft_bits_ok(p->bits) && (p->per_channel == 0 || p->per_channel == 1) &&
-           (p->channel_last == 0 || p->channel_last == 1) && p->channels >= 1 && p->channels <= 0xFFFF && n >= 1 &&
+           (p->channel_last == 0 || p->channel_last == 1) && (p->nearest == 0 || p->nearest == 1) && p->channels >= 1 && p->channels <= 0xFFFF && n >= 1 &&
            n % p->channels == 0 && n <= (1L << 26);
 }
 
@@ -105,7 +105,7 @@ ft_status ft_codec_encode(const ft_codec_params *p, const float *v, int32_t n, u
     out[2] = (uint8_t)FT_CODEC_VERSION;
     out[3] = (uint8_t)(p->bits == 32 ? FT_CODEC_FLOAT32 : (p->bits == 1 ? FT_CODEC_SIGN : FT_CODEC_UNIFORM));
     out[4] = (uint8_t)p->bits;
-    out[5] = (uint8_t)((p->per_channel ? 1u : 0u) | (p->channel_last ? 2u : 0u));
+    out[5] = (uint8_t)((p->per_channel ? 1u : 0u) | (p->channel_last ? 2u : 0u) | (p->nearest ? 4u : 0u));
     ft_put_u16(out + 6, (uint32_t)p->channels);
     ft_put_u32(out + 8, (uint32_t)n);
     ft_put_u32(out + 12, total - FT_CODEC_HEADER_BYTES);
@@ -144,10 +144,28 @@ ft_status ft_codec_encode(const ft_codec_params *p, const float *v, int32_t n, u
         }
         memcpy(payload + 4u * g, &amax, 4);
     }
+    const int sign_mean = p->bits == 1 && p->nearest; /* scaled sign: s = mean |v| of the group */
+    if (sign_mean) {
+        for (uint32_t g = 0; g < groups; g++) { /* keep NaN marks, restart the finite groups' sums */
+            float m;
+            memcpy(&m, payload + 4u * g, 4);
+            m = m == m ? 0.0f : m;
+            memcpy(payload + 4u * g, &m, 4);
+        }
+        for (int32_t i = 0; i < n; i++) {
+            const uint32_t g = (uint32_t)ft_group(p, i, row);
+            float m;
+            memcpy(&m, payload + 4u * g, 4);
+            const float t = FT_TARGET(i);
+            m = m + (t < 0.0f ? -t : t);
+            memcpy(payload + 4u * g, &m, 4);
+        }
+    }
+    const float count = (float)(p->per_channel ? row : n);
     for (uint32_t g = 0; g < groups; g++) {
         float s;
         memcpy(&s, payload + 4u * g, 4);
-        s = s / levels;
+        s = sign_mean ? s / count : s / levels;
         memcpy(payload + 4u * g, &s, 4);
     }
     uint8_t *codes = payload + 4u * groups;
@@ -158,16 +176,27 @@ ft_status ft_codec_encode(const ft_codec_params *p, const float *v, int32_t n, u
         memcpy(&s, payload + 4u * g, 4);
         const float t = FT_TARGET(i);
         float x = s > 0.0f ? t / s : 0.0f;
-        if (p->bits == 1) {
-            x = (x + 1.0f) * 0.5f;
+        int32_t q;
+        if (sign_mean) {
+            q = t >= 0.0f ? 1 : 0;
+        } else {
+            if (p->bits == 1) {
+                x = (x + 1.0f) * 0.5f;
+            }
+            /* x lies in [-L, L] (one bit: [0, 1]) up to rounding; clamp before rounding */
+            const float lo = p->bits == 1 ? 0.0f : -levels, hi = p->bits == 1 ? 1.0f : levels;
+            x = !(x > lo) ? lo : (x > hi ? hi : x);
+            if (p->nearest) {
+                q = (int32_t)x;
+                const float frac = x - (float)q;
+                q += frac >= 0.5f ? 1 : (frac <= -0.5f ? -1 : 0);
+            } else {
+                int32_t fl = (int32_t)x;
+                fl = (float)fl > x ? fl - 1 : fl;
+                const float u = ft_uniform(key, (uint32_t)i);
+                q = fl + (u < x - (float)fl ? 1 : 0);
+            }
         }
-        /* x lies in [-L, L] (one bit: [0, 1]) up to rounding; clamp before flooring */
-        const float lo = p->bits == 1 ? 0.0f : -levels, hi = p->bits == 1 ? 1.0f : levels;
-        x = !(x > lo) ? lo : (x > hi ? hi : x);
-        int32_t fl = (int32_t)x;
-        fl = (float)fl > x ? fl - 1 : fl;
-        const float u = ft_uniform(key, (uint32_t)i);
-        int32_t q = fl + (u < x - (float)fl ? 1 : 0);
         uint32_t code;
         if (p->bits == 1) {
             code = q > 0 ? 1u : 0u;
@@ -195,7 +224,7 @@ ft_status ft_codec_decode(const uint8_t *blob, uint32_t size, float *out, int32_
         return FT_ERR_CODEC_LENGTH;
     }
     if (blob[0] != 'F' || blob[1] != 'Q' || blob[2] != FT_CODEC_VERSION || blob[3] > FT_CODEC_SIGN ||
-        (blob[5] & ~3u) != 0) {
+        (blob[5] & ~7u) != 0) {
         return FT_ERR_CODEC_HEADER;
     }
     const int32_t bits = blob[4];
@@ -203,7 +232,7 @@ ft_status ft_codec_decode(const uint8_t *blob, uint32_t size, float *out, int32_
     if (!ft_bits_ok(bits) || (scheme == FT_CODEC_FLOAT32) != (bits == 32) || (scheme == FT_CODEC_SIGN) != (bits == 1)) {
         return FT_ERR_CODEC_BITS;
     }
-    ft_codec_params q = {bits, blob[5] & 1u, (int32_t)ft_get_u16(blob + 6), (blob[5] >> 1) & 1u};
+    ft_codec_params q = {bits, blob[5] & 1u, (int32_t)ft_get_u16(blob + 6), (blob[5] >> 1) & 1u, (blob[5] >> 2) & 1u};
     const uint32_t n_u = ft_get_u32(blob + 8);
     if (n_u > (1u << 26) || (int32_t)n_u > max_n || !ft_params_ok(&q, (int32_t)n_u) ||
         ft_get_u32(blob + 12) != size - FT_CODEC_HEADER_BYTES || ft_codec_blob_bytes(&q, (int32_t)n_u) != size) {
