@@ -135,6 +135,18 @@ MALFORMED_KINDS = ("truncated", "bits", "nan_scale", "inf_scale", "subset", "ove
 
 
 @dataclass
+class PrivacyCfg:
+    mode: str = "off"
+    clip: float = 1.0
+    noise_multiplier: float = 1.0
+    target_epsilon: Any = None
+    max_epsilon: Any = None
+    delta: float = 1e-5
+    accountant: str = "pld"
+    sampling: str = "poisson"
+
+
+@dataclass
 class CodecCfg:
     bits: int = 32
     per_channel: bool = True
@@ -172,6 +184,7 @@ class TopCfg:
     faults: FaultsCfg = field(default_factory=FaultsCfg)
     budget: BudgetCfg = field(default_factory=BudgetCfg)
     codec: CodecCfg = field(default_factory=CodecCfg)
+    privacy: PrivacyCfg = field(default_factory=PrivacyCfg)
 
 
 def _typed(schema: type, node: Any, where: str) -> DictConfig:
@@ -265,6 +278,19 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(q.rounding in ("auto", "stochastic", "nearest"),
            f"codec.rounding must be auto, stochastic or nearest, got {q.rounding!r}")
     _check(q.downlink_bits in (32, 16, 8), f"codec.downlink_bits must be 32, 16 or 8, got {q.downlink_bits}")
+    pr = top.privacy
+    _check(pr.mode in ("off", "central", "local"), f"privacy.mode must be off, central or local, got {pr.mode!r}")
+    _check(pr.clip > 0, f"privacy.clip must be > 0, got {pr.clip}")
+    _check(pr.noise_multiplier >= 0, f"privacy.noise_multiplier must be >= 0, got {pr.noise_multiplier}")
+    _check(0 < pr.delta < 1, f"privacy.delta must be in (0, 1), got {pr.delta}")
+    _check(pr.accountant in ("pld", "rdp"), f"privacy.accountant must be pld or rdp, got {pr.accountant!r}")
+    _check(pr.sampling in ("poisson", "fixed"), f"privacy.sampling must be poisson or fixed, got {pr.sampling!r}")
+    for key in ("target_epsilon", "max_epsilon"):
+        value = pr[key]
+        _check(value is None or (isinstance(value, (int, float)) and value > 0),
+               f"privacy.{key} must be a number > 0 or null, got {value!r}")
+    _check(pr.mode == "off" or not q.error_feedback,
+           "privacy: error feedback would carry clipped-away and noised values across rounds; turn one off")
     for key in ("raise_partitions", "nan_partitions", "malformed_partitions"):
         bad = [p for p in top.faults[key] if not 0 <= p < devices]
         _check(not bad, f"faults.{key}: {bad} are not partition ids in [0, {devices})")

@@ -27,6 +27,15 @@ def prepare_output(cfg: DictConfig, out_dir: Path, log=print) -> str:
     log(f"backbone {cfg.model.arch}: field accuracy float {r['float_field_accuracy']:.3f} / int8 "
         f"{r['int8_field_accuracy']:.3f}; vendor val float {r['float_vendor_val_accuracy']:.3f} / int8 "
         f"{r['int8_vendor_val_accuracy']:.3f}  ({state.backbone.path})")
+    from fedtiny.fl.state import privacy_plan
+
+    dp = privacy_plan(cfg_json)  # an unreachable privacy target fails here
+    if dp["mode"] != "off":
+        log(f"privacy {dp['mode']}: clip {dp['clip']:g}, noise multiplier {dp['noise_multiplier']:.3f}, q {dp['q']:.3g}, "
+            f"epsilon after {dp['rounds_allowed']} rounds {dp['epsilon_per_round'][dp['rounds_allowed'] - 1]:.3f} "
+            f"(delta {dp['delta']:g}, {dp['accountant']})")
+        if dp["rounds_allowed"] < int(cfg.rounds):
+            log(f"privacy.max_epsilon allows {dp['rounds_allowed']} of {cfg.rounds} rounds: the run will stop there")
     for kb, (scheme, need) in memory_schemes(cfg_json).items():  # an impossible budget fails here
         log(f"memory budget {kb:g} KiB (minus {cfg.budget.memory.reserve_kb:g} reserved): scheme {scheme.name}, "
             f"arena {need:,} B")

@@ -3,7 +3,9 @@
 ``metrics.csv`` columns: round (0 = the pretrained model before any round), accuracy and loss
 of the global model on the server's held-out field data, fed_accuracy/fed_loss (federated
 evaluation on the clients' test splits), train_loss/train_accuracy (example-weighted means
-reported by the clients), ef_residual_norm (example-weighted mean over the clients of the norm
+reported by the clients), epsilon (cumulative privacy epsilon after the round, DP runs only),
+update_norm_max (largest L2 norm of a decoded update this round: the clipping bound in DP runs),
+ef_residual_norm (example-weighted mean over the clients of the norm
 of the error-feedback residual each carried into its update; 0 without error feedback),
 participating (updates aggregated), failed (clients that raised or
 timed out), rejected (updates that failed validation), contributors_min/max (over every output
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 COLUMNS = ["round", "accuracy", "loss", "fed_accuracy", "fed_loss", "train_loss", "train_accuracy", "ef_residual_norm",
-           "participating",
+           "epsilon", "update_norm_max", "participating",
            "failed", "rejected", "contributors_min", "contributors_max", "bytes_up", "bytes_down", "bytes_up_payload",
            "bytes_up_overhead", "bytes_down_payload", "bytes_down_overhead", "wall_s"]
 BYTE_COLUMNS = ("bytes_up", "bytes_down", "bytes_up_payload", "bytes_up_overhead", "bytes_down_payload",
@@ -102,6 +104,7 @@ class RunRecorder:
         self.rounds = rounds
         self.log = RoundLog()
         self.rows: list[dict] = []
+        self.epsilons: list[float] = []  # cumulative privacy epsilon after each round (DP runs)
         self.t0 = self.t_round = time.perf_counter()
         self.csv_path = self.out_dir / "metrics.csv"
         with open(self.csv_path, "w", newline="") as fh:
@@ -122,6 +125,8 @@ class RunRecorder:
         row.update(self.log.row)
         row.update(round=server_round, accuracy=round(accuracy, 6), loss=round(loss, 6),
                    wall_s=round(now - self.t_round, 3))
+        if self.epsilons:
+            row["epsilon"] = round(self.epsilons[server_round - 1], 6) if server_round > 0 else 0.0
         for key in ("fed_accuracy", "fed_loss", "train_loss", "train_accuracy", "ef_residual_norm"):
             if isinstance(row[key], float):
                 row[key] = round(row[key], 6)

@@ -181,3 +181,40 @@ def test_impossible_memory_budget_fails_before_the_run(tmp_path, cache_dir):
     with pytest.raises(ConfigError, match="holds no update scheme"):
         run(["experiment=digits_quick", "model.trainable_layers=5", "budget.memory.sram_kb=[8.01]"], tmp_path, cache_dir)
     assert not (tmp_path / "metrics.csv").exists()
+
+
+@pytest.fixture(scope="session")
+def dp_run(tmp_path_factory, cache_dir):
+    """Central DP on digits: Poisson sampling (q = 0.5), 8-bit updates, and a max epsilon that
+    allows 2 of the 3 configured rounds."""
+    from fedtiny.budgets.privacy import Accounting, epsilon
+    from fedtiny.config import compose, num_devices
+
+    base = ["experiment=digits_quick", "rounds=3", "privacy=central", "privacy.noise_multiplier=0.9",
+            "privacy.clip=0.3", "codec.bits=8"]
+    n = num_devices(compose(base))
+    k = n // 2
+    a = Accounting(q=k / n, rounds=3, delta=1e-5)
+    cap = 0.5 * (epsilon(0.9, a, 2) + epsilon(0.9, a, 3))
+    return run([*base, f"clients_per_round={k}", f"privacy.max_epsilon={cap}"], tmp_path_factory.mktemp("dp"),
+               cache_dir) | {"n": n, "k": k}
+
+
+def test_central_dp_run_clips_accounts_and_stops_at_the_budget(dp_run):
+    import dp_accounting as dpa
+    from dp_accounting.pld import pld_privacy_accountant
+
+    s, rows = dp_run["summary"], dp_run["rows"]
+    p = s["privacy"]
+    assert p["mode"] == "central" and p["rounds_allowed"] == 2 and p["stopped_by_budget"]
+    assert "above privacy.max_epsilon" in p["stop_reason"] and s["rounds"] == 2
+    q = dp_run["k"] / dp_run["n"]
+    for r in rows[1:]:
+        t = int(r["round"])
+        event = dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(0.9)), t)
+        want = pld_privacy_accountant.PLDAccountant().compose(event).get_epsilon(1e-5)
+        assert float(r["epsilon"]) == pytest.approx(want, rel=1e-5)
+        if int(r["participating"]):
+            assert 0 < float(r["update_norm_max"]) <= 0.3 * (1 + 1e-6)  # every decoded update within the clip
+    assert p["epsilon_without_amplification"] > p["epsilon"]
+    assert all(np.isfinite(float(r["accuracy"])) for r in rows)

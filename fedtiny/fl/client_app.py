@@ -74,7 +74,12 @@ def train(msg: Message, context: Context) -> Message:
         deltas[key] = (local - g).astype(np.float32)
     if _fault(cfg.faults.nan_partitions, cfg.faults.nan_rounds, pid, rnd):
         deltas = {k: np.full_like(d, np.nan) for k, d in deltas.items()}
-    blobs, residual_norm = encode_update(deltas, axes, cfg.codec, (int(cfg.seed), rnd, pid), context)
+    if "dp-clip" in conf:  # differential privacy: clip the quantized update (and add local noise) in C
+        blobs = encode_private(deltas, axes, cfg.codec, (int(cfg.seed), rnd, pid), float(conf["dp-clip"]),
+                               float(conf["dp-noise-std"]))
+        residual_norm = 0.0
+    else:
+        blobs, residual_norm = encode_update(deltas, axes, cfg.codec, (int(cfg.seed), rnd, pid), context)
     if _fault(cfg.faults.malformed_partitions, cfg.faults.malformed_rounds, pid, rnd):
         kinds = list(cfg.faults.malformed_kinds)
         kind = kinds[list(cfg.faults.malformed_partitions).index(pid) % len(kinds)]
@@ -157,6 +162,27 @@ def encode_update(deltas: dict[str, np.ndarray], axes: dict[str, int], codec_cfg
     if ef and context is not None:
         context.state["ef-residual"] = ArrayRecord({k: Array(v) for k, v in kept.items()})
     return blobs, float(np.sqrt(carried))
+
+
+def encode_private(deltas: dict[str, np.ndarray], axes: dict[str, int], codec_cfg, key_parts: tuple[int, int, int],
+                   clip: float, noise_std: float) -> dict[str, np.ndarray]:
+    """Encode the whole update with the device's C routine for DP (``ft_codec_encode_update``):
+    clip to L2 norm `clip` over all tensors so that the *decoded* update stays within it, after
+    adding N(0, noise_std^2) per value when noise_std > 0 (local DP)."""
+    bits = int(codec_cfg.bits)
+    nearest = codec_cfg.rounding == "nearest"
+    keys = sorted(deltas)
+    tensors = []
+    for index, key in enumerate(keys):
+        d = np.ascontiguousarray(deltas[key], np.float32).reshape(-1)
+        layout = codec.layout_of(deltas[key].shape, axes[key])
+        per_channel = bool(codec_cfg.per_channel) and key.endswith(".weight")
+        tensors.append((bits, int(per_channel), layout.channels, int(layout.channel_last), int(nearest), d,
+                        codec.tensor_key(*key_parts, index)))
+    status, blobs, _, _ = _core.codec_encode_update(tensors, clip, noise_std, codec.tensor_key(*key_parts, 0xD9))
+    if status != 0:
+        raise ValueError(f"DP encoding failed: {_core.status_name(status)}")
+    return dict(zip(keys, blobs))
 
 
 def malform(blobs: dict[str, np.ndarray], subset: dict, kind: str, max_bytes: int) -> tuple[dict, dict]:

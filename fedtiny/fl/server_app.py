@@ -25,7 +25,7 @@ from fedtiny.experiment import memory_schemes, prepare_output
 from fedtiny.fl.aggregate import channel_axes
 from fedtiny.fl.client_app import settings
 from fedtiny.fl.records import expected_shapes, params_to_record, record_to_params
-from fedtiny.fl.state import experiment_state, features
+from fedtiny.fl.state import dp_denominators, experiment_state, features, privacy_plan
 from fedtiny.fl.strategy import build_strategy
 from fedtiny.results import RunRecorder
 from fedtiny.trainer import TrainConfig, Trainer, plan
@@ -75,11 +75,16 @@ def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
         nodes = wait_for_nodes(grid, num_devices(cfg), float(cfg.simulation.timeout_s))
         node_of = partition_map(grid, nodes, cfg_json, float(cfg.simulation.timeout_s))
         strategy = build_strategy(cfg)
+        privacy = privacy_plan(cfg_json)
+        denominators = dp_denominators(cfg_json, expected_shapes(template), channel_axes(model)) \
+            if privacy["mode"] == "central" else None
+        recorder.epsilons = privacy.get("epsilon_per_round", [])
         strategy.setup(node_of, expected_shapes(template), channel_axes(model), int(cfg.seed),
                        int(cfg.clients_per_round), recorder.log, int(cfg.codec.max_update_bytes),
-                       int(cfg.codec.downlink_bits))
+                       int(cfg.codec.downlink_bits), privacy, denominators)
+        rounds = int(privacy.get("rounds_allowed", cfg.rounds))
         train_config = ConfigRecord({"fedtiny-config": cfg_json, **settings(cfg)})
-        strategy.start(grid=grid, initial_arrays=params_to_record(template), num_rounds=int(cfg.rounds),
+        strategy.start(grid=grid, initial_arrays=params_to_record(template), num_rounds=rounds,
                        timeout=float(cfg.simulation.timeout_s), train_config=train_config,
                        evaluate_config=ConfigRecord({"fedtiny-config": cfg_json}), evaluate_fn=evaluate_fn)
     finally:
@@ -95,10 +100,24 @@ def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
         "codec": {"bits": int(cfg.codec.bits), "per_channel": bool(cfg.codec.per_channel),
                   "error_feedback": bool(cfg.codec.error_feedback), "rounding": str(cfg.codec.rounding),
                   "downlink_bits": int(cfg.codec.downlink_bits)},
+        "privacy": _privacy_summary(privacy_plan(cfg_json), int(cfg.rounds)),
         "memory_schemes": {f"{kb:g}": {"scheme": sc.name, "precision": sc.precision, "arena_bytes": need}
                            for kb, (sc, need) in memory_schemes(cfg_json).items()},
         "title": f"{cfg.dataset.name} / {cfg.strategy.name}: {len(node_of)} devices, {cfg.rounds} rounds",
     })
+
+
+def _privacy_summary(plan: dict, rounds: int) -> dict:
+    if plan["mode"] == "off":
+        return plan
+    out = {k: v for k, v in plan.items() if k != "epsilon_per_round"}
+    allowed = plan["rounds_allowed"]
+    out["epsilon"] = plan["epsilon_per_round"][allowed - 1]
+    out["stopped_by_budget"] = allowed < rounds
+    if allowed < rounds:
+        out["stop_reason"] = (f"round {allowed + 1} would raise epsilon to {plan['epsilon_per_round'][allowed]:.3f}, "
+                              f"above privacy.max_epsilon; the run stopped after {allowed} rounds")
+    return out
 
 
 def make_server_app(cfg_json: str, out_dir: Path, outcome: dict) -> ServerApp:

@@ -145,3 +145,31 @@ def client_train_config(cfg: DictConfig, update=None, prox_mu: float = 0.0):
     return TrainConfig(lr=float(c.lr), momentum=float(c.momentum), weight_decay=float(c.weight_decay),
                        batch_size=int(c.batch_size), prox_mu=prox_mu, update=update, precision=str(c.precision),
                        rounding=str(c.rounding))
+
+
+@lru_cache(maxsize=16)
+def privacy_plan(cfg_json: str) -> dict:
+    """Noise multiplier, accounting and allowed rounds of the run (fedtiny.budgets.privacy)."""
+    from fedtiny.budgets.privacy import plan_privacy
+
+    st = experiment_state(cfg_json)
+    return plan_privacy(st.cfg, len(st.task.clients))
+
+
+def dp_denominators(cfg_json: str, shapes: dict, axes: dict) -> dict:
+    """Central DP: per tensor and output channel, q times the devices whose scheme updates it
+    (a public, fixed quantity; what DP-FedAvg divides the noisy sum by)."""
+    from fedtiny.trainer import Trainer
+
+    st = experiment_state(cfg_json)
+    plan = privacy_plan(cfg_json)
+    capable = {k: np.zeros(shapes[k][axes[k]]) for k in shapes}
+    for pid in range(len(st.task.clients)):
+        trainer = Trainer(st.model, train_config_for(cfg_json, pid))
+        for k in range(len(st.model.layers) - st.model.first_trainable):
+            kind, bias_on, channels = trainer.layer_update(k)
+            if kind != "none":
+                capable[f"layer{k}.weight"][channels] += 1
+            if bias_on:
+                capable[f"layer{k}.bias"][:] += 1
+    return {k: plan["q"] * v for k, v in capable.items()}

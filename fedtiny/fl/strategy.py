@@ -18,6 +18,9 @@ handling of replies; the maths stay Flower's:
 * updates arrive encoded (``fedtiny.fl.codec``): each tensor blob is validated (header,
   bits, lengths, declared subset, finite scales, size limit) and decoded before the checks
   above; a malformed blob rejects the reply with its reason;
+* with ``privacy.mode=central`` the per-channel weighted mean becomes DP-FedAvg's noisy sum over
+  fixed denominators (``fedtiny.budgets.privacy``); with Poisson sampling each device joins a
+  round independently with probability q;
 * bytes are counted exactly per client and message: payload (parameter data: float32 values
   down, encoded scales and codes up) and overhead (everything else in the serialized
   RecordDict: blob headers, array and record framing, keys, metrics, config).
@@ -33,6 +36,7 @@ from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
+from fedtiny.budgets.privacy import noisy_sum_mean, update_norm
 from fedtiny.fl.aggregate import masked_mean, parse_update
 from fedtiny.fl.codec import decode, decode_update, encode, layout_of, payload_bytes, tensor_key
 from fedtiny.results import RoundLog
@@ -53,9 +57,12 @@ class FedtinyStrategy:
     """Mixin for a Flower message-based strategy (see the module docstring)."""
 
     def setup(self, node_of: dict[int, int], shapes: dict, axes: dict, seed: int, clients_per_round: int,
-              log: RoundLog, max_update_bytes: int = 4 << 20, downlink_bits: int = 32) -> None:
+              log: RoundLog, max_update_bytes: int = 4 << 20, downlink_bits: int = 32,
+              privacy: dict | None = None, denominators: dict | None = None) -> None:
         self.max_update_bytes = max_update_bytes
         self.downlink_bits = downlink_bits
+        self.privacy = privacy or {"mode": "off"}
+        self.denominators = denominators or {}
         self.axes = axes
         self.node_of = dict(node_of)  # partition id -> node id
         self.pid_of = {n: p for p, n in node_of.items()}
@@ -67,7 +74,11 @@ class FedtinyStrategy:
     def sample(self, server_round: int) -> list[int]:
         pids = sorted(self.node_of)
         k = self.clients_per_round or len(pids)
-        chosen = sorted(np.random.default_rng([self.seed, server_round]).choice(pids, size=min(k, len(pids)), replace=False))
+        rng = np.random.default_rng([self.seed, server_round])
+        if self.privacy["mode"] != "off" and self.privacy.get("sampling") == "poisson" and k < len(pids):
+            chosen = [p for p, u in zip(pids, rng.random(len(pids))) if u < k / len(pids)]  # Poisson sampling
+        else:
+            chosen = sorted(rng.choice(pids, size=min(k, len(pids)), replace=False))
         return [self.node_of[int(p)] for p in chosen]
 
     def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, kind: str) -> list[Message]:
@@ -107,6 +118,10 @@ class FedtinyStrategy:
             self.current_arrays = {k: a.numpy() for k, a in arrays.items()}
         if hasattr(self, "proximal_mu"):
             config["proximal-mu"] = float(self.proximal_mu)
+        if self.privacy["mode"] != "off":  # what the devices' clipping (and local noise) need
+            config["dp-clip"] = float(self.privacy["clip"])
+            z = float(self.privacy["noise_multiplier"])
+            config["dp-noise-std"] = z * float(self.privacy["clip"]) if self.privacy["mode"] == "local" else 0.0
         return self._messages(server_round, arrays, config, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -156,8 +171,16 @@ class FedtinyStrategy:
         valid = self._sorted_valid(MessageType.TRAIN, replies)
         if not valid:
             return None, None  # no usable update: the global model stays as it was
-        updates = [(float(m.content["metrics"][self.weighted_by_key]), parsed) for m, parsed in valid]
-        mean, contributors = masked_mean(self.global_arrays, updates, self.axes)
+        self.round_log.row["update_norm_max"] = round(max(update_norm(p, self.reference_arrays, self.axes)
+                                                          for _, p in valid), 6)
+        if self.privacy["mode"] == "central":
+            rng = np.random.default_rng([self.seed, server_round, 0xD9])
+            mean, contributors = noisy_sum_mean(self.reference_arrays, self.global_arrays, [p for _, p in valid],
+                                                self.axes, float(self.privacy["clip"]),
+                                                float(self.privacy["noise_multiplier"]), self.denominators, rng)
+        else:
+            updates = [(float(m.content["metrics"][self.weighted_by_key]), parsed) for m, parsed in valid]
+            mean, contributors = masked_mean(self.global_arrays, updates, self.axes)
         self.round_log.contributors(contributors)
         merged = ArrayRecord({k: Array(v) for k, v in mean.items()})
         for m, _ in valid:

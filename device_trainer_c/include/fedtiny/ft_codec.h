@@ -69,6 +69,30 @@ ft_status ft_codec_encode(const ft_codec_params *p, const float *v, int32_t n, u
 ft_status ft_codec_decode(const uint8_t *blob, uint32_t size, float *out, int32_t max_n, ft_codec_params *p,
                           int32_t *n);
 
+/* One tensor of a device's update, for ft_codec_encode_update. */
+typedef struct {
+    ft_codec_params p;
+    const float *v;    /* n values: the tensor's change */
+    int32_t n;
+    uint32_t key;      /* rounding key */
+    uint8_t *out;      /* blob buffer (out_size >= ft_codec_blob_bytes) */
+    uint32_t out_size;
+    uint32_t written;  /* set: blob bytes */
+} ft_codec_tensor;
+
+/* Encode a whole update (all its tensors) for client-level differential privacy:
+ *   1. clip: scale every value by f = min(1, clip / ||v||) (L2 norm over all tensors);
+ *   2. local DP (noise_std > 0): add noise_std * ft_gaussian(noise_key, i) to value i (i counts
+ *      through all tensors in order) and encode;
+ *   3. central DP (noise_std == 0): encode, decode, and while the decoded update's norm exceeds
+ *      clip, scale f by clip / norm * (1 - 2^-20) and encode again (rounding keys unchanged, so
+ *      the codes repeat and the scales shrink); after 8 tries the update is all zeros. What
+ *      leaves the device then has norm <= clip after decoding.
+ * scratch: max n floats. *norm_before: ||v|| before clipping; *norm_sent: decoded norm sent. */
+ft_status ft_codec_encode_update(ft_codec_tensor *tensors, int32_t count, float clip, float noise_std,
+                                 uint32_t noise_key, float *scratch, int32_t scratch_n, float *norm_before,
+                                 float *norm_sent);
+
 #ifdef __cplusplus
 }
 #endif

@@ -180,6 +180,33 @@ PYBIND11_MODULE(_core, m) {
                                                                            p.channel_last));
     });
     m.def("uniform", [](uint32_t key, uint32_t ctr) { return ft_uniform(key, ctr); });
+    m.def("gaussian", [](uint32_t key, uint32_t ctr) { return ft_gaussian(key, ctr); });
+    m.def("sqrtf", [](float x) { return ft_sqrtf(x); });
+    // tensors: (bits, per_channel, channels, channel_last, nearest, values, key) per tensor
+    m.def("codec_encode_update", [](const std::vector<std::tuple<int, int, int, int, int, arr<float>, uint32_t>> &ts,
+                                    float clip, float noise_std, uint32_t noise_key) {
+        std::vector<ft_codec_tensor> t(ts.size());
+        std::vector<arr<uint8_t>> outs;
+        int32_t max_n = 1;
+        for (size_t k = 0; k < ts.size(); k++) {
+            const auto &[bits, pc, ch, last, nearest, v, key] = ts[k];
+            ft_codec_params p{bits, pc, ch, last, nearest};
+            const int32_t n = static_cast<int32_t>(v.size());
+            outs.emplace_back(std::max<uint32_t>(ft_codec_blob_bytes(&p, n), 1u));
+            t[k] = ft_codec_tensor{p, v.data(), n, key, outs.back().mutable_data(),
+                                   static_cast<uint32_t>(outs.back().size()), 0};
+            max_n = std::max(max_n, n);
+        }
+        std::vector<float> scratch(static_cast<size_t>(max_n));
+        float before = 0.0f, sent = 0.0f;
+        ft_status st = ft_codec_encode_update(t.data(), static_cast<int32_t>(t.size()), clip, noise_std, noise_key,
+                                              scratch.data(), max_n, &before, &sent);
+        py::list blobs;
+        for (size_t k = 0; k < ts.size(); k++) {
+            blobs.append(st == FT_OK ? py::object(outs[k][py::slice(0, t[k].written, 1)]) : py::none());
+        }
+        return py::make_tuple(static_cast<int>(st), blobs, before, sent);
+    });
 
     m.def("plan", [](const ModelHandle &h, float lr, float mom, float wd, int batch, int with_prefix, float prox,
                      int start_layer, const std::vector<std::tuple<int, int, int>> &updates, int precision,

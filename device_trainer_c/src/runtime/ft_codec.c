@@ -269,3 +269,76 @@ ft_status ft_codec_decode(const uint8_t *blob, uint32_t size, float *out, int32_
     *n_out = n;
     return FT_OK;
 }
+
+static float ft_sum_sq(const float *v, int32_t n, float scale)
+{
+    float acc = 0.0f;
+    for (int32_t i = 0; i < n; i++) {
+        const float x = v[i] * scale;
+        acc += x * x;
+    }
+    return acc;
+}
+
+/* Encode every tensor with its values scaled by f (plus noise); returns the decoded norm^2. */
+static ft_status ft_encode_all(ft_codec_tensor *t, int32_t count, float f, float noise_std, uint32_t noise_key,
+                               float *scratch, float *sent_sq)
+{
+    uint32_t ctr = 0;
+    float acc = 0.0f;
+    for (int32_t k = 0; k < count; k++) {
+        for (int32_t i = 0; i < t[k].n; i++) {
+            scratch[i] = t[k].v[i] * f;
+            if (noise_std > 0.0f) {
+                scratch[i] = scratch[i] + noise_std * ft_gaussian(noise_key, ctr++);
+            }
+        }
+        ft_status st = ft_codec_encode(&t[k].p, scratch, t[k].n, t[k].key, NULL, t[k].out, t[k].out_size,
+                                       &t[k].written);
+        if (st != FT_OK) {
+            return st;
+        }
+        ft_codec_params q;
+        int32_t n = 0;
+        st = ft_codec_decode(t[k].out, t[k].written, scratch, t[k].n, &q, &n);
+        if (st != FT_OK) {
+            return st;
+        }
+        acc += ft_sum_sq(scratch, n, 1.0f);
+    }
+    *sent_sq = acc;
+    return FT_OK;
+}
+
+ft_status ft_codec_encode_update(ft_codec_tensor *tensors, int32_t count, float clip, float noise_std,
+                                 uint32_t noise_key, float *scratch, int32_t scratch_n, float *norm_before,
+                                 float *norm_sent)
+{
+    if (tensors == NULL || scratch == NULL || norm_before == NULL || norm_sent == NULL) {
+        return FT_ERR_NULL_ARG;
+    }
+    if (count < 1 || !(clip > 0.0f) || !(noise_std >= 0.0f)) {
+        return FT_ERR_BAD_CONFIG;
+    }
+    float sq = 0.0f;
+    for (int32_t k = 0; k < count; k++) {
+        if (tensors[k].v == NULL || tensors[k].n > scratch_n) {
+            return FT_ERR_BAD_CONFIG;
+        }
+        sq += ft_sum_sq(tensors[k].v, tensors[k].n, 1.0f);
+    }
+    if (!(sq <= 3.4028235e38f)) {
+        return FT_ERR_BAD_DATA; /* a non-finite update cannot be clipped */
+    }
+    const float norm = ft_sqrtf(sq);
+    *norm_before = norm;
+    float f = norm > clip ? clip / norm : 1.0f;
+    float sent_sq = 0.0f;
+    ft_status st = ft_encode_all(tensors, count, f, noise_std, noise_key, scratch, &sent_sq);
+    for (int tries = 0; st == FT_OK && noise_std == 0.0f && sent_sq > clip * clip; tries++) {
+        f = tries < 8 ? f * (clip / ft_sqrtf(sent_sq)) * (1.0f - 1.0f / 1048576.0f) : 0.0f;
+        st = ft_encode_all(tensors, count, f, noise_std, noise_key, scratch, &sent_sq);
+    }
+    *norm_sent = ft_sqrtf(sent_sq);
+    return st;
+}

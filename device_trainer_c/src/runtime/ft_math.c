@@ -90,6 +90,36 @@ uint32_t ft_hash32(uint32_t x)
     return x;
 }
 
+float ft_sqrtf(float x)
+{
+    if (!(x > 0.0f)) {
+        return x == 0.0f ? 0.0f : -1.0f;
+    }
+    if (!(x <= 3.4028235e38f)) {
+        return x;
+    }
+    /* halve the exponent for a first guess, then Newton steps y <- (y + x / y) / 2 */
+    float y = ft_bits_to_float((ft_float_to_bits(x) >> 1) + 0x1FC00000u);
+    for (int i = 0; i < 5; i++) {
+        y = 0.5f * (y + x / y);
+    }
+    return y;
+}
+
+float ft_gaussian(uint32_t key, uint32_t ctr)
+{
+    /* Marsaglia's polar method on draws (2 ctr + 2 k, 2 ctr + 2 k + 1) of ft_uniform, k = 0, 1, ... */
+    for (uint32_t k = 0;; k++) {
+        const uint32_t c = ft_hash32(ctr) ^ (k * 0x9E3779B9u);
+        const float u = 2.0f * ft_uniform(key, 2u * c) - 1.0f;
+        const float v = 2.0f * ft_uniform(key, 2u * c + 1u) - 1.0f;
+        const float s = u * u + v * v;
+        if (s > 0.0f && s < 1.0f) {
+            return u * ft_sqrtf(-2.0f * ft_logf(s) / s);
+        }
+    }
+}
+
 float ft_uniform(uint32_t key, uint32_t ctr)
 {
     return (float)(ft_hash32(key ^ ft_hash32(ctr)) >> 8) * (1.0f / 16777216.0f);
