@@ -83,7 +83,7 @@ def test_every_sent_update_is_within_the_clip_after_decoding(bits):
         status, blobs, before, sent = _core.codec_encode_update(tensors, clip, 0.0, 7)
         assert status == 0
         norm_sq = 0.0
-        for (b, _, ch, _, _, v, _), blob in zip(tensors, blobs):
+        for (_, _, ch, _, _, v, _), blob in zip(tensors, blobs):
             values, _ = decode(blob, v.size, Layout(ch, False))
             norm_sq += float(np.sum(values.astype(np.float64) ** 2))
         assert math.sqrt(norm_sq) <= clip * (1 + 1e-6), (case, math.sqrt(norm_sq))
