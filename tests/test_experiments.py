@@ -44,3 +44,17 @@ def test_bits_sweep_writes_table_and_plot(tmp_path, cache_dir):
     assert abs(int(q2["down_bytes"]) - int(f32["down_bytes"])) < 0.01 * int(f32["down_bytes"])
     assert "best uplink compression" in proc.stdout
     assert (out / "bits_sweep.md").exists() and (out / "bits_sweep.png").stat().st_size > 5000
+
+
+def test_privacy_sweep_writes_table_and_plot(tmp_path, cache_dir):
+    env = {**os.environ, "FEDTINY_CACHE": str(cache_dir)}
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments/privacy_sweep.py"), "--epsilons", "8",
+                           "--rounds", "2", "--", "experiment=digits_quick"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = next((tmp_path / "outputs/privacy_sweep").iterdir())
+    rows = list(csv.DictReader(open(out / "privacy_sweep.csv")))
+    assert [r["target_epsilon"] for r in rows] == ["inf", "8.0"]
+    assert float(rows[1]["epsilon"]) <= 8.0 and float(rows[1]["noise_multiplier"]) > 0
+    assert float(rows[1]["epsilon_flower_accountant"]) >= float(rows[1]["epsilon"])
+    assert (out / "privacy_sweep.md").exists() and (out / "privacy_sweep.png").stat().st_size > 5000
