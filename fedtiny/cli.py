@@ -3,9 +3,12 @@
     fedtiny [overrides...]            run one experiment (default: conf/config.yaml)
     fedtiny -m key=a,b [overrides]    sweep with Hydra multirun
     fedtiny pretrain [overrides...]   pretrain, quantize and cache the backbone only
+    fedtiny report DIR                table and budget/Pareto plots of a sweep directory
 
 A configuration error (unknown group option or key, wrong type, impossible value) is
-reported in one line before anything starts, and the exit status is 2.
+reported in one line before anything starts, and the exit status is 2. In a multirun, a run
+that fails writes its reason to ``error.txt`` in its directory and the sweep goes on
+(``fedtiny report`` lists it).
 """
 
 from __future__ import annotations
@@ -32,11 +35,24 @@ def _fail(err: Exception) -> None:
 def _run(cfg: DictConfig) -> None:
     from fedtiny.experiment import run_experiment
 
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
     try:
         typed = validate(cfg)
-        run_experiment(typed, Path(HydraConfig.get().runtime.output_dir))
-    except ConfigError as err:  # e.g. a memory budget that holds no update scheme
-        _fail(err)
+        run_experiment(typed, out)
+    except Exception as err:  # noqa: BLE001 - a sweep records the failure and goes on
+        if hc.mode != RunMode.MULTIRUN:
+            if isinstance(err, ConfigError):  # e.g. a memory budget that holds no update scheme
+                _fail(err)
+            raise
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "config.yaml").exists():
+            (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (out / "error.txt").write_text(f"{type(err).__name__}: {err}\n")
+        print(f"fedtiny: run {out} failed: {type(err).__name__}: {err}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
             return pretrain_main(argv[1:])
         except ConfigError as err:
             _fail(err)
+    if argv[:1] == ["report"]:
+        from fedtiny.report import main as report_main
+
+        sys.exit(report_main(argv[1:]))
     multirun = "-m" in argv or "--multirun" in argv
     if not multirun and not _INFO_FLAGS.intersection(argv):
         overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra.")]

@@ -147,6 +147,42 @@ class PrivacyCfg:
 
 
 @dataclass
+class RadioCfg:
+    kind: str = "BLE"
+    tx_nj_per_byte: float = 230.0
+    rx_nj_per_byte: float = 220.0
+    throughput_kbps: float = 100.0
+
+
+@dataclass
+class CyclesCfg:
+    int8: float = 4.0
+    float_fwd: float = 4.0
+    float_bwd: float = 5.0
+    update: float = 1.0
+
+
+@dataclass
+class BoardCfg:
+    name: str = "nrf52840"
+    core: str = "Cortex-M4F"
+    clock_mhz: float = 64.0
+    sram_kb: float = 256.0
+    flash_kb: float = 1024.0
+    active_mw: float = 9.9
+    sleep_mw: float = 0.0095
+    radio: RadioCfg = field(default_factory=RadioCfg)
+    cycles_per_mac: CyclesCfg = field(default_factory=CyclesCfg)
+
+
+@dataclass
+class EnergyCfg:
+    round_period_s: float = 60.0
+    budget_mj: Any = None
+    battery_mj: Any = None
+
+
+@dataclass
 class CodecCfg:
     bits: int = 32
     per_channel: bool = True
@@ -185,6 +221,8 @@ class TopCfg:
     budget: BudgetCfg = field(default_factory=BudgetCfg)
     codec: CodecCfg = field(default_factory=CodecCfg)
     privacy: PrivacyCfg = field(default_factory=PrivacyCfg)
+    board: BoardCfg = field(default_factory=BoardCfg)
+    energy: EnergyCfg = field(default_factory=EnergyCfg)
 
 
 def _typed(schema: type, node: Any, where: str) -> DictConfig:
@@ -291,6 +329,18 @@ def validate(cfg: DictConfig) -> DictConfig:
                f"privacy.{key} must be a number > 0 or null, got {value!r}")
     _check(pr.mode == "off" or not q.error_feedback,
            "privacy: error feedback would carry clipped-away and noised values across rounds; turn one off")
+    b = top.board
+    numbers = {"clock_mhz": b.clock_mhz, "sram_kb": b.sram_kb, "flash_kb": b.flash_kb, "active_mw": b.active_mw,
+               "radio.tx_nj_per_byte": b.radio.tx_nj_per_byte, "radio.rx_nj_per_byte": b.radio.rx_nj_per_byte,
+               "radio.throughput_kbps": b.radio.throughput_kbps,
+               **{f"cycles_per_mac.{k}": v for k, v in b.cycles_per_mac.items()}}
+    bad = [k for k, v in numbers.items() if not v > 0]
+    _check(not bad and b.sleep_mw >= 0, f"board {b.name}: {bad or ['sleep_mw']} must be > 0 (sleep_mw >= 0)")
+    e = top.energy
+    _check(e.round_period_s > 0, f"energy.round_period_s must be > 0, got {e.round_period_s}")
+    for key in ("budget_mj", "battery_mj"):
+        _check(e[key] is None or (isinstance(e[key], (int, float)) and e[key] > 0),
+               f"energy.{key} must be a number > 0 or null, got {e[key]!r}")
     for key in ("raise_partitions", "nan_partitions", "malformed_partitions"):
         bad = [p for p in top.faults[key] if not 0 <= p < devices]
         _check(not bad, f"faults.{key}: {bad} are not partition ids in [0, {devices})")

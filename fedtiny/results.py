@@ -3,7 +3,10 @@
 ``metrics.csv`` columns: round (0 = the pretrained model before any round), accuracy and loss
 of the global model on the server's held-out field data, fed_accuracy/fed_loss (federated
 evaluation on the clients' test splits), train_loss/train_accuracy (example-weighted means
-reported by the clients), epsilon (cumulative privacy epsilon after the round, DP runs only),
+reported by the clients), declined (devices whose energy budget could not afford one epoch),
+energy_mj_mean and its compute/radio/idle parts (mean over the devices contacted in the round:
+compute from the trainer's MACs, 0 for a device that declined; radio from its exact bytes;
+sleep for the rest of the round period; board profile in conf/board/), epsilon (cumulative privacy epsilon after the round, DP runs only),
 update_norm_max (largest L2 norm of a decoded update this round: the clipping bound in DP runs),
 ef_residual_norm (example-weighted mean over the clients of the norm
 of the error-feedback residual each carried into its update; 0 without error feedback),
@@ -28,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 COLUMNS = ["round", "accuracy", "loss", "fed_accuracy", "fed_loss", "train_loss", "train_accuracy", "ef_residual_norm",
-           "epsilon", "update_norm_max", "participating",
+           "epsilon", "update_norm_max", "participating", "declined", "energy_mj_mean", "energy_compute_mj_mean",
+           "energy_radio_mj_mean", "energy_idle_mj_mean",
            "failed", "rejected", "contributors_min", "contributors_max", "bytes_up", "bytes_down", "bytes_up_payload",
            "bytes_up_overhead", "bytes_down_payload", "bytes_down_overhead", "wall_s"]
 BYTE_COLUMNS = ("bytes_up", "bytes_down", "bytes_up_payload", "bytes_up_overhead", "bytes_down_payload",
@@ -47,7 +51,16 @@ class RoundLog:
         self.server_round = server_round
         self.tensor_counts: dict = {}
         self.traffic: list[tuple] = []
-        self.row = {k: 0 for k in ("participating", "failed", "rejected", *BYTE_COLUMNS)}
+        self.computed: dict[int, tuple[float, float]] = {}
+        self.row = {k: 0 for k in ("participating", "failed", "rejected", "declined", *BYTE_COLUMNS)}
+
+    def compute(self, pid: int, mj: float, seconds: float) -> None:
+        self.computed[pid] = (mj, seconds)
+
+    def declined(self, pid: int) -> None:
+        self.row["declined"] += 1
+        self.failures.append({"round": self.server_round, "stage": "train", "partition": pid, "what": "declined",
+                              "reason": "energy budget: cannot afford one epoch"})
 
     def _bytes(self, direction: str, stage: str, pid: int, payload: int, overhead: int) -> None:
         self.row[f"bytes_{direction}"] += payload + overhead
@@ -104,6 +117,8 @@ class RunRecorder:
         self.rounds = rounds
         self.log = RoundLog()
         self.rows: list[dict] = []
+        self.energy = None  # (fedtiny.budgets.energy.Board, round period s): per-round energy columns
+        self.energy_totals: list[float] = []
         self.epsilons: list[float] = []  # cumulative privacy epsilon after each round (DP runs)
         self.t0 = self.t_round = time.perf_counter()
         self.csv_path = self.out_dir / "metrics.csv"
@@ -125,6 +140,8 @@ class RunRecorder:
         row.update(self.log.row)
         row.update(round=server_round, accuracy=round(accuracy, 6), loss=round(loss, 6),
                    wall_s=round(now - self.t_round, 3))
+        if self.energy is not None and self.log.traffic:
+            self._energy(row)
         if self.epsilons:
             row["epsilon"] = round(self.epsilons[server_round - 1], 6) if server_round > 0 else 0.0
         for key in ("fed_accuracy", "fed_loss", "train_loss", "train_accuracy", "ef_residual_norm"):
@@ -157,6 +174,27 @@ class RunRecorder:
             status = f"accuracy {accuracy:.3f}  failed {row['failed']}"
             self._progress.update(self._task, completed=server_round, description=status)
 
+    def _energy(self, row: dict) -> None:
+        """Per device the server contacted this round: reported compute energy (0 if it declined
+        or failed) + radio energy of its exact bytes this round + sleep for the rest of the round
+        period (fedtiny.budgets.energy)."""
+        from fedtiny.budgets.energy import radio_mj, radio_seconds
+
+        board, period = self.energy
+        parts = []
+        for pid in sorted({t[0] for t in self.log.traffic}):
+            mj, seconds = self.log.computed.get(pid, (0.0, 0.0))
+            up = sum(p + o for q, _, d, p, o in self.log.traffic if q == pid and d == "up")
+            down = sum(p + o for q, _, d, p, o in self.log.traffic if q == pid and d == "down")
+            radio = radio_mj(board, up, down)
+            idle = max(0.0, period - seconds - radio_seconds(board, up, down)) * board.sleep_mw
+            parts.append((mj + radio + idle, mj, radio, idle))
+        means = [sum(p[i] for p in parts) / len(parts) for i in range(4)]
+        for key, value in zip(("energy_mj_mean", "energy_compute_mj_mean", "energy_radio_mj_mean",
+                               "energy_idle_mj_mean"), means):
+            row[key] = round(value, 4)
+        self.energy_totals.extend(p[0] for p in parts)
+
     def close(self) -> None:
         """Stop the progress display (idempotent; also called when a run fails)."""
         if self._progress is not None:
@@ -177,6 +215,9 @@ class RunRecorder:
             "rejected_total": int(sum(int(r["rejected"] or 0) for r in rows)),
             "wall_s": round(time.perf_counter() - self.t0, 3),
             "failures": self.log.failures,
+            "declined_total": int(sum(int(r["declined"] or 0) for r in rows)),
+            "energy_total_mj": round(sum(self.energy_totals), 3),
+            "energy_per_device_round_mj": round(sum(self.energy_totals) / max(1, len(self.energy_totals)), 3),
         }
         out.update(summary)
         (self.out_dir / "summary.json").write_text(json.dumps(out, indent=2))

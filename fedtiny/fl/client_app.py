@@ -18,8 +18,11 @@ from dataclasses import replace
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.serde import recorddict_to_proto
 
 from fedtiny import _core
+from fedtiny.budgets.energy import (Board, affordable_epochs, compute_mj, compute_seconds, round_energy,
+                                    training_macs)
 from fedtiny.fl import codec
 from fedtiny.fl.aggregate import channel_axes
 from fedtiny.fl.records import record_to_params
@@ -56,13 +59,19 @@ def train(msg: Message, context: Context) -> Message:
     tc = replace(train_config_for(cfg_json, pid), lr=float(conf["lr"]), momentum=float(conf["momentum"]),
                  weight_decay=float(conf["weight-decay"]), batch_size=int(conf["batch-size"]),
                  prox_mu=float(conf.get("proximal-mu", 0.0)))
-    trainer = Trainer(experiment_state(cfg_json).model, tc)
+    model = experiment_state(cfg_json).model
+    epochs, energy = _energy_plan(cfg, model, tc, len(data.y_train), int(conf["epochs"]), msg, context)
+    if epochs == 0:  # the device cannot afford a single epoch this round: it declines
+        return Message(RecordDict({"metrics": MetricRecord({"declined": 1, "partition-id": pid,
+                                                            "battery-mj": energy.get("battery", -1.0)})}),
+                       reply_to=msg)
+    trainer = Trainer(model, tc)
     # a device loads the tensors it trains; the others stay as in its model file (its flash)
     received = received_arrays(msg, trainer)
     trainer.set_params(record_to_params(ArrayRecord({k: Array(v) for k, v in received.items()}), trainer.get_params()),
                        only_updated=True)
-    stats = trainer.train_epochs(data.x_train, data.y_train, epochs=int(conf["epochs"]),
-                                 seed=train_seed(int(cfg.seed), rnd, pid))
+    stats = trainer.train_epochs(data.x_train, data.y_train, epochs=epochs, seed=train_seed(int(cfg.seed), rnd, pid))
+    macs = training_macs(model, tc, len(data.y_train), epochs)
     arrays, subset = partial_update(trainer)
     axes = channel_axes(trainer.model)
     deltas = {}
@@ -86,10 +95,42 @@ def train(msg: Message, context: Context) -> Message:
         blobs, subset = malform(blobs, subset, str(kind), int(cfg.codec.max_update_bytes))
     metrics = MetricRecord({"num-examples": len(data.y_train), "train-loss": stats.loss,
                             "train-accuracy": stats.accuracy, "partition-id": pid,
-                            "arena-bytes": trainer.arena_hwm, "ef-residual-norm": residual_norm})
+                            "arena-bytes": trainer.arena_hwm, "ef-residual-norm": residual_norm,
+                            "epochs-done": epochs, "energy-compute-mj": compute_mj(energy["board"], macs),
+                            "compute-s": compute_seconds(energy["board"], macs),
+                            "battery-mj": energy.get("battery", -1.0)})
     subset["scheme"] = scheme.name if scheme is not None else "all"
     record = ArrayRecord({k: Array(b) for k, b in blobs.items()})
     return Message(RecordDict({"arrays": record, "metrics": metrics, "subset": ConfigRecord(subset)}), reply_to=msg)
+
+
+def _energy_plan(cfg, model, tc, samples: int, epochs: int, msg: Message, context: Context) -> tuple[int, dict]:
+    """Epochs this device trains this round under its energy budget (0: decline), and its board.
+    The budget is energy.budget_mj and what is left of energy.battery_mj (kept in the node
+    state); the round's cost uses the bytes just received (exact) and the update it will send
+    (from the codec's format plus about 1.1 KB of framing, metrics and subset record)."""
+    board = Board.from_cfg(cfg.board)
+    out: dict = {"board": board}
+    limits = [float(cfg.energy.budget_mj)] if cfg.energy.budget_mj is not None else []
+    if cfg.energy.battery_mj is not None:
+        state = context.state.metric_records.get("battery") if context is not None else None
+        left = float(state["left-mj"]) if state is not None else float(cfg.energy.battery_mj)
+        limits.append(left)
+        out["battery"] = left
+    if not limits:
+        return epochs, out
+    from fedtiny.budgets.memory import codec_bytes
+
+    down = recorddict_to_proto(msg.content).ByteSize()
+    up = codec_bytes(model, tc, int(cfg.codec.bits), bool(cfg.codec.per_channel))["tx_buffer"] + 1100
+    period = float(cfg.energy.round_period_s)
+    done = affordable_epochs(board, model, tc, samples, epochs, min(limits), up, down, period)
+    if "battery" in out:
+        spent = round_energy(board, training_macs(model, tc, samples, done), up if done else 0, down,
+                             period)["total_mj"]
+        out["battery"] = max(0.0, out["battery"] - spent)
+        context.state["battery"] = MetricRecord({"left-mj": out["battery"]})
+    return done, out
 
 
 def received_arrays(msg: Message, trainer: Trainer) -> dict[str, np.ndarray]:

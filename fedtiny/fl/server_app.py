@@ -20,6 +20,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fedtiny.budgets.energy import Board
 from fedtiny.config import num_devices
 from fedtiny.experiment import memory_schemes, prepare_output
 from fedtiny.fl.aggregate import channel_axes
@@ -79,6 +80,7 @@ def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
         denominators = dp_denominators(cfg_json, expected_shapes(template), channel_axes(model)) \
             if privacy["mode"] == "central" else None
         recorder.epsilons = privacy.get("epsilon_per_round", [])
+        recorder.energy = (Board.from_cfg(cfg.board), float(cfg.energy.round_period_s))
         strategy.setup(node_of, expected_shapes(template), channel_axes(model), int(cfg.seed),
                        int(cfg.clients_per_round), recorder.log, int(cfg.codec.max_update_bytes),
                        int(cfg.codec.downlink_bits), privacy, denominators)
@@ -100,6 +102,8 @@ def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
         "codec": {"bits": int(cfg.codec.bits), "per_channel": bool(cfg.codec.per_channel),
                   "error_feedback": bool(cfg.codec.error_feedback), "rounding": str(cfg.codec.rounding),
                   "downlink_bits": int(cfg.codec.downlink_bits)},
+        "board": str(cfg.board.name),
+        "energy_budget_mj": cfg.energy.budget_mj, "battery_mj": cfg.energy.battery_mj,
         "privacy": _privacy_summary(privacy_plan(cfg_json), int(cfg.rounds)),
         "memory_schemes": {f"{kb:g}": {"scheme": sc.name, "precision": sc.precision, "arena_bytes": need}
                            for kb, (sc, need) in memory_schemes(cfg_json).items()},

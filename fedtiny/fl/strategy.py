@@ -137,6 +137,11 @@ class FedtinyStrategy:
                 continue
             content = msg.content
             reason, parsed, payload = None, None, 0
+            metrics = content.metric_records.get("metrics")
+            if kind == MessageType.TRAIN and metrics is not None and int(metrics.get("declined", 0)):
+                traffic.append((pid, 0, recorddict_to_proto(content).ByteSize()))
+                self.round_log.declined(pid)  # energy budget: the device sat this round out
+                continue
             if kind == MessageType.TRAIN:
                 if self.arrayrecord_key not in content.array_records:
                     reason = "no parameters in the reply"
@@ -156,13 +161,14 @@ class FedtinyStrategy:
                     if reason is None:
                         parsed, reason = parse_update(arrays, subset, self.shapes, self.axes)
             traffic.append((pid, payload, recorddict_to_proto(content).ByteSize() - payload))
-            metrics = content.metric_records.get("metrics")
             if reason is None and (metrics is None or not float(metrics.get(self.weighted_by_key, 0)) > 0):
                 reason = f"missing or non-positive '{self.weighted_by_key}'"
             if reason is not None:
                 rejected.append((pid, reason))
                 continue
             valid.append((pid, msg, parsed))
+            if kind == MessageType.TRAIN and "energy-compute-mj" in metrics:
+                self.round_log.compute(pid, float(metrics["energy-compute-mj"]), float(metrics["compute-s"]))
         valid.sort(key=lambda item: item[0])
         self.round_log.received(kind, [p for p, _, _ in valid], failed, rejected, sorted(traffic))
         return [(m, parsed) for _, m, parsed in valid]
