@@ -4,6 +4,7 @@
     fedtiny -m key=a,b [overrides]    sweep with Hydra multirun
     fedtiny pretrain [overrides...]   pretrain, quantize and cache the backbone only
     fedtiny report DIR                table and budget/Pareto plots of a sweep directory
+    fedtiny board info URL            ask a board (serial port or socket://host:port) who it is
 
 A configuration error (unknown group option or key, wrong type, impossible value) is
 reported in one line before anything starts, and the exit status is 2. In a multirun, a run
@@ -64,6 +65,18 @@ def main(argv: list[str] | None = None) -> None:
             return pretrain_main(argv[1:])
         except ConfigError as err:
             _fail(err)
+    if argv[:2] == ["board", "info"] and len(argv) == 3:
+        from fedtiny.devices.link import BoardClient, BoardError
+
+        try:
+            client = BoardClient(argv[2], timeout=2.0)
+            for key, value in client.hello().items():
+                print(f"{key}: {value}")
+            client.close()
+        except (BoardError, OSError, ValueError) as err:
+            print(f"fedtiny board: {argv[2]}: {err}", file=sys.stderr)
+            sys.exit(1)
+        return None
     if argv[:1] == ["report"]:
         from fedtiny.report import main as report_main
 

@@ -15,7 +15,7 @@ if ! ctest --test-dir build/test-c -V > build/test-c/ctest.log 2>&1; then
     cat build/test-c/ctest.log
     exit 1
 fi
-grep -E "ft_expf|loader:|plan:|training|codec:|tests passed" build/test-c/ctest.log
+grep -E "ft_expf|loader:|plan:|training|codec:|protocol:|tests passed" build/test-c/ctest.log
 
 echo "== C: Cortex-M4F cross build (arm-none-eabi-gcc, -mfloat-abi=hard -mfpu=fpv4-sp-d16) + mps2-an386 twin firmware"
 cmake -S device_trainer_c -B build/test-m4 -DCMAKE_TOOLCHAIN_FILE=cmake/arm-none-eabi-cortex-m4.cmake \

@@ -12,6 +12,7 @@
 #include "fedtiny/ft_math.h"
 #include "fedtiny/ft_model.h"
 #include "fedtiny/ft_codec.h"
+#include "fedtiny/ft_proto.h"
 #include "fedtiny/ft_trainer.h"
 
 static int failures = 0, checks = 0;
@@ -297,6 +298,58 @@ static void test_codec(void)
            rejected, accepted);
 }
 
+/* Protocol: frames separated by garbage, truncated and corrupted frames; every intact frame is
+ * received, in order, and nothing else. */
+static void test_proto(void)
+{
+    static uint8_t stream[1u << 18];
+    static uint8_t payload[FT_PROTO_MAX_PAYLOAD];
+    static uint16_t want_len[2048];
+    static uint8_t want_seq[2048];
+    uint32_t rng = 99u, n = 0, intact = 0;
+    for (uint32_t f = 0; f < 600 && n + 2 * FT_PROTO_MAX_FRAME < sizeof stream; f++) {
+        rng = ft_hash32(rng + 1u);
+        const uint32_t garbage = rng % 7u == 0u ? rng % 40u : 0u;
+        for (uint32_t g = 0; g < garbage; g++) {
+            rng = ft_hash32(rng + 3u);
+            stream[n++] = (g % 5u == 0u) ? FT_PROTO_SYNC0 : (uint8_t)rng; /* garbage with sync bytes */
+        }
+        rng = ft_hash32(rng + 5u);
+        const uint16_t len = (uint16_t)(rng % 300u);
+        for (uint32_t i = 0; i < len; i++) {
+            payload[i] = (uint8_t)(ft_hash32(rng + i) >> 7);
+        }
+        uint32_t size = ft_proto_write(stream + n, (uint8_t)(1u + f % 6u), (uint8_t)f, payload, len);
+        const uint32_t fate = ft_hash32(rng + 11u) % 10u;
+        if (fate == 0u) { /* corrupt one byte */
+            stream[n + 2u + ft_hash32(rng + 13u) % (size - 2u)] ^= 0x10u;
+        } else if (fate == 1u) { /* truncate */
+            size = 1u + ft_hash32(rng + 17u) % (size - 1u);
+        } else {
+            want_len[intact] = len;
+            want_seq[intact] = (uint8_t)f;
+            intact++;
+        }
+        n += size;
+    }
+    ft_proto_rx rx;
+    ft_proto_rx_init(&rx);
+    ft_frame fr;
+    uint32_t got = 0;
+    int order_ok = 1;
+    for (uint32_t i = 0; i < n; i++) {
+        if (ft_proto_feed(&rx, stream[i], &fr)) {
+            order_ok &= got < intact && fr.seq == want_seq[got] && fr.length == want_len[got];
+            got++;
+        }
+    }
+    CHECK(order_ok);
+    CHECK(got == intact);
+    printf("protocol: %u of %u frames intact, all %u received in order after garbage/truncation/corruption "
+           "(%u dropped, %u bytes skipped)\n", intact, 600u, got, rx.dropped, rx.skipped);
+    CHECK(ft_proto_write(stream, 1, 0, payload, FT_PROTO_MAX_PAYLOAD + 1u) == 0u);
+}
+
 int main(void)
 {
     build_model();
@@ -306,6 +359,7 @@ int main(void)
     test_loader();
     test_training();
     test_codec();
+    test_proto();
     printf("%d passed, %d failed\n", checks - failures, failures);
     return failures == 0 ? 0 : 1;
 }

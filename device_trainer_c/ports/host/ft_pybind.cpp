@@ -6,12 +6,15 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <memory>
+#include <string>
 #include <cstring>
 #include <tuple>
 #include <vector>
 
 extern "C" {
 #include "fedtiny/ft_codec.h"
+#include "fedtiny/ft_proto.h"
 #include "fedtiny/ft_math.h"
 #include "fedtiny/ft_model.h"
 #include "fedtiny/ft_nn.h"
@@ -178,6 +181,29 @@ PYBIND11_MODULE(_core, m) {
                                        &p, &n);
         return py::make_tuple(static_cast<int>(st), out, n, py::make_tuple(p.bits, p.per_channel, p.channels,
                                                                            p.channel_last));
+    });
+    // ---- serial protocol (ft_proto.h): the board's receiver run over a byte stream ----
+    m.def("proto_parse", [](const py::bytes &data) {
+        const std::string s = data;
+        auto rx = std::make_unique<ft_proto_rx>();
+        ft_proto_rx_init(rx.get());
+        py::list frames;
+        ft_frame f{};
+        for (unsigned char c : s) {
+            if (ft_proto_feed(rx.get(), c, &f)) {
+                frames.append(py::make_tuple(f.type, f.seq, py::bytes(reinterpret_cast<const char *>(f.payload),
+                                                                      f.length)));
+            }
+        }
+        return py::make_tuple(frames, rx->dropped, rx->skipped);
+    });
+    m.def("proto_write", [](int type, int seq, const py::bytes &payload) {
+        const std::string p = payload;
+        std::vector<uint8_t> out(FT_PROTO_MAX_FRAME);
+        const uint32_t n = ft_proto_write(out.data(), static_cast<uint8_t>(type), static_cast<uint8_t>(seq),
+                                          reinterpret_cast<const uint8_t *>(p.data()), static_cast<uint16_t>(
+                                              std::min<size_t>(p.size(), 0xFFFF)));
+        return py::bytes(reinterpret_cast<const char *>(out.data()), p.size() > 0xFFFF ? 0 : n);
     });
     m.def("uniform", [](uint32_t key, uint32_t ctr) { return ft_uniform(key, ctr); });
     m.def("gaussian", [](uint32_t key, uint32_t ctr) { return ft_gaussian(key, ctr); });

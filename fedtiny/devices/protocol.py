@@ -1,0 +1,75 @@
+"""The host side of fedtiny's serial protocol (``device_trainer_c/include/fedtiny/ft_proto.h``).
+
+    frame = A5 5A | type | seq | length (u16 LE) | payload | CRC-32 (u32 LE) of type..payload
+
+:func:`frame` writes one; :class:`Receiver` is the same resynchronising byte-at-a-time state
+machine as the board's (``ft_proto_feed``): after a bad length or CRC it drops one byte and
+rescans what it had buffered, so garbage, truncated and corrupted frames cost only themselves.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+SYNC = b"\xa5\x5a"
+HEADER = 6
+MAX_PAYLOAD = 1024
+REPLY = 0x80
+HELLO, LOAD, TRAIN, UPDATE, EVALUATE, RESET, ERROR = 1, 2, 3, 4, 5, 6, 0x7F
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: int
+    seq: int
+    payload: bytes
+
+
+def frame(type_: int, seq: int, payload: bytes = b"") -> bytes:
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    body = struct.pack("<BBH", type_ & 0xFF, seq & 0xFF, len(payload)) + payload
+    return SYNC + body + struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.frames = self.dropped = self.skipped = 0
+
+    def feed(self, data: bytes) -> list[Frame]:
+        out = []
+        for b in data:
+            self.buf.append(b)
+            f = self._scan()
+            if f is not None:
+                out.append(f)
+        return out
+
+    def _scan(self) -> Frame | None:
+        buf = self.buf
+        while True:
+            if len(buf) >= 1 and buf[0] != SYNC[0] or len(buf) >= 2 and buf[1] != SYNC[1]:
+                del buf[0]
+                self.skipped += 1
+                continue
+            if len(buf) < HEADER:
+                return None
+            length = buf[4] | (buf[5] << 8)
+            if length > MAX_PAYLOAD:
+                del buf[0]
+                self.dropped += 1
+                continue
+            total = HEADER + length + 4
+            if len(buf) < total:
+                return None
+            if zlib.crc32(bytes(buf[2 : HEADER + length])) & 0xFFFFFFFF != struct.unpack_from("<I", buf, HEADER + length)[0]:
+                del buf[0]
+                self.dropped += 1
+                continue
+            f = Frame(buf[2], buf[3], bytes(buf[HEADER : HEADER + length]))
+            del buf[:total]
+            self.frames += 1
+            return f
