@@ -152,7 +152,7 @@ class FedtinyStrategy:
                         blobs = {k: a.numpy() for k, a in record.items()}
                     except Exception as err:  # undecodable payload
                         blobs, reason = {}, f"undecodable arrays ({type(err).__name__})"
-                    payload = sum(payload_bytes(int(b.size)) for b in blobs.values())
+                    payload = sum(payload_bytes(int(b.nbytes)) for b in blobs.values())
                     if reason is None and not blobs:
                         reason = "no parameters in the update"
                     if reason is None:
