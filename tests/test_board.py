@@ -140,6 +140,34 @@ def test_board_info_command(board):
     assert board.hello()["protocol"] == 1
 
 
+def test_board_trains_from_the_global_model_it_is_sent(board, task):
+    """Round > 1: the board gets the global values (PARAMS) and sends its change against them."""
+    from fedtiny.config import compose
+    from fedtiny.fl.aggregate import channel_axes
+    from fedtiny.fl.client_app import encode_update
+
+    model, feats, y = task
+    board.load_model(model.to_bytes())
+    rng = np.random.default_rng(8)
+    host = Trainer(model, TrainConfig(lr=0.05, momentum=0.9, batch_size=8))
+    glob = [(w + rng.normal(0, 0.05, w.shape).astype(np.float32), b + np.float32(0.01)) if w.size else (w, b)
+            for w, b in host.get_params()]
+    board.set_params(glob)
+    host.set_params(glob)
+    res = board.train(epochs=1, seed=4, lr=0.05, momentum=0.9, batch=8, bits=4, per_channel=True, nearest=False,
+                      key=(3, 2, 5))
+    blobs = board.update(res["update_bytes"])
+    host.train_epochs(feats, y, epochs=1, seed=4)
+    deltas = {}
+    for k, ((w0, b0), (w1, b1)) in enumerate(zip(glob, host.get_params())):
+        if w0.size:
+            deltas[f"layer{k}.weight"], deltas[f"layer{k}.bias"] = w1 - w0, b1 - b0
+    want, _ = encode_update(deltas, channel_axes(model), compose(["codec.bits=4"]).codec, (3, 2, 5), None)
+    assert {k: v.tobytes() for k, v in blobs.items()} == {k: v.tobytes() for k, v in want.items()}
+    with pytest.raises(BoardError, match="BAD_DATA"):
+        board.request(P.PARAMS, (10**6).to_bytes(4, "little") + bytes(8))  # offset beyond the model
+
+
 def test_link_resynchronises_after_garbage_and_corrupted_frames(board):
     board.send_raw(bytes(range(256)) + b"\xa5\x5a\x01\x02\x40\x00" + b"\xa5" * 50)  # garbage, a stray header
     assert board.hello()["protocol"] == 1

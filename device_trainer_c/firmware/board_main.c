@@ -7,11 +7,15 @@
  *                (0: none), u32 local samples
  *   LOAD      u32 offset, u32 total, bytes -> u32 status, u32 bytes received
  *             (the model file in chunks; loaded and checked when the last chunk arrives)
+ *   PARAMS    u32 offset, f32 values -> u32 status (the global model's trainable values, all layers
+ *             in order, weights then bias per layer, as floats from `offset`; LOAD resets them
+ *             to the model file's values)
  *   TRAIN     u32 epochs, u32 seed, f32 lr, f32 momentum, u32 batch, u32 bits, u32 per-channel,
  *             u32 nearest, u32 key seed, u32 round, u32 device id
  *             -> u32 status, f32 loss, u32 correct, u32 count, u32 update bytes
- *             (trains every trainable tensor on the local data, then encodes w_trained - w_loaded
- *             per tensor with ft_codec in the order of the tensor names, as the simulated client)
+ *             (trains every trainable tensor from the global values on the local data, then encodes
+ *             w_trained - w_global per tensor with ft_codec in the order of the tensor names, as
+ *             the simulated client)
  *   UPDATE    u32 offset -> up to 1024 bytes of the update: u32 tensors, then per tensor u8 name
  *             length, name, u32 blob length, blob
  *   EVALUATE  -> u32 status, f32 loss, u32 correct, u32 count
@@ -46,7 +50,7 @@ static uint8_t tx[FT_PROTO_MAX_FRAME];
 static ft_proto_rx rx;
 static ft_model model;
 static ft_trainer trainer;
-static uint32_t model_len, model_ok, model_crc, update_len;
+static uint32_t model_len, model_ok, model_crc, update_len, n_params;
 
 static uint32_t get32(const uint8_t *b) { return (uint32_t)b[0] | ((uint32_t)b[1] << 8) | ((uint32_t)b[2] << 16) | ((uint32_t)b[3] << 24); }
 static void put32(uint8_t *b, uint32_t v)
@@ -140,15 +144,11 @@ static void cmd_train(const ft_frame *f)
     ft_dataset d;
     ft_status st = local_data(&d) ? ft_trainer_init(&trainer, &model, &cfg, arena, sizeof arena) : FT_ERR_BAD_DATA;
     const int32_t n_train = model.num_layers - model.first_trainable;
-    /* the loaded values, to send the change */
+    /* start from the global values (params0) */
     uint32_t off = 0;
     for (int32_t k = 0; st == FT_OK && k < n_train; k++) {
         const ft_layer *l = &model.layers[model.first_trainable + k];
-        if (off + (uint32_t)(l->weight_count + l->bias_count) > sizeof params0 / sizeof params0[0]) {
-            st = FT_ERR_ARENA_TOO_SMALL;
-            break;
-        }
-        st = ft_trainer_layer_params(&trainer, k, params0 + off, params0 + off + l->weight_count);
+        st = ft_trainer_set_layer_params(&trainer, k, params0 + off, params0 + off + l->weight_count);
         off += (uint32_t)(l->weight_count + l->bias_count);
     }
     ft_stats stats = {0};
@@ -256,6 +256,19 @@ static void handle(const ft_frame *f)
         ft_status st = FT_OK;
         if (model_len == total) {
             st = ft_model_load(&model, model_buf, total);
+            n_params = 0;
+            for (int32_t k = model.first_trainable; st == FT_OK && k < model.num_layers; k++) {
+                const ft_layer *l = &model.layers[k];
+                if (n_params + (uint32_t)(l->weight_count + l->bias_count) > sizeof params0 / sizeof params0[0]) {
+                    st = FT_ERR_ARENA_TOO_SMALL;
+                    break;
+                }
+                if (l->weight_count > 0) {
+                    memcpy(params0 + n_params, l->w_f32, (size_t)l->weight_count * sizeof(float));
+                    memcpy(params0 + n_params + l->weight_count, l->b_f32, (size_t)l->bias_count * sizeof(float));
+                }
+                n_params += (uint32_t)(l->weight_count + l->bias_count);
+            }
             model_ok = st == FT_OK;
             model_crc = ft_crc32(model_buf, total);
         }
@@ -266,6 +279,19 @@ static void handle(const ft_frame *f)
         put32(r, FT_OK);
         put32(r + 4, model_len);
         reply(f, (uint8_t)(f->type | FT_PROTO_REPLY), r, 8);
+        break;
+    }
+    case FT_MSG_PARAMS: {
+        const uint32_t off = f->length >= 4 ? get32(f->payload) : 0xFFFFFFFFu;
+        const uint32_t n = f->length >= 4 ? (f->length - 4u) / 4u : 0u;
+        if (!model_ok || f->length < 4 || (f->length - 4u) % 4u != 0u || off > n_params || n > n_params - off) {
+            reply_status(f, model_ok ? FT_ERR_BAD_DATA : FT_ERR_NOT_INITIALIZED);
+            break;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+            params0[off + i] = getf(f->payload + 4u + 4u * i);
+        }
+        reply_status(f, FT_OK);
         break;
     }
     case FT_MSG_TRAIN:

@@ -69,6 +69,13 @@ class BoardClient:
             part = data[off : off + chunk]
             self.request(P.LOAD, struct.pack("<II", off, len(data)) + part)
 
+    def set_params(self, params: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """The global model's trainable values (per layer: weights, then bias), in chunks."""
+        flat = np.concatenate([np.concatenate([np.ravel(w), np.ravel(b)]).astype("<f4") for w, b in params])
+        per = (P.MAX_PAYLOAD - 4) // 4
+        for off in range(0, flat.size, per):
+            self.request(P.PARAMS, struct.pack("<I", off) + flat[off : off + per].tobytes())
+
     def train(self, epochs: int, seed: int, lr: float, momentum: float, batch: int, bits: int, per_channel: bool,
               nearest: bool, key: tuple[int, int, int]) -> dict:
         payload = struct.pack("<IIffIIIIIII", epochs, seed, lr, momentum, batch, bits, int(per_channel), int(nearest),

@@ -32,6 +32,7 @@ typedef enum {
     FT_MSG_UPDATE = 4,   /* fetch the encoded update in chunks */
     FT_MSG_EVALUATE = 5, /* loss and accuracy on local data */
     FT_MSG_RESET = 6,    /* forget the model and the trainer */
+    FT_MSG_PARAMS = 7,   /* the global model's trainable values: u32 offset, f32 values */
     FT_MSG_ERROR = 0x7F  /* reply: u32 ft_status, text */
 } ft_msg_type;
 
