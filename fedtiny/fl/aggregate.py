@@ -25,6 +25,19 @@ def channel_axes(model) -> dict[str, int]:
     return axes
 
 
+def declared_subset(subset: dict, key: str, shape: tuple, axis: int
+                    ) -> tuple[list[int] | None, tuple, str | None]:
+    """The channels a reply declares for tensor `key` (None: all) and the compact shape it must
+    then have; or a reason when the declaration is malformed."""
+    channels = subset.get(f"channels.{key}")
+    if channels is None:
+        return None, tuple(shape), None
+    channels = [int(c) for c in channels]
+    if not channels or channels != sorted(set(channels)) or channels[0] < 0 or channels[-1] >= shape[axis]:
+        return None, tuple(shape), f"{key}: channel subset must be sorted, unique and within [0, {shape[axis]})"
+    return channels, tuple(shape[:axis]) + (len(channels),) + tuple(shape[axis + 1 :]), None
+
+
 def parse_update(arrays: dict[str, np.ndarray], subset: dict, shapes: dict[str, tuple], axes: dict[str, int]
                  ) -> tuple[Parsed | None, str | None]:
     """Check a partial update against the expected shapes; returns (parsed, None) or (None, reason)."""
@@ -38,13 +51,9 @@ def parse_update(arrays: dict[str, np.ndarray], subset: dict, shapes: dict[str, 
         return None, f"channel subsets for arrays not sent: {stray}"
     parsed: Parsed = {}
     for key, values in arrays.items():
-        shape, axis = tuple(shapes[key]), axes[key]
-        channels = subset.get(f"channels.{key}")
-        if channels is not None:
-            channels = [int(c) for c in channels]
-            if not channels or channels != sorted(set(channels)) or channels[0] < 0 or channels[-1] >= shape[axis]:
-                return None, f"{key}: channel subset must be sorted, unique and within [0, {shape[axis]})"
-            shape = shape[:axis] + (len(channels),) + shape[axis + 1 :]
+        channels, shape, reason = declared_subset(subset, key, tuple(shapes[key]), axes[key])
+        if reason is not None:
+            return None, reason
         if values.dtype != np.float32:
             return None, f"{key}: dtype {values.dtype}, expected float32"
         if values.shape != shape:

@@ -25,7 +25,7 @@ from fedtiny.budgets.energy import (Board, affordable_epochs, compute_mj, comput
                                     training_macs)
 from fedtiny.fl import codec
 from fedtiny.fl.aggregate import channel_axes
-from fedtiny.fl.records import record_to_params
+from fedtiny.fl.records import expected_shapes, record_to_params
 from fedtiny.fl.state import client_state, device_budget_kb, device_scheme, experiment_state, train_config_for
 from fedtiny.trainer import TrainConfig, Trainer
 
@@ -140,10 +140,7 @@ def received_arrays(msg: Message, trainer: Trainer) -> dict[str, np.ndarray]:
     if int(msg.content["config"].get("downlink-bits", 32)) == 32:
         return {k: a.numpy() for k, a in record.items()}
     axes = channel_axes(trainer.model)
-    shapes = {}
-    for k, (w, b) in enumerate(trainer.get_params()):
-        if w.size:
-            shapes[f"layer{k}.weight"], shapes[f"layer{k}.bias"] = w.shape, b.shape
+    shapes = expected_shapes(trainer.get_params())
     out = {}
     for key, a in record.items():
         if key not in shapes:

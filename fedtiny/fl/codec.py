@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedtiny import _core
+from fedtiny.fl.aggregate import declared_subset
 
 HEADER_BYTES = 16
 VERSION = 1
@@ -260,13 +261,11 @@ def decode_update(blobs: dict[str, np.ndarray], subset: dict, shapes: dict[str, 
     for key in sorted(blobs):
         if key not in shapes:
             return None, f"unexpected arrays ['{key}']"
-        shape, axis, g = tuple(shapes[key]), axes[key], global_arrays[key]
-        channels = subset.get(f"channels.{key}")
+        axis, g = axes[key], global_arrays[key]
+        channels, shape, reason = declared_subset(subset, key, tuple(shapes[key]), axis)
+        if reason is not None:
+            return None, reason
         if channels is not None:
-            channels = [int(c) for c in channels]
-            if not channels or channels != sorted(set(channels)) or channels[0] < 0 or channels[-1] >= shape[axis]:
-                return None, f"{key}: channel subset must be sorted, unique and within [0, {shape[axis]})"
-            shape = shape[:axis] + (len(channels),) + shape[axis + 1 :]
             g = np.take(g, channels, axis=axis)
         try:
             delta, _ = decode(blobs[key], int(np.prod(shape)), layout_of(shape, axis), max_bytes)
