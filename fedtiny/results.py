@@ -151,28 +151,26 @@ class RunRecorder:
         with open(self.csv_path, "a", newline="") as fh:
             csv.writer(fh).writerow([row[c] for c in COLUMNS])
         if self.log.traffic:
-            path = self.out_dir / "traffic.csv"
-            new = not path.exists()
-            with open(path, "a", newline="") as fh:
-                w = csv.writer(fh)
-                if new:
-                    w.writerow(["round", "partition", "stage", "direction", "payload_bytes", "overhead_bytes"])
-                for pid, stage, direction, payload, overhead in sorted(self.log.traffic):
-                    w.writerow([server_round, pid, stage, direction, payload, overhead])
+            self._append("traffic.csv", ["round", "partition", "stage", "direction", "payload_bytes", "overhead_bytes"],
+                         [[server_round, *t] for t in sorted(self.log.traffic)])
         if self.log.tensor_counts:
-            path = self.out_dir / "contributors.csv"
-            new = not path.exists()
-            with open(path, "a", newline="") as fh:
-                w = csv.writer(fh)
-                if new:
-                    w.writerow(["round", "tensor", "min", "mean", "max"])
-                for key, (lo, mean, hi) in sorted(self.log.tensor_counts.items()):
-                    w.writerow([server_round, key, lo, mean, hi])
+            self._append("contributors.csv", ["round", "tensor", "min", "mean", "max"],
+                         [[server_round, key, *c] for key, c in sorted(self.log.tensor_counts.items())])
         self.t_round = now
         self.log.start(server_round + 1)
         if self._progress is not None:
             status = f"accuracy {accuracy:.3f}  failed {row['failed']}"
             self._progress.update(self._task, completed=server_round, description=status)
+
+    def _append(self, name: str, header: list[str], rows: list[list]) -> None:
+        """Append rows to a per-round CSV of the run directory, writing the header first."""
+        path = self.out_dir / name
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            w = csv.writer(fh)
+            if new:
+                w.writerow(header)
+            w.writerows(rows)
 
     def _energy(self, row: dict) -> None:
         """Per device the server contacted this round: reported compute energy (0 if it declined

@@ -7,8 +7,6 @@ byte. The link survives garbage and corrupted frames."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -20,25 +18,15 @@ import pytest
 from fedtiny.devices import protocol as P
 from fedtiny.devices.link import BoardClient, BoardError, data_block
 from fedtiny.trainer import Model, TrainConfig, Trainer
+from tests.cortex_m import build_firmware, needs_cortex_m
 from tests.models import random_model
 
-ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ("arm-none-eabi-gcc", "qemu-system-arm", "cmake")
-missing = [t for t in TOOLS if shutil.which(t) is None]
-if missing and os.environ.get("CI"):
-    raise RuntimeError(f"CI must have {missing}: scripts/setup.sh installs them")
-pytestmark = pytest.mark.skipif(bool(missing), reason=f"needs {missing} (bash scripts/setup.sh installs them)")
+pytestmark = needs_cortex_m
 
 
 @pytest.fixture(scope="module")
 def firmware(tmp_path_factory) -> Path:
-    build = tmp_path_factory.mktemp("fw")
-    subprocess.run(["cmake", "-S", str(ROOT / "device_trainer_c"), "-B", str(build),
-                    f"-DCMAKE_TOOLCHAIN_FILE={ROOT / 'device_trainer_c/cmake/arm-none-eabi-cortex-m4.cmake'}",
-                    "-DCMAKE_BUILD_TYPE=Release"], check=True, capture_output=True)
-    subprocess.run(["cmake", "--build", str(build), "--target", "ft_board_mps2", "-j", "2"], check=True,
-                   capture_output=True)
-    return build / "ft_board_mps2.elf"
+    return build_firmware(tmp_path_factory.mktemp("fw"), "ft_board_mps2")
 
 
 @pytest.fixture(scope="module")
