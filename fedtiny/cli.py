@@ -5,6 +5,9 @@
     fedtiny pretrain [overrides...]   pretrain, quantize and cache the backbone only
     fedtiny report DIR                table and budget/Pareto plots of a sweep directory
     fedtiny board info URL            ask a board (serial port or socket://host:port) who it is
+    fedtiny board serve URL [--port P]  own a board's link and serve it on a local TCP port (a bridge)
+    fedtiny emulate --boards N [overrides...]  start N QEMU boards holding partitions 0..N-1 of the
+                                      experiment, each behind a bridge; print their URLs; Ctrl-C stops
 
 A configuration error (unknown group option or key, wrong type, impossible value) is
 reported in one line before anything starts, and the exit status is 2. In a multirun, a run
@@ -56,6 +59,43 @@ def _run(cfg: DictConfig) -> None:
         print(f"fedtiny: run {out} failed: {type(err).__name__}: {err}", file=sys.stderr)
 
 
+def _emulate(argv: list[str]) -> int:
+    import argparse
+    import signal
+    import tempfile
+    import threading
+
+    ap = argparse.ArgumentParser(prog="fedtiny emulate", description="an emulated fleet of mps2-an386 boards")
+    ap.add_argument("--boards", type=int, required=True, help="number of QEMU boards")
+    ap.add_argument("--damage", type=float, default=0.0, help="fraction of serial bytes damaged (both directions)")
+    ap.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: until Ctrl-C / SIGTERM)")
+    ap.add_argument("overrides", nargs="*", help="experiment overrides (the boards hold its partitions)")
+    args = ap.parse_args(argv)
+    try:
+        cfg = compose(list(args.overrides) + [f"devices.emulate={args.boards}", f"devices.damage={args.damage}"])
+    except ConfigError as err:
+        _fail(err)
+    from fedtiny.devices.emulate import fleet_for_experiment
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with tempfile.TemporaryDirectory(prefix="fedtiny-emulate-") as work:
+        fleet = fleet_for_experiment(cfg, Path(work))
+        try:
+            parts = list(cfg.devices.partitions) or list(range(args.boards))
+            for pid, url in zip(parts, fleet.urls):
+                print(f"partition {pid}: {url}", flush=True)
+            urls = ",".join(f'"{u}"' for u in fleet.urls)
+            print(f"ready: fedtiny 'devices.urls=[{urls}]' 'devices.partitions={parts}' (Ctrl-C stops the boards)",
+                  flush=True)
+            stop.wait(args.seconds or None)
+        finally:
+            fleet.stop()
+            print("stopped", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["pretrain"]:
@@ -77,6 +117,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"fedtiny board: {argv[2]}: {err}", file=sys.stderr)
             sys.exit(1)
         return None
+    if argv[:2] == ["board", "serve"]:
+        from fedtiny.devices.bridge import serve_main
+
+        sys.exit(serve_main(argv[2:]))
+    if argv[:1] == ["emulate"]:
+        sys.exit(_emulate(argv[1:]))
     if argv[:1] == ["report"]:
         from fedtiny.report import main as report_main
 

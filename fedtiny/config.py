@@ -183,6 +183,16 @@ class EnergyCfg:
 
 
 @dataclass
+class DevicesCfg:
+    emulate: int = 0
+    urls: list[str] = field(default_factory=list)
+    partitions: list[int] = field(default_factory=list)
+    timeout_s: float = 600.0
+    firmware: Any = None
+    damage: float = 0.0
+
+
+@dataclass
 class CodecCfg:
     bits: int = 32
     per_channel: bool = True
@@ -223,6 +233,7 @@ class TopCfg:
     privacy: PrivacyCfg = field(default_factory=PrivacyCfg)
     board: BoardCfg = field(default_factory=BoardCfg)
     energy: EnergyCfg = field(default_factory=EnergyCfg)
+    devices: DevicesCfg = field(default_factory=DevicesCfg)
 
 
 def _typed(schema: type, node: Any, where: str) -> DictConfig:
@@ -341,6 +352,17 @@ def validate(cfg: DictConfig) -> DictConfig:
     for key in ("budget_mj", "battery_mj"):
         _check(e[key] is None or (isinstance(e[key], (int, float)) and e[key] > 0),
                f"energy.{key} must be a number > 0 or null, got {e[key]!r}")
+    dv = top.devices
+    boards = max(int(dv.emulate), len(dv.urls))
+    parts = list(dv.partitions) or list(range(boards))
+    _check(dv.emulate >= 0 and not (dv.emulate and dv.urls),
+           f"devices: give emulate (a number of QEMU boards) or urls (running bridges), not both; got {dv.emulate} and "
+           f"{list(dv.urls)}")
+    _check(len(parts) == boards and len(set(parts)) == boards and all(0 <= p < devices for p in parts),
+           f"devices.partitions must be {boards} distinct partition ids in [0, {devices}), one per board; got {parts}")
+    _check(dv.timeout_s > 0 and 0 <= dv.damage < 0.5, "devices: need timeout_s > 0 and damage in [0, 0.5)")
+    _check(not (boards and q.error_feedback),
+           "devices: the board firmware keeps no error-feedback residual between rounds; set codec.error_feedback=false")
     for key in ("raise_partitions", "nan_partitions", "malformed_partitions"):
         bad = [p for p in top.faults[key] if not 0 <= p < devices]
         _check(not bad, f"faults.{key}: {bad} are not partition ids in [0, {devices})")

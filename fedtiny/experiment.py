@@ -59,19 +59,32 @@ def run_experiment(cfg: DictConfig, out_dir: Path, log=print) -> dict:
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
-    cfg_json = prepare_output(cfg, out_dir, log)
-    n = num_devices(cfg)
-    log(f"simulating {n} devices x {cfg.rounds} rounds ({cfg.strategy.name}); results in {out_dir}")
-    outcome: dict = {}
-    backend_config = {
-        "client_resources": {"num_cpus": float(cfg.simulation.client_cpus), "num_gpus": 0.0},
-        "init_args": {"num_cpus": int(cfg.simulation.num_cpus), "num_gpus": 0, "include_dashboard": False,
-                      "log_to_driver": False, "logging_level": "ERROR"},
-    }
-    for name in ("flwr", "ray"):
-        logging.getLogger(name).setLevel(logging.ERROR)  # e.g. run_simulation's deprecation notice
-    run_simulation(server_app=make_server_app(cfg_json, out_dir, outcome), client_app=client_app,
-                   num_supernodes=n, backend_config=backend_config)
+    fleet = None
+    if int(cfg.devices.emulate) > 0:  # QEMU boards and their bridges live as long as the run
+        from fedtiny.devices.emulate import fleet_for_experiment
+
+        fleet = fleet_for_experiment(cfg, out_dir / "boards", log)
+        cfg = cfg.copy()
+        cfg.devices.urls = list(fleet.urls)
+    try:
+        cfg_json = prepare_output(cfg, out_dir, log)
+        n = num_devices(cfg)
+        boards = len(cfg.devices.urls)
+        log(f"simulating {n - boards} devices{f' beside {boards} boards' if boards else ''} x {cfg.rounds} rounds "
+            f"({cfg.strategy.name}); results in {out_dir}")
+        outcome: dict = {}
+        backend_config = {
+            "client_resources": {"num_cpus": float(cfg.simulation.client_cpus), "num_gpus": 0.0},
+            "init_args": {"num_cpus": int(cfg.simulation.num_cpus), "num_gpus": 0, "include_dashboard": False,
+                          "log_to_driver": False, "logging_level": "ERROR"},
+        }
+        for name in ("flwr", "ray"):
+            logging.getLogger(name).setLevel(logging.ERROR)  # e.g. run_simulation's deprecation notice
+        run_simulation(server_app=make_server_app(cfg_json, out_dir, outcome), client_app=client_app,
+                       num_supernodes=n, backend_config=backend_config)
+    finally:
+        if fleet is not None:
+            fleet.stop()
     if "error" in outcome:
         raise RuntimeError(f"the server failed: {outcome['error']}") from outcome["error"]
     if "summary" not in outcome:

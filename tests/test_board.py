@@ -1,15 +1,18 @@
 """A board behind the serial protocol: the firmware (device_trainer_c/firmware) on QEMU's
-emulated Cortex-M4 (mps2-an386), reached through pyserial's socket:// link to QEMU's UART0.
+emulated Cortex-M4 (mps2-an386), reached through its bridge (fedtiny.devices.bridge) and
+pyserial's socket:// link to QEMU's UART0.
 
-Digital twin: for the same model bytes, data, seed and settings, the board's encoded update
-equals the simulated client's (host C trainer + C encoder via fedtiny's client code) byte for
-byte. The link survives garbage and corrupted frames."""
+Digital twin: for the same model bytes, data, seed and settings, the board's round
+(fedtiny.devices.backend.board_round) sends the same bytes as the simulated client's round
+(fedtiny.fl.client_app.simulated_round), for whole-model, sparse (channel subset, bias only),
+int8 and differentially private updates. The link survives garbage and corrupted frames."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
+import sys
+import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ import pytest
 
 from fedtiny.devices import protocol as P
 from fedtiny.devices.link import BoardClient, BoardError, data_block
-from fedtiny.trainer import Model, TrainConfig, Trainer
+from fedtiny.trainer import LayerUpdate, Model, TrainConfig, Trainer
 from tests.cortex_m import build_firmware, needs_cortex_m
 from tests.models import random_model
 
@@ -32,37 +35,27 @@ def firmware(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def task():
     rng = np.random.default_rng(42)
-    model = Model(random_model(rng, frozen=("conv2d",), trainable=("fc", "fc")))
-    x = rng.integers(-128, 128, (48, *model.input_shape)).astype(np.int8)
-    y = rng.integers(0, model.num_classes, 48).astype(np.uint8)
+    model = Model(random_model(rng, frozen=("conv2d",), trainable=("dwconv2d", "conv2d", "flatten", "fc"),
+                               input_shape=(6, 6, 2)))
+    x = rng.integers(-128, 128, (40, *model.input_shape)).astype(np.int8)
+    y = rng.integers(0, model.num_classes, 40).astype(np.uint8)
     return model, model.prefix_features(x), y
 
 
 @pytest.fixture(scope="module")
-def board(firmware, task, tmp_path_factory):
+def fleet(firmware, task, tmp_path_factory):
+    from fedtiny.devices.emulate import Fleet
+
     model, feats, y = task
-    data = tmp_path_factory.mktemp("flash") / "data.bin"
-    data.write_bytes(data_block(feats, y))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    qemu = subprocess.Popen(["qemu-system-arm", "-M", "mps2-an386", "-display", "none", "-monitor", "none",
-                             "-serial", f"tcp:127.0.0.1:{port},server=on,wait=off",
-                             "-semihosting-config", "enable=on,target=native", "-kernel", str(firmware),
-                             "-device", f"loader,file={data},addr=0x21000000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    client = None
-    for _ in range(100):
-        try:
-            client = BoardClient(f"socket://127.0.0.1:{port}", timeout=3.0)
-            break
-        except Exception:  # noqa: BLE001 - QEMU still starting
-            time.sleep(0.1)
-    assert client is not None, "QEMU did not open its serial port"
+    with Fleet(firmware, [data_block(feats, y)], tmp_path_factory.mktemp("board"), in_process_bridges=True) as f:
+        yield f
+
+
+@pytest.fixture(scope="module")
+def board(fleet):
+    client = BoardClient(fleet.urls[0], timeout=30.0, retries=1)
     yield client
     client.close()
-    qemu.kill()
-    qemu.wait(timeout=10)
 
 
 def test_hello_and_model_load(board, task):
@@ -76,93 +69,164 @@ def test_hello_and_model_load(board, task):
     assert board.hello()["model_crc32"] == zlib.crc32(model.to_bytes())
 
 
-@pytest.mark.parametrize("bits,per_channel", [(32, False), (8, True), (2, True), (1, False)])
-def test_board_update_equals_the_simulated_clients_byte_for_byte(board, task, bits, per_channel):
+def _received(model, seed: int) -> dict[str, np.ndarray]:
+    """A global model that is not the model file (round > 1)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, (w, b) in enumerate(Trainer(model, TrainConfig()).get_params()):
+        if w.size:
+            out[f"layer{k}.weight"] = (w + rng.normal(0, 0.05, w.shape)).astype(np.float32)
+            out[f"layer{k}.bias"] = (b + rng.normal(0, 0.02, b.shape)).astype(np.float32)
+    return out
+
+
+BASE = TrainConfig(lr=0.05, momentum=0.9, batch_size=8)
+CASES = {  # name: (train config, codec overrides, dp (clip, noise std) or None)
+    "all-f32-32bit": (BASE, ["codec.bits=32"], None),
+    "all-f32-8bit-per-channel": (BASE, ["codec.bits=8"], None),
+    "all-f32-2bit-nearest": (replace(BASE, weight_decay=1e-3), ["codec.bits=2", "codec.rounding=nearest"], None),
+    "all-f32-1bit-per-tensor": (BASE, ["codec.bits=1", "codec.per_channel=false"], None),
+    "channels+bias-f32-4bit": (replace(BASE, update=(LayerUpdate(2), LayerUpdate(3), LayerUpdate("none", False),
+                                                     LayerUpdate("all"))), ["codec.bits=4"], None),
+    "bias-only+head-prox-8bit": (replace(BASE, prox_mu=0.01, update=(LayerUpdate("none"), LayerUpdate("none"),
+                                                                     LayerUpdate("none", False),
+                                                                     LayerUpdate("all", False))), ["codec.bits=8"], None),
+    "channels-int8-8bit": (replace(BASE, precision="int8", update=(LayerUpdate(1), LayerUpdate(2),
+                                                                   LayerUpdate("none", False), LayerUpdate("all"))),
+                           ["codec.bits=8"], None),
+    "central-dp-clip-8bit": (BASE, ["codec.bits=8"], (0.05, 0.0)),
+    "local-dp-noise-4bit": (BASE, ["codec.bits=4"], (0.05, 0.01)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_board_round_equals_the_simulated_round_byte_for_byte(fleet, task, case):
     from fedtiny.config import compose
-    from fedtiny.fl.aggregate import channel_axes
-    from fedtiny.fl.client_app import encode_update
+    from fedtiny.devices.backend import board_round
+    from fedtiny.fl.client_app import simulated_round
 
     model, feats, y = task
+    tc, overrides, dp = CASES[case]
+    codec_cfg = compose(overrides).codec
+    received = _received(model, 8)
+    key = (3, 2, 5)  # (seed, round, device)
+    sim = simulated_round(model, tc, received, feats, y, 2, 11, codec_cfg, key, dp, None)
+    dev = board_round(fleet.urls[0], model, tc, received, 2, 11, codec_cfg, key, dp, 120.0)
+    assert sorted(dev.blobs) == sorted(sim.blobs) and sim.blobs
+    for name in sim.blobs:
+        assert dev.blobs[name].tobytes() == sim.blobs[name].tobytes(), name
+    assert dev.subset == sim.subset
+    assert np.float32(dev.loss) == np.float32(sim.loss) and dev.accuracy == sim.accuracy
+    assert dev.arena_bytes == sim.arena_bytes  # the same arena plan on the board
+
+
+def test_board_keeps_its_model_between_rounds(fleet, board, task):
+    """The backend loads the model only when the board's CRC differs (as a flashed board)."""
+    from fedtiny.config import compose
+    from fedtiny.devices.backend import board_round
+
+    model, feats, y = task
+    board.request(P.RESET)
+    assert board.hello()["model_crc32"] == 0
+    board_round(fleet.urls[0], model, BASE, _received(model, 1), 1, 1, compose([]).codec, (0, 1, 0), None, 120.0)
+    assert board.hello()["model_crc32"] == zlib.crc32(model.to_bytes())
+
+
+def test_board_rejects_a_train_request_that_does_not_match_its_model(board, task):
+    model, _, _ = task
     board.load_model(model.to_bytes())
-    key = (3, 1, 5)  # (seed, round, device)
-    res = board.train(epochs=2, seed=11, lr=0.05, momentum=0.9, batch=8, bits=bits, per_channel=per_channel,
-                      nearest=False, key=key)
-    blobs = board.update(res["update_bytes"])
-
-    host = Trainer(model, TrainConfig(lr=0.05, momentum=0.9, batch_size=8))
-    before = host.get_params()
-    stats = host.train_epochs(feats, y, epochs=2, seed=11)
-    deltas = {}
-    for k, ((w0, b0), (w1, b1)) in enumerate(zip(before, host.get_params())):
-        if w0.size:
-            deltas[f"layer{k}.weight"], deltas[f"layer{k}.bias"] = w1 - w0, b1 - b0
-    cfg = compose([f"codec.bits={bits}", f"codec.per_channel={str(per_channel).lower()}"])
-    want, _ = encode_update(deltas, channel_axes(model), cfg.codec, key, None)
-    assert sorted(blobs) == sorted(want)
-    for name in want:
-        assert blobs[name].tobytes() == want[name].tobytes(), name
-    assert np.float32(res["loss"]) == np.float32(stats.loss)
+    good = TrainConfig(update=(LayerUpdate("all"),) * 4)
+    bad = replace(good, update=(LayerUpdate("all"),) * 3)  # one entry short
+    with pytest.raises(BoardError, match="BAD_CONFIG"):
+        board.train(bad, 1, 1, 8, True, False, (0, 0, 0))
+    with pytest.raises(BoardError, match="BAD_CONFIG"):
+        board.request(P.TRAIN, bytes(40))  # too short
 
 
-def test_board_info_command(board):
-    """`fedtiny board info URL` over its own connection (QEMU's serial port takes one client at a time)."""
-    import sys
-
-    url = board.port.portstr
-    board.port.close()
-    try:
-        proc = subprocess.run([sys.executable, "-m", "fedtiny", "board", "info", url], capture_output=True, text=True,
-                              timeout=60)
-    finally:
-        for _ in range(50):
-            try:
-                board.port.open()
-                break
-            except Exception:  # noqa: BLE001 - QEMU accepts the next client shortly after
-                time.sleep(0.1)
+def test_board_info_and_serve_commands(fleet, board):
+    """`fedtiny board info` through the bridge (which serves many clients), and `fedtiny board
+    serve` as its own process in front of the bridge."""
+    proc = subprocess.run([sys.executable, "-m", "fedtiny", "board", "info", fleet.urls[0]], capture_output=True,
+                          text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "protocol: 1" in proc.stdout and "sram_kb: 256" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "fedtiny", "board", "info", "socket://127.0.0.1:1"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "fedtiny board" in bad.stderr  # nothing listens there: a clear error
+    serve = subprocess.Popen([sys.executable, "-m", "fedtiny", "board", "serve", fleet.urls[0]], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        line = serve.stdout.readline()
+        assert line.startswith(f"bridge {fleet.urls[0]} on socket://127.0.0.1:"), line
+        chained = BoardClient(line.split(" on ")[1].strip(), timeout=30.0, retries=1)
+        assert chained.hello()["protocol"] == 1
+        chained.close()
+    finally:
+        serve.terminate()
+        out, _ = serve.communicate(timeout=30)
+    assert serve.returncode == 0 and "stopped after 1 requests, 0 link failures" in out
     assert board.hello()["protocol"] == 1
 
 
-def test_board_trains_from_the_global_model_it_is_sent(board, task):
-    """Round > 1: the board gets the global values (PARAMS) and sends its change against them."""
-    from fedtiny.config import compose
-    from fedtiny.fl.aggregate import channel_axes
-    from fedtiny.fl.client_app import encode_update
+def test_bridge_reports_a_dead_link_and_reconnects():
+    """A bridge whose board does not exist answers LINK_DOWN with the reason, promptly."""
+    from fedtiny.devices.bridge import Bridge
 
-    model, feats, y = task
+    bridge = Bridge("socket://127.0.0.1:1", timeout=0.5, retries=1).start()
+    try:
+        client = BoardClient(bridge.url, timeout=10.0, retries=1)
+        with pytest.raises(BoardError, match="LINK_DOWN"):
+            client.hello()
+        with pytest.raises(BoardError, match="LINK_DOWN"):
+            client.hello()  # tried again, not stuck
+        client.close()
+        assert bridge.link_failures == 2
+    finally:
+        bridge.close()
+
+
+def test_params_beyond_the_model_are_rejected(board, task):
+    model, _, _ = task
     board.load_model(model.to_bytes())
-    rng = np.random.default_rng(8)
-    host = Trainer(model, TrainConfig(lr=0.05, momentum=0.9, batch_size=8))
-    glob = [(w + rng.normal(0, 0.05, w.shape).astype(np.float32), b + np.float32(0.01)) if w.size else (w, b)
-            for w, b in host.get_params()]
-    board.set_params(glob)
-    host.set_params(glob)
-    res = board.train(epochs=1, seed=4, lr=0.05, momentum=0.9, batch=8, bits=4, per_channel=True, nearest=False,
-                      key=(3, 2, 5))
-    blobs = board.update(res["update_bytes"])
-    host.train_epochs(feats, y, epochs=1, seed=4)
-    deltas = {}
-    for k, ((w0, b0), (w1, b1)) in enumerate(zip(glob, host.get_params())):
-        if w0.size:
-            deltas[f"layer{k}.weight"], deltas[f"layer{k}.bias"] = w1 - w0, b1 - b0
-    want, _ = encode_update(deltas, channel_axes(model), compose(["codec.bits=4"]).codec, (3, 2, 5), None)
-    assert {k: v.tobytes() for k, v in blobs.items()} == {k: v.tobytes() for k, v in want.items()}
     with pytest.raises(BoardError, match="BAD_DATA"):
         board.request(P.PARAMS, (10**6).to_bytes(4, "little") + bytes(8))  # offset beyond the model
 
 
-def test_link_resynchronises_after_garbage_and_corrupted_frames(board):
-    board.send_raw(bytes(range(256)) + b"\xa5\x5a\x01\x02\x40\x00" + b"\xa5" * 50)  # garbage, a stray header
-    assert board.hello()["protocol"] == 1
+def test_bridge_resynchronises_after_garbage_and_corrupted_frames(fleet):
+    """Garbage, a CRC-damaged and a truncated frame from a client cost only themselves."""
+    client = BoardClient(fleet.urls[0], timeout=2.0, retries=3)
+    client.send_raw(bytes(range(256)) + b"\xa5\x5a\x01\x02\x40\x00" + b"\xa5" * 50)  # garbage, a stray header
+    assert client.hello()["protocol"] == 1
     bad = bytearray(P.frame(P.HELLO, 77))
-    bad[-1] ^= 0xFF  # wrong CRC: the board must ignore it
-    board.send_raw(bytes(bad))
-    board.send_raw(P.frame(P.HELLO, 78)[:5])  # truncated
-    assert board.hello()["protocol"] == 1  # the retrying client gets through
+    bad[-1] ^= 0xFF  # wrong CRC: ignored
+    client.send_raw(bytes(bad))
+    client.send_raw(P.frame(P.HELLO, 78)[:5])  # truncated
+    assert client.hello()["protocol"] == 1  # the retrying client gets through
     with pytest.raises(BoardError, match="UNSUPPORTED"):
-        board.request(0x33)
+        client.request(0x33)
+    client.close()
+
+
+def test_damaged_link_in_both_directions(firmware, task, tmp_path):
+    """An injector between the bridge and QEMU flips, drops and inserts bytes both ways; the
+    board and the bridge resynchronise and retry, and the round's bytes are still the twin's."""
+    from fedtiny.config import compose
+    from fedtiny.devices.backend import board_round
+    from fedtiny.devices.emulate import Fleet
+    from fedtiny.fl.client_app import simulated_round
+
+    model, feats, y = task
+    codec_cfg = compose(["codec.bits=8"]).codec
+    received = _received(model, 3)
+    with Fleet(firmware, [data_block(feats, y)], tmp_path, damage=0.0, damage_every=800, seed=7,
+               in_process_bridges=True) as f:
+        for rnd in (1, 2, 3, 4):
+            dev = board_round(f.urls[0], model, BASE, received, 1, rnd, codec_cfg, (1, rnd, 0), None, 120.0)
+            sim = simulated_round(model, BASE, received, feats, y, 1, rnd, codec_cfg, (1, rnd, 0), None, None)
+            assert {k: v.tobytes() for k, v in dev.blobs.items()} == {k: v.tobytes() for k, v in sim.blobs.items()}
+        damaged = dict(f.injectors[0].damaged)
+        bridge = f.bridges[0]
+        passed = f.injectors[0].passed
+        for way in ("to_board", "to_host"):  # one damaged byte in every 800, both ways
+            assert 2 <= passed[way] // 800 <= damaged[way] <= passed[way] // 800 + 1, (damaged, passed)
+        assert bridge.link_failures == 0  # retries absorbed every damaged frame

@@ -10,17 +10,28 @@
  *   PARAMS    u32 offset, f32 values -> u32 status (the global model's trainable values, all layers
  *             in order, weights then bias per layer, as floats from `offset`; LOAD resets them
  *             to the model file's values)
- *   TRAIN     u32 epochs, u32 seed, f32 lr, f32 momentum, u32 batch, u32 bits, u32 per-channel,
- *             u32 nearest, u32 key seed, u32 round, u32 device id
- *             -> u32 status, f32 loss, u32 correct, u32 count, u32 update bytes
- *             (trains every trainable tensor from the global values on the local data, then encodes
- *             w_trained - w_global per tensor with ft_codec in the order of the tensor names, as
- *             the simulated client)
+ *   TRAIN     u32 epochs, u32 seed, f32 lr, f32 momentum, f32 weight decay, f32 prox mu, u32 batch,
+ *             u32 bits, u32 per-channel, u32 nearest, u32 key seed, u32 round, u32 device id,
+ *             f32 clip (0: no DP), f32 local noise std, u32 precision, u32 rounding, u32 n_updates,
+ *             then n_updates x (u8 weights kind, u8 bias, u16 channels)  (ft_train_config; 0: all)
+ *             -> u32 status, f32 loss, u32 correct, u32 count, u32 update bytes, u32 arena bytes used
+ *             (trains from the global values on the local data, then encodes w_trained - w_global
+ *             of every tensor the scheme changed, channel subsets compact, in the order of the
+ *             tensor names, as the simulated client; with clip > 0 through ft_codec_encode_update)
  *   UPDATE    u32 offset -> up to 1024 bytes of the update: u32 tensors, then per tensor u8 name
  *             length, name, u32 blob length, blob
  *   EVALUATE  -> u32 status, f32 loss, u32 correct, u32 count
  *   RESET     -> u32 0 (forget model and update)
+ *   STATS     -> u32 status, RAM budget, static RAM, stack peak, arena bytes used, arena size, then the
+ *             profile of the last TRAIN/PROFILE in counter ticks: total, samples, steps, input, loss,
+ *             apply, other, u32 layers, per model layer (prefix, forward, backward)
+ *   PROFILE   u32 seed -> u32 status (one forward pass through the whole model, int8 prefix
+ *             included, on a pseudo-random input; read it with STATS)
+ *   SPIN      u32 n -> u32 status, u32 counter ticks of ft_hal_spin(n) (4n instructions)
  *   anything else -> ERROR with u32 FT_ERR_UNSUPPORTED
+ * A request repeated with the same type, seq and payload is not executed again: the board resends
+ * its last reply (the host lost it). TRAIN and PROFILE first send an ACK frame (type 0x7E, same seq, no payload) as soon as they
+ * arrive: the host waits its short timeout for that, then the long one for the reply.
  * Local data lives where a board's flash would hold it: a "FTDS" block (u32 version 1, count,
  * sample size, x offset, y offset; int8 features of the frozen prefix) at FT_DATA_ADDR.
  */
@@ -44,7 +55,6 @@
 static uint8_t model_buf[32768] __attribute__((aligned(8)));
 static uint8_t arena[65536] __attribute__((aligned(8)));
 static float params0[8192];
-static float scratch[4096];
 static uint8_t update_buf[24576];
 static uint8_t tx[FT_PROTO_MAX_FRAME];
 static ft_proto_rx rx;
@@ -74,10 +84,27 @@ static uint32_t fbits(float f)
     return u;
 }
 
+/* The last reply stays in tx: a request repeated with the same type, seq and bytes (the host
+ * lost the reply and asks again) gets it resent without being executed twice. */
+static uint32_t last_len, last_key, have_last;
+
 static void reply(const ft_frame *req, uint8_t type, const uint8_t *payload, uint16_t n)
 {
-    const uint32_t size = ft_proto_write(tx, type, req->seq, payload, n);
-    ft_hal_write(tx, size);
+    last_len = ft_proto_write(tx, type, req->seq, payload, n);
+    ft_hal_write(tx, last_len);
+}
+
+static void ack(const ft_frame *req)
+{
+    uint8_t a[FT_PROTO_HEADER_BYTES + 4];
+    ft_hal_write(a, ft_proto_write(a, FT_MSG_ACK, req->seq, NULL, 0));
+}
+
+/* identity of a request: CRC-32 of type, seq and payload */
+static uint32_t request_key(const ft_frame *f)
+{
+    uint8_t h[2] = {f->type, f->seq};
+    return ft_crc32(h, 2) ^ (ft_crc32(f->payload, f->length) * 0x9E3779B1u) ^ f->length;
 }
 
 static void reply_status(const ft_frame *req, uint32_t status)
@@ -128,39 +155,142 @@ static uint32_t tensor_key(uint32_t seed, uint32_t round, uint32_t pid, uint32_t
     return ft_hash32(ft_hash32(seed) ^ ft_hash32(round * 0x9E3779B9u + pid) ^ (index * 0x85EBCA6Bu));
 }
 
+/* Profile of the last TRAIN (or PROFILE): counter ticks per piece of work, attributed by the
+ * trainer's probe to the event that ends it. */
+typedef struct {
+    uint32_t last;
+    uint32_t prefix[FT_MAX_LAYERS], forward[FT_MAX_LAYERS], backward[FT_MAX_LAYERS];
+    uint32_t input, loss, apply, other, samples, steps, total;
+} ft_profile;
+static ft_profile prof;
+
+static void probe(void *ctx, int32_t event, int32_t layer)
+{
+    ft_profile *p = (ft_profile *)ctx;
+    const uint32_t now = ft_hal_counter(), d = now - p->last;
+    p->last = now;
+    switch (event) {
+    case FT_PROBE_PREFIX:
+        p->prefix[layer] += d;
+        break;
+    case FT_PROBE_INPUT:
+        p->input += d;
+        break;
+    case FT_PROBE_FORWARD:
+        p->forward[layer] += d;
+        break;
+    case FT_PROBE_LOSS:
+        p->loss += d;
+        break;
+    case FT_PROBE_BACKWARD:
+        p->backward[layer] += d;
+        break;
+    case FT_PROBE_APPLY:
+        p->apply += d;
+        p->steps++;
+        break;
+    case FT_PROBE_BEGIN:
+        p->samples++;
+        p->other += d;
+        break;
+    default: /* FT_PROBE_BEGIN_APPLY: the time since the last event is bookkeeping */
+        p->other += d;
+        break;
+    }
+}
+
+static void profile_start(void)
+{
+    memset(&prof, 0, sizeof prof);
+    trainer.probe = probe;
+    trainer.probe_ctx = &prof;
+    prof.last = ft_hal_counter();
+    prof.total = prof.last;
+}
+
+static void profile_stop(void)
+{
+    trainer.probe = NULL;
+    prof.total = ft_hal_counter() - prof.total;
+}
+
+/* Output channels (ascending) whose weights layer k's update changes; returns their count. */
+static int32_t updated_channels(int32_t k, uint16_t *out)
+{
+    const ft_layer *l = &model.layers[model.first_trainable + k];
+    const ft_layer_state *s = &trainer.ls[k];
+    int32_t n = 0;
+    for (int32_t oc = 0; s->w_kind != FT_UPDATE_NONE && oc < l->out_c; oc++) {
+        if (s->slot == NULL || s->slot[oc] >= 0) {
+            out[n++] = (uint16_t)oc;
+        }
+    }
+    return n;
+}
+
+static float after[8192];
+static float delta[8192];
+static uint16_t chans[2048];
+
+#define FT_TRAIN_FIXED 72u
+
 static void cmd_train(const ft_frame *f)
 {
-    if (!model_ok || f->length < 44) {
+    const uint8_t *p = f->payload;
+    const uint32_t n_updates = f->length >= FT_TRAIN_FIXED ? get32(p + 68) : 0u;
+    if (!model_ok) {
         reply_status(f, FT_ERR_NOT_INITIALIZED);
         return;
     }
-    const uint8_t *p = f->payload;
+    const int32_t n_train = model.num_layers - model.first_trainable;
+    if (f->length < FT_TRAIN_FIXED || (n_updates != 0u && n_updates != (uint32_t)n_train) ||
+        f->length != FT_TRAIN_FIXED + 4u * n_updates) {
+        reply_status(f, FT_ERR_BAD_CONFIG);
+        return;
+    }
     ft_train_config cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.lr = getf(p + 8);
     cfg.momentum = getf(p + 12);
-    cfg.batch_size = (int32_t)get32(p + 16);
-    const int32_t bits = (int32_t)get32(p + 20), per_channel = (int32_t)get32(p + 24), nearest = (int32_t)get32(p + 28);
+    cfg.weight_decay = getf(p + 16);
+    cfg.prox_mu = getf(p + 20);
+    cfg.batch_size = (int32_t)get32(p + 24);
+    cfg.precision = (int32_t)get32(p + 60);
+    cfg.rounding = (int32_t)get32(p + 64);
+    cfg.n_updates = (int32_t)n_updates;
+    for (uint32_t k = 0; k < n_updates; k++) {
+        cfg.update[k] = (ft_layer_update){p[72 + 4 * k], p[73 + 4 * k], (uint16_t)(p[74 + 4 * k] | (p[75 + 4 * k] << 8))};
+    }
+    const int32_t bits = (int32_t)get32(p + 28), per_channel = (int32_t)get32(p + 32), nearest = (int32_t)get32(p + 36);
+    const uint32_t kseed = get32(p + 40), kround = get32(p + 44), kdev = get32(p + 48);
+    const float clip = getf(p + 52), noise_std = getf(p + 56);
     ft_dataset d;
+    update_len = 0;
     ft_status st = local_data(&d) ? ft_trainer_init(&trainer, &model, &cfg, arena, sizeof arena) : FT_ERR_BAD_DATA;
-    const int32_t n_train = model.num_layers - model.first_trainable;
-    /* start from the global values (params0) */
+    /* start from the global values (params0; tensors the scheme keeps are the model's own) */
     uint32_t off = 0;
     for (int32_t k = 0; st == FT_OK && k < n_train; k++) {
         const ft_layer *l = &model.layers[model.first_trainable + k];
         st = ft_trainer_set_layer_params(&trainer, k, params0 + off, params0 + off + l->weight_count);
         off += (uint32_t)(l->weight_count + l->bias_count);
     }
+    if (st == FT_OK) {
+        st = ft_trainer_set_anchor(&trainer);
+    }
     ft_stats stats = {0};
     if (st == FT_OK) {
+        profile_start();
         st = ft_trainer_train_epochs(&trainer, &d, (int32_t)get32(p), get32(p + 4), &stats);
+        profile_stop();
     }
-    /* encode every tensor's change, in name order */
+    /* the tensors the update changed, in name order (as the simulated client sorts its keys) */
     ft_tensor_name names[2 * FT_MAX_LAYERS];
     int32_t count = 0;
-    for (int32_t k = 0; k < n_train; k++) {
-        if (model.layers[model.first_trainable + k].weight_count > 0) {
+    for (int32_t k = 0; st == FT_OK && k < n_train; k++) {
+        if (trainer.ls[k].w_kind != FT_UPDATE_NONE) {
             name_of(&names[count++], k, 1);
+        }
+        if (trainer.ls[k].b_on) {
             name_of(&names[count++], k, 0);
         }
     }
@@ -173,6 +303,10 @@ static void cmd_train(const ft_frame *f)
         }
         names[j + 1] = t;
     }
+    /* changes w_trained - w_global (channel subsets compact, as np.take along the channel axis),
+     * laid out as the UPDATE reply carries them; then encoded in place */
+    ft_codec_tensor tensors[2 * FT_MAX_LAYERS];
+    uint32_t used = 0;
     update_len = 4;
     put32(update_buf, (uint32_t)count);
     for (int32_t i = 0; st == FT_OK && i < count; i++) {
@@ -183,22 +317,34 @@ static void cmd_train(const ft_frame *f)
             const ft_layer *m = &model.layers[model.first_trainable + k];
             base += (uint32_t)(m->weight_count + m->bias_count);
         }
-        const int32_t n = t->is_weight ? l->weight_count : l->bias_count;
-        const float *before = params0 + base + (t->is_weight ? 0u : (uint32_t)l->weight_count);
-        if (n > (int32_t)(sizeof scratch / sizeof scratch[0])) {
-            st = FT_ERR_ARENA_TOO_SMALL;
-            break;
-        }
-        static float after[8192];
         ft_trainer_layer_params(&trainer, t->k, after, after + l->weight_count);
-        const float *now = t->is_weight ? after : after + l->weight_count;
-        for (int32_t j = 0; j < n; j++) {
-            scratch[j] = now[j] - before[j];
+        float *dv = delta + used;
+        int32_t n = 0, channels = l->out_c;
+        if (t->is_weight) {
+            const float *before = params0 + base;
+            channels = updated_channels(t->k, chans);
+            const int32_t row = l->weight_count / l->out_c;
+            const int dw = l->type == FT_LAYER_DWCONV2D;
+            if (used + (uint32_t)(channels * row) > sizeof delta / sizeof delta[0]) {
+                st = FT_ERR_ARENA_TOO_SMALL;
+                break;
+            }
+            for (int32_t a = 0; a < (dw ? row : channels); a++) {
+                for (int32_t b = 0; b < (dw ? channels : row); b++) {
+                    const int32_t w = dw ? a * l->out_c + chans[b] : chans[a] * row + b;
+                    dv[n++] = after[w] - before[w];
+                }
+            }
+        } else {
+            const float *before = params0 + base + (uint32_t)l->weight_count;
+            for (; n < l->bias_count; n++) {
+                dv[n] = after[l->weight_count + n] - before[n];
+            }
         }
-        const ft_codec_params cp = {bits, t->is_weight ? per_channel : 0, l->out_c,
+        used += (uint32_t)n;
+        const ft_codec_params cp = {bits, t->is_weight ? per_channel : 0, channels,
                                     t->is_weight && l->type == FT_LAYER_DWCONV2D, nearest};
-        const uint32_t name_len = (uint32_t)strlen(t->name);
-        const uint32_t need = ft_codec_blob_bytes(&cp, n);
+        const uint32_t name_len = (uint32_t)strlen(t->name), need = ft_codec_blob_bytes(&cp, n);
         if (need == 0 || update_len + 1u + name_len + 4u + need > sizeof update_buf) {
             st = FT_ERR_ARENA_TOO_SMALL;
             break;
@@ -206,24 +352,108 @@ static void cmd_train(const ft_frame *f)
         update_buf[update_len++] = (uint8_t)name_len;
         memcpy(update_buf + update_len, t->name, name_len);
         update_len += name_len;
-        uint32_t written = 0;
-        st = ft_codec_encode(&cp, scratch, n, tensor_key(get32(p + 32), get32(p + 36), get32(p + 40), (uint32_t)i),
-                             NULL, update_buf + update_len + 4u, sizeof update_buf - update_len - 4u, &written);
-        put32(update_buf + update_len, written);
-        update_len += 4u + written;
+        tensors[i] = (ft_codec_tensor){cp, dv, n, tensor_key(kseed, kround, kdev, (uint32_t)i),
+                                       update_buf + update_len + 4u, need, 0};
+        update_len += 4u + need;
+    }
+    if (st == FT_OK && clip > 0.0f) { /* differential privacy: clip the quantized update, local noise */
+        float before_norm, sent_norm;
+        st = ft_codec_encode_update(tensors, count, clip, noise_std, tensor_key(kseed, kround, kdev, 0xD9u), after,
+                                    (int32_t)(sizeof after / sizeof after[0]), &before_norm, &sent_norm);
+    }
+    for (int32_t i = 0; st == FT_OK && i < count; i++) {
+        if (clip <= 0.0f) {
+            st = ft_codec_encode(&tensors[i].p, tensors[i].v, tensors[i].n, tensors[i].key, NULL, tensors[i].out,
+                                 tensors[i].out_size, &tensors[i].written);
+        }
+        if (tensors[i].written != tensors[i].out_size) {
+            st = FT_ERR_CODEC_LENGTH;
+        }
+        put32(tensors[i].out - 4, tensors[i].written);
     }
     if (st != FT_OK) {
         update_len = 0;
         reply_status(f, (uint32_t)st);
         return;
     }
-    uint8_t r[20];
+    uint8_t r[24];
     put32(r, FT_OK);
     put32(r + 4, fbits(stats.loss));
     put32(r + 8, (uint32_t)stats.correct);
     put32(r + 12, (uint32_t)stats.count);
     put32(r + 16, update_len);
+    put32(r + 20, ft_trainer_arena_hwm(&trainer));
     reply(f, (uint8_t)(f->type | FT_PROTO_REPLY), r, sizeof r);
+}
+
+/* STATS: the profile of the last TRAIN or PROFILE and the RAM figures. */
+static void cmd_stats(const ft_frame *f)
+{
+    static uint8_t r[64 + 12 * FT_MAX_LAYERS];
+    uint32_t at = 0;
+    const uint32_t head[] = {FT_OK, ft_hal_ram_budget(), ft_hal_static_ram(), ft_hal_stack_peak(),
+                             trainer.initialized ? ft_trainer_arena_hwm(&trainer) : 0u, (uint32_t)sizeof arena,
+                             prof.total, prof.samples, prof.steps, prof.input, prof.loss, prof.apply, prof.other,
+                             (uint32_t)(model_ok ? model.num_layers : 0)};
+    for (uint32_t i = 0; i < sizeof head / sizeof head[0]; i++, at += 4) {
+        put32(r + at, head[i]);
+    }
+    for (int32_t i = 0; model_ok && i < model.num_layers; i++, at += 12) {
+        const int32_t k = i - model.first_trainable;
+        put32(r + at, prof.prefix[i]);
+        put32(r + at + 4, k >= 0 ? prof.forward[k] : 0u);
+        put32(r + at + 8, k >= 0 ? prof.backward[k] : 0u);
+    }
+    reply(f, (uint8_t)(f->type | FT_PROTO_REPLY), r, (uint16_t)at);
+}
+
+/* PROFILE: u32 seed -> the int8 frozen prefix and the float suffix run forward on one
+ * pseudo-random model input (ft_hash32 bytes), profiled; results via STATS. */
+static void cmd_profile(const ft_frame *f)
+{
+    if (!model_ok || f->length != 4) {
+        reply_status(f, model_ok ? FT_ERR_BAD_CONFIG : FT_ERR_NOT_INITIALIZED);
+        return;
+    }
+    ft_train_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.lr = 0.01f;
+    cfg.batch_size = 1;
+    cfg.with_prefix = 1;
+    ft_status st = ft_trainer_init(&trainer, &model, &cfg, arena, sizeof arena);
+    const int32_t size = model.in_h * model.in_w * model.in_c;
+    if (st == FT_OK && size > (int32_t)sizeof delta) {
+        st = FT_ERR_ARENA_TOO_SMALL;
+    }
+    if (st != FT_OK) {
+        reply_status(f, (uint32_t)st);
+        return;
+    }
+    int8_t *x = (int8_t *)delta;
+    for (int32_t i = 0; i < size; i++) {
+        x[i] = (int8_t)ft_hash32(get32(f->payload) + (uint32_t)i);
+    }
+    const uint8_t y = 0;
+    const ft_dataset d = {x, &y, 1, size, 0};
+    ft_stats s = {0};
+    profile_start();
+    st = ft_trainer_evaluate(&trainer, &d, 0, &s);
+    profile_stop();
+    reply_status(f, (uint32_t)st);
+}
+
+/* SPIN: u32 n -> runs ft_hal_spin(n) between two counter reads; replies u32 status, u32 ticks
+ * (the host calibrates instructions per tick from two lengths). */
+static void cmd_spin(const ft_frame *f)
+{
+    uint8_t r[8];
+    const uint32_t n = f->length == 4 ? get32(f->payload) : 0u;
+    const uint32_t t0 = ft_hal_counter();
+    ft_hal_spin(n);
+    const uint32_t t1 = ft_hal_counter();
+    put32(r, FT_OK);
+    put32(r + 4, t1 - t0);
+    reply(f, (uint8_t)(f->type | FT_PROTO_REPLY), r, 8);
 }
 
 static void handle(const ft_frame *f)
@@ -295,7 +525,18 @@ static void handle(const ft_frame *f)
         break;
     }
     case FT_MSG_TRAIN:
+        ack(f); /* the host waits longer once it knows the request arrived */
         cmd_train(f);
+        break;
+    case FT_MSG_STATS:
+        cmd_stats(f);
+        break;
+    case FT_MSG_PROFILE:
+        ack(f);
+        cmd_profile(f);
+        break;
+    case FT_MSG_SPIN:
+        cmd_spin(f);
         break;
     case FT_MSG_UPDATE: {
         const uint32_t off = f->length >= 4 ? get32(f->payload) : 0xFFFFFFFFu;
@@ -342,7 +583,14 @@ int main(void)
     ft_frame f;
     for (;;) {
         if (ft_proto_feed(&rx, ft_hal_getc(), &f)) {
+            const uint32_t key = request_key(&f);
+            if (have_last && key == last_key) {
+                ft_hal_write(tx, last_len); /* a repeat: the reply got lost */
+                continue;
+            }
             handle(&f);
+            last_key = key;
+            have_last = 1;
         }
     }
 }

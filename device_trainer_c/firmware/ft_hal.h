@@ -1,4 +1,5 @@
-/* The board hardware the firmware needs: a byte link. Implemented per port (ports/<board>/). */
+/* The board hardware the firmware needs, implemented per port (ports/<board>/): a byte link, a
+ * free-running counter for profiling, and what the port knows about its RAM. */
 #ifndef FT_HAL_H
 #define FT_HAL_H
 
@@ -8,5 +9,18 @@ void ft_hal_init(void);
 /* Next received byte; waits (WFI) until one arrives. */
 uint8_t ft_hal_getc(void);
 void ft_hal_write(const uint8_t *data, uint32_t n);
+
+/* Free-running 32-bit counter (wraps). On mps2-an386 the FPGAIO COUNTER; under QEMU's
+ * -icount its ticks are a fixed number of executed instructions (the host calibrates it with
+ * ft_hal_spin, a loop of known length). */
+uint32_t ft_hal_counter(void);
+/* Execute exactly 4 * n + a few instructions (a counted loop in assembly). */
+void ft_hal_spin(uint32_t n);
+
+/* RAM usage the port can see: the SRAM budget the linker gives (bytes), the static RAM in use
+ * (.data + .bss), and the deepest stack use since boot (the stack is painted at reset). */
+uint32_t ft_hal_ram_budget(void);
+uint32_t ft_hal_static_ram(void);
+uint32_t ft_hal_stack_peak(void);
 
 #endif /* FT_HAL_H */

@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 
-from fedtiny import _core
 from fedtiny.devices import protocol as P
 
 
@@ -22,11 +21,11 @@ class BoardError(RuntimeError):
 
 
 class BoardClient:
-    def __init__(self, url: str, timeout: float = 5.0, retries: int = 3) -> None:
+    def __init__(self, url: str, timeout: float = 5.0, retries: int = 3, train_timeout: float = 300.0) -> None:
         import serial
 
         self.port = serial.serial_for_url(url, baudrate=115200, timeout=0.05)
-        self.timeout, self.retries = timeout, retries
+        self.timeout, self.retries, self.train_timeout = timeout, retries, train_timeout
         self.rx = P.Receiver()
         self.seq = 0
 
@@ -37,21 +36,42 @@ class BoardClient:
         """Bytes straight onto the link (tests inject garbage this way)."""
         self.port.write(data)
 
-    def request(self, type_: int, payload: bytes = b"", timeout: float | None = None) -> bytes:
-        for _ in range(self.retries):
-            self.seq = (self.seq + 1) & 0xFF
-            self.port.write(P.frame(type_, self.seq, payload))
-            deadline = time.monotonic() + (timeout or self.timeout)
+    def exchange(self, type_: int, payload: bytes = b"", timeout: float | None = None) -> P.Frame:
+        """Send a request and return the board's reply frame (its reply or an ERROR frame).
+        Every try repeats the same frame (same seq): a board that already executed it resends
+        its reply instead of executing it again. A SLOW request waits the short timeout for the
+        board's ACK, then asks again every short timeout until the reply comes, at most
+        `train_timeout` in all; raises BoardError after `retries` unanswered tries."""
+        short = timeout or self.timeout
+        self.seq = (self.seq + 1) & 0xFF
+        request = P.frame(type_, self.seq, payload)
+        tries = 0
+        acked_until = 0.0
+        while True:
+            self.port.write(request)
+            tries += 1
+            deadline = time.monotonic() + short
             while time.monotonic() < deadline:
                 for f in self.rx.feed(self.port.read(4096)):
                     if f.seq != self.seq:
-                        continue  # a late reply to an earlier, retried request
-                    if f.type == P.ERROR:
-                        status = struct.unpack_from("<I", f.payload)[0] if len(f.payload) >= 4 else -1
-                        raise BoardError(f"board error {_core.status_name(status)} for request type {type_}")
-                    if f.type == (type_ | P.REPLY):
-                        return f.payload
-        raise BoardError(f"no reply to request type {type_} after {self.retries} tries of {timeout or self.timeout:g} s")
+                        continue  # a late reply to an earlier request
+                    if f.type == P.ACK and type_ in P.SLOW:
+                        if not acked_until:
+                            acked_until = time.monotonic() + self.train_timeout
+                    elif f.type in (P.ERROR, type_ | P.REPLY):
+                        return f
+            if acked_until and time.monotonic() < acked_until:
+                tries = 0  # the board is working on it: keep asking (it resends the reply once done)
+            elif tries >= self.retries:
+                raise BoardError(f"no reply to request type {type_} after {self.retries} tries of {short:g} s"
+                                 + (f" and {self.train_timeout:g} s of work" if acked_until else ""))
+
+    def request(self, type_: int, payload: bytes = b"", timeout: float | None = None) -> bytes:
+        """The payload of the board's reply; an ERROR reply raises BoardError with its status."""
+        f = self.exchange(type_, payload, timeout)
+        if f.type == P.ERROR:
+            raise BoardError(f"board error {P.error_text(f.payload)} for request type {type_}")
+        return f.payload
 
     def hello(self) -> dict:
         p = self.request(P.HELLO)
@@ -76,12 +96,19 @@ class BoardClient:
         for off in range(0, flat.size, per):
             self.request(P.PARAMS, struct.pack("<I", off) + flat[off : off + per].tobytes())
 
-    def train(self, epochs: int, seed: int, lr: float, momentum: float, batch: int, bits: int, per_channel: bool,
-              nearest: bool, key: tuple[int, int, int]) -> dict:
-        payload = struct.pack("<IIffIIIIIII", epochs, seed, lr, momentum, batch, bits, int(per_channel), int(nearest),
-                              *key)
-        st, loss, correct, count, size = struct.unpack("<IfIII", self.request(P.TRAIN, payload, timeout=120.0))
-        return {"loss": loss, "correct": correct, "count": count, "update_bytes": size}
+    def train(self, tc, epochs: int, seed: int, bits: int, per_channel: bool, nearest: bool,
+              key: tuple[int, int, int], clip: float = 0.0, noise_std: float = 0.0) -> dict:
+        """Train on the board's local data from the global values it holds (LOAD, PARAMS) with the
+        settings and update scheme of `tc` (a :class:`fedtiny.trainer.TrainConfig`), then encode the
+        change; with clip > 0 the update is clipped (and gets local noise of std noise_std) as
+        :func:`fedtiny.fl.client_app.encode_private` does."""
+        updates = [u._arg() for u in tc.update] if tc.update is not None else []
+        payload = struct.pack("<IIffffIIIIIIIffIII", epochs, seed & 0xFFFFFFFF, tc.lr, tc.momentum, tc.weight_decay,
+                              tc.prox_mu, tc.batch_size, bits, int(per_channel), int(nearest), *key, clip, noise_std,
+                              tc._precision_arg(), tc._rounding_arg(), len(updates))
+        payload += b"".join(struct.pack("<BBH", *u) for u in updates)
+        st, loss, correct, count, size, arena = struct.unpack("<IfIIII", self.request(P.TRAIN, payload))
+        return {"loss": loss, "correct": correct, "count": count, "update_bytes": size, "arena_bytes": arena}
 
     def update(self, size: int) -> dict[str, np.ndarray]:
         data = b""
@@ -97,6 +124,25 @@ class BoardClient:
             out[name] = np.frombuffer(data[at + 4 : at + 4 + blob_len], np.uint8)
             at += 4 + blob_len
         return out
+
+    def stats(self) -> dict:
+        """RAM figures and the counter-tick profile of the last TRAIN or PROFILE (see board_main.c)."""
+        p = self.request(P.STATS)
+        names = ("status", "ram_budget", "static_ram", "stack_peak", "arena_used", "arena_size", "total", "samples",
+                 "steps", "input", "loss", "apply", "other", "layers")
+        out = dict(zip(names, struct.unpack_from(f"<{len(names)}I", p)))
+        per = struct.unpack_from(f"<{3 * out['layers']}I", p, 4 * len(names))
+        out["prefix"], out["forward"], out["backward"] = list(per[0::3]), list(per[1::3]), list(per[2::3])
+        return out
+
+    def profile(self, seed: int = 1) -> dict:
+        """One profiled forward pass through the whole model (int8 prefix included); its stats."""
+        self.request(P.PROFILE, struct.pack("<I", seed))
+        return self.stats()
+
+    def spin(self, n: int) -> int:
+        """Counter ticks of a loop of 4n instructions on the board."""
+        return struct.unpack("<II", self.request(P.SPIN, struct.pack("<I", n)))[1]
 
     def evaluate(self) -> dict:
         st, loss, correct, count = struct.unpack("<IfII", self.request(P.EVALUATE))

@@ -17,7 +17,24 @@ SYNC = b"\xa5\x5a"
 HEADER = 6
 MAX_PAYLOAD = 1024
 REPLY = 0x80
-HELLO, LOAD, TRAIN, UPDATE, EVALUATE, RESET, PARAMS, ERROR = 1, 2, 3, 4, 5, 6, 7, 0x7F
+HELLO, LOAD, TRAIN, UPDATE, EVALUATE, RESET, PARAMS, STATS, PROFILE, SPIN, ERROR = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0x7F
+
+ACK = 0x7E  # a board's "working on it" for a SLOW request (same seq, empty payload)
+SLOW = frozenset({TRAIN, PROFILE})  # requests that run for seconds on a board; acknowledged first
+# ERROR status a bridge sends when it cannot reach its board (not a board status)
+LINK_DOWN = 0xB0A4D000
+
+
+def error_text(payload: bytes) -> str:
+    """An ERROR payload as text: the board's status name (or the bridge's LINK_DOWN) and any text."""
+    from fedtiny import _core
+
+    if len(payload) < 4:
+        return "malformed error reply"
+    status = struct.unpack_from("<I", payload)[0]
+    name = "LINK_DOWN" if status == LINK_DOWN else _core.status_name(status)
+    text = payload[4:].decode(errors="replace")
+    return f"{name}: {text}" if text else name
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ With error feedback the device keeps the rounding residual in its node state bet
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -65,43 +65,87 @@ def train(msg: Message, context: Context) -> Message:
         return Message(RecordDict({"metrics": MetricRecord({"declined": 1, "partition-id": pid,
                                                             "battery-mj": energy.get("battery", -1.0)})}),
                        reply_to=msg)
-    trainer = Trainer(model, tc)
-    # a device loads the tensors it trains; the others stay as in its model file (its flash)
-    received = received_arrays(msg, trainer)
-    trainer.set_params(record_to_params(ArrayRecord({k: Array(v) for k, v in received.items()}), trainer.get_params()),
-                       only_updated=True)
-    stats = trainer.train_epochs(data.x_train, data.y_train, epochs=epochs, seed=train_seed(int(cfg.seed), rnd, pid))
-    macs = training_macs(model, tc, len(data.y_train), epochs)
-    arrays, subset = partial_update(trainer)
-    axes = channel_axes(trainer.model)
-    deltas = {}
-    for key, local in arrays.items():
-        g = received[key]
-        channels = subset.get(f"channels.{key}")
-        if channels is not None:
-            g = np.take(g, channels, axis=axes[key])
-        deltas[key] = (local - g).astype(np.float32)
-    if _fault(cfg.faults.nan_partitions, cfg.faults.nan_rounds, pid, rnd):
-        deltas = {k: np.full_like(d, np.nan) for k, d in deltas.items()}
-    if "dp-clip" in conf:  # differential privacy: clip the quantized update (and add local noise) in C
-        blobs = encode_private(deltas, axes, cfg.codec, (int(cfg.seed), rnd, pid), float(conf["dp-clip"]),
-                               float(conf["dp-noise-std"]))
-        residual_norm = 0.0
+    received = received_arrays(msg, Trainer(model, tc))
+    key = (int(cfg.seed), rnd, pid)
+    dp = (float(conf["dp-clip"]), float(conf["dp-noise-std"])) if "dp-clip" in conf else None
+    seed = train_seed(int(cfg.seed), rnd, pid)
+    url = board_url(cfg, pid, context)
+    if url is not None:  # a real or emulated board behind its bridge trains this partition
+        from fedtiny.devices.backend import board_round
+
+        res = board_round(url, model, tc, received, epochs, seed, cfg.codec, key, dp, float(cfg.devices.timeout_s))
     else:
-        blobs, residual_norm = encode_update(deltas, axes, cfg.codec, (int(cfg.seed), rnd, pid), context)
+        res = simulated_round(model, tc, received, data.x_train, data.y_train, epochs, seed, cfg.codec, key, dp,
+                              context, nan=_fault(cfg.faults.nan_partitions, cfg.faults.nan_rounds, pid, rnd))
+    blobs, subset = res.blobs, res.subset
+    macs = training_macs(model, tc, len(data.y_train), epochs)
     if _fault(cfg.faults.malformed_partitions, cfg.faults.malformed_rounds, pid, rnd):
         kinds = list(cfg.faults.malformed_kinds)
         kind = kinds[list(cfg.faults.malformed_partitions).index(pid) % len(kinds)]
         blobs, subset = malform(blobs, subset, str(kind), int(cfg.codec.max_update_bytes))
-    metrics = MetricRecord({"num-examples": len(data.y_train), "train-loss": stats.loss,
-                            "train-accuracy": stats.accuracy, "partition-id": pid,
-                            "arena-bytes": trainer.arena_hwm, "ef-residual-norm": residual_norm,
+    metrics = MetricRecord({"num-examples": len(data.y_train), "train-loss": res.loss,
+                            "train-accuracy": res.accuracy, "partition-id": pid,
+                            "arena-bytes": res.arena_bytes, "ef-residual-norm": res.residual_norm,
                             "epochs-done": epochs, "energy-compute-mj": compute_mj(energy["board"], macs),
                             "compute-s": compute_seconds(energy["board"], macs),
-                            "battery-mj": energy.get("battery", -1.0)})
+                            "battery-mj": energy.get("battery", -1.0), "on-board": int(url is not None)})
     subset["scheme"] = scheme.name if scheme is not None else "all"
     record = ArrayRecord({k: Array(b) for k, b in blobs.items()})
     return Message(RecordDict({"arrays": record, "metrics": metrics, "subset": ConfigRecord(subset)}), reply_to=msg)
+
+
+@dataclass
+class RoundResult:
+    """What a device sends back from a training round (simulated or on a board)."""
+
+    blobs: dict[str, np.ndarray]  # encoded change per tensor (ft_codec blobs)
+    subset: dict  # channels.<tensor>: the output channels a compact tensor carries
+    loss: float  # last epoch's mean training loss
+    accuracy: float  # last epoch's training accuracy
+    arena_bytes: int  # arena high-water mark of the trainer
+    residual_norm: float = 0.0  # error-feedback residual carried into this update
+
+
+def simulated_round(model, tc: TrainConfig, received: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
+                    epochs: int, seed: int, codec_cfg, key: tuple[int, int, int], dp: tuple[float, float] | None,
+                    context: Context | None, nan: bool = False) -> RoundResult:
+    """One device's round in simulation: load the broadcast values of the tensors the scheme
+    trains (the others stay as in its model file, its flash), train, and encode the change
+    w_local - w_global with the C encoder (or the DP encoder when dp = (clip, noise std))."""
+    trainer = Trainer(model, tc)
+    trainer.set_params(record_to_params(ArrayRecord({k: Array(v) for k, v in received.items()}), trainer.get_params()),
+                       only_updated=True)
+    stats = trainer.train_epochs(x, y, epochs=epochs, seed=seed)
+    arrays, subset = partial_update(trainer)
+    axes = channel_axes(trainer.model)
+    deltas = {}
+    for name, local in arrays.items():
+        g = received[name]
+        channels = subset.get(f"channels.{name}")
+        if channels is not None:
+            g = np.take(g, channels, axis=axes[name])
+        deltas[name] = (local - g).astype(np.float32)
+    if nan:
+        deltas = {k: np.full_like(d, np.nan) for k, d in deltas.items()}
+    if dp is not None:  # differential privacy: clip the quantized update (and add local noise) in C
+        return RoundResult(encode_private(deltas, axes, codec_cfg, key, *dp), subset, stats.loss, stats.accuracy,
+                           trainer.arena_hwm)
+    blobs, residual_norm = encode_update(deltas, axes, codec_cfg, key, context)
+    return RoundResult(blobs, subset, stats.loss, stats.accuracy, trainer.arena_hwm, residual_norm)
+
+
+def board_url(cfg, pid: int, context: Context | None) -> str | None:
+    """The bridge URL of the board that holds partition `pid`: the node's ``board-url`` (a
+    deployed SuperNode started with --node-config "board-url='socket://...'"), else
+    ``devices.urls`` of the experiment (board i holds partition ``devices.partitions[i]``), else
+    None (simulated)."""
+    if context is not None and context.node_config.get("board-url"):
+        return str(context.node_config["board-url"])
+    d = cfg.get("devices")
+    if d is None or not d.urls:
+        return None
+    parts = list(d.partitions) or list(range(len(d.urls)))
+    return str(d.urls[parts.index(pid)]) if pid in parts else None
 
 
 def _energy_plan(cfg, model, tc, samples: int, epochs: int, msg: Message, context: Context) -> tuple[int, dict]:

@@ -403,6 +403,24 @@ class Trainer:
             out.append((w.reshape(wshape), b))
         return out
 
+    def device_params(self, params: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The values a device trains from when sent `params`: those of the tensors its update
+        changes, the model's own (its flash) for the others; with int8 precision a channel subset
+        also keeps the model's values in the channels it does not update."""
+        kept = []
+        for k, ((w, b), (w0, b0)) in enumerate(zip(params, self.get_params())):
+            kind, bias_on, channels = self.layer_update(k)
+            if kind == "channels" and self.config.precision == "int8":
+                # int8 subsets hold only their channels; the others stay the model's (flash)
+                axis = w0.ndim - 1 if self.model.spec.layers[self.model.first_trainable + k].type == "dwconv2d" else 0
+                merged = np.array(w0, np.float32, copy=True)
+                index = [slice(None)] * w0.ndim
+                index[axis] = channels
+                merged[tuple(index)] = np.asarray(w, np.float32)[tuple(index)]
+                w = merged
+            kept.append((w if kind != "none" else w0, b if bias_on else b0))
+        return kept
+
     def set_params(self, params: list[tuple[np.ndarray, np.ndarray]], only_updated: bool = False) -> None:
         """Overwrite the trainable parameters (shapes as :meth:`get_params` returns). Tensors
         the update does not change live in the model: they must be passed unchanged, or, with
@@ -411,20 +429,7 @@ class Trainer:
         ``prox_mu > 0`` the new parameters also become the FedProx anchor."""
         shapes = self._shapes()
         if only_updated and len(params) == len(shapes):
-            current = self.get_params()
-            kept = []
-            for k, ((w, b), (w0, b0)) in enumerate(zip(params, current)):
-                kind, bias_on, channels = self.layer_update(k)
-                if kind == "channels" and self.config.precision == "int8":
-                    # int8 subsets hold only their channels; the others stay the model's (flash)
-                    axis = w0.ndim - 1 if self.model.spec.layers[self.model.first_trainable + k].type == "dwconv2d" else 0
-                    merged = np.array(w0, np.float32, copy=True)
-                    index = [slice(None)] * w0.ndim
-                    index[axis] = channels
-                    merged[tuple(index)] = np.asarray(w, np.float32)[tuple(index)]
-                    w = merged
-                kept.append((w if kind != "none" else w0, b if bias_on else b0))
-            params = kept
+            params = self.device_params(params)
         if len(params) != len(shapes):
             raise TrainerError("BAD_CONFIG", f"expected {len(shapes)} layers of parameters, got {len(params)}")
         for k, ((w, b), (ws, bs)) in enumerate(zip(params, shapes)):

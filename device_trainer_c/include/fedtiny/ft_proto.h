@@ -33,6 +33,10 @@ typedef enum {
     FT_MSG_EVALUATE = 5, /* loss and accuracy on local data */
     FT_MSG_RESET = 6,    /* forget the model and the trainer */
     FT_MSG_PARAMS = 7,   /* the global model's trainable values: u32 offset, f32 values */
+    FT_MSG_STATS = 8,    /* profile of the last TRAIN/PROFILE, RAM figures */
+    FT_MSG_PROFILE = 9,  /* one profiled forward pass of the whole model (int8 prefix included) */
+    FT_MSG_SPIN = 10,    /* counter ticks of a loop of known length (calibration) */
+    FT_MSG_ACK = 0x7E,   /* sent at once for TRAIN, PROFILE and SPIN (same seq, empty): working on it */
     FT_MSG_ERROR = 0x7F  /* reply: u32 ft_status, text */
 } ft_msg_type;
 

@@ -100,6 +100,21 @@ typedef struct {
     int32_t w_kind, b_on, row, nsel;
 } ft_layer_state;
 
+/* Profiling probe (optional): called after each piece of work with the event and the layer
+ * (absolute model index for FT_PROBE_PREFIX, trainable index for FORWARD/BACKWARD, -1 else).
+ * A board reads its cycle or instruction counter here; NULL (the default) costs one test. */
+typedef enum {
+    FT_PROBE_BEGIN = 0,    /* a sample's forward pass starts */
+    FT_PROBE_PREFIX = 1,   /* frozen int8 layer done */
+    FT_PROBE_INPUT = 2,    /* boundary activation dequantized */
+    FT_PROBE_FORWARD = 3,  /* trainable layer forward done */
+    FT_PROBE_LOSS = 4,     /* softmax cross-entropy and its gradient done */
+    FT_PROBE_BACKWARD = 5, /* trainable layer backward done */
+    FT_PROBE_APPLY = 6,    /* SGD step over all updated tensors done */
+    FT_PROBE_BEGIN_APPLY = 7
+} ft_probe_event;
+typedef void (*ft_probe_fn)(void *ctx, int32_t event, int32_t layer);
+
 typedef struct {
     const ft_model *model;
     ft_train_config cfg;
@@ -115,6 +130,8 @@ typedef struct {
     float *grad_acts[2];
     uint32_t rng_key, rng_ctr; /* stochastic rounding: u_i = hash(key ^ hash(ctr++)) */
     int32_t initialized;
+    ft_probe_fn probe; /* set after ft_trainer_init (which clears it); NULL: no profiling */
+    void *probe_ctx;
 } ft_trainer;
 
 typedef struct {

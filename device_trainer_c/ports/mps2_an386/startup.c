@@ -6,6 +6,10 @@
 extern uint32_t _estack, _sidata, _sdata, _edata, _sbss, _ebss;
 int main(void);
 void ft_reset_handler(void);
+/* Paint the free RAM below the stack so a port can report the stack's peak (board.c); the twin
+ * firmware does not link board.c and gets this no-op. */
+void ft_stack_paint(void) __attribute__((weak));
+void ft_stack_paint(void) {}
 void ft_fault_handler(void);
 
 void ft_fault_handler(void)
@@ -25,6 +29,7 @@ void ft_reset_handler(void)
     for (uint32_t *dst = &_sbss; dst < &_ebss;) {
         *dst++ = 0;
     }
+    ft_stack_paint();
     ft_semihost_exit(main());
 }
 

@@ -226,10 +226,18 @@ static ft_status ft_check_data(const ft_trainer *tr, const ft_dataset *data)
     return FT_OK;
 }
 
+#define FT_PROBE(tr, ev, layer)                                                                              \
+    do {                                                                                                       \
+        if ((tr)->probe != NULL) {                                                                             \
+            (tr)->probe((tr)->probe_ctx, (ev), (layer));                                                       \
+        }                                                                                                      \
+    } while (0)
+
 /* Forward sample i; the logits end in acts[L]. */
 static ft_status ft_forward(ft_trainer *tr, const ft_dataset *data, uint32_t i)
 {
     const ft_model *m = tr->model;
+    FT_PROBE(tr, FT_PROBE_BEGIN, -1);
     const int32_t first = m->first_trainable;
     const int32_t k0 = tr->cfg.start_layer;
     if (k0 > 0) { /* cached float activations enter trainable layer k0 (read only) */
@@ -237,6 +245,7 @@ static ft_status ft_forward(ft_trainer *tr, const ft_dataset *data, uint32_t i)
         for (int32_t k = k0; k < m->num_layers - first; k++) {
             const ft_wview v = ft_wv(tr, k);
             ft_layer_forward_f32(&m->layers[first + k], &v, ft_b(tr, k), tr->acts[k], tr->acts[k + 1]);
+            FT_PROBE(tr, FT_PROBE_FORWARD, k);
         }
         return FT_OK;
     }
@@ -257,6 +266,7 @@ static ft_status ft_forward(ft_trainer *tr, const ft_dataset *data, uint32_t i)
             }
             feat = tr->prefix[slot];
             slot ^= 1;
+            FT_PROBE(tr, FT_PROBE_PREFIX, i);
         }
     }
     if (first > 0) {
@@ -267,10 +277,12 @@ static ft_status ft_forward(ft_trainer *tr, const ft_dataset *data, uint32_t i)
     for (int32_t k = 0; k < tr->plan.feature_size; k++) {
         a0[k] = scale * (float)((int32_t)feat[k] - zp);
     }
+    FT_PROBE(tr, FT_PROBE_INPUT, -1);
     for (int32_t i = first; i < m->num_layers; i++) {
         const int32_t k = i - first;
         const ft_wview v = ft_wv(tr, k);
         ft_layer_forward_f32(&m->layers[i], &v, ft_b(tr, k), tr->acts[k], tr->acts[k + 1]);
+        FT_PROBE(tr, FT_PROBE_FORWARD, k);
     }
     return FT_OK;
 }
@@ -310,6 +322,7 @@ static void ft_backward(ft_trainer *tr)
         const ft_wview v = ft_wv(tr, k);
         ft_layer_backward_f32(&m->layers[first + k], &v, tr->acts[k], tr->acts[k + 1], gout, gin, s->gw, s->gb,
                               s->slot);
+        FT_PROBE(tr, FT_PROBE_BACKWARD, k);
     }
 }
 
@@ -325,6 +338,7 @@ static ft_status ft_sample_grads(ft_trainer *tr, const ft_dataset *data, uint32_
     acc->loss += ft_softmax_xent(tr->acts[n_train], tr->model->num_classes, data->y[i], tr->grad_acts[0], &pred);
     acc->correct += pred == data->y[i];
     acc->count += 1;
+    FT_PROBE(tr, FT_PROBE_LOSS, -1);
     ft_backward(tr);
     return FT_OK;
 }
@@ -401,6 +415,7 @@ ft_status ft_trainer_apply(ft_trainer *tr, int32_t n)
     if (n < 1) {
         return FT_ERR_BAD_CONFIG;
     }
+    FT_PROBE(tr, FT_PROBE_BEGIN_APPLY, -1);
     const float inv_n = 1.0f / (float)n;
     const ft_train_config *c = &tr->cfg;
     const ft_model *m = tr->model;
@@ -431,6 +446,7 @@ ft_status ft_trainer_apply(ft_trainer *tr, int32_t n)
             }
         }
     }
+    FT_PROBE(tr, FT_PROBE_APPLY, -1);
     return FT_OK;
 }
 

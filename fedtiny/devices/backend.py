@@ -1,0 +1,60 @@
+"""The board backend of fedtiny's ClientApp: a training round run on a real or emulated board.
+
+The ClientApp reaches the board through its bridge (``fedtiny board serve``, one long-lived
+process per board that owns the serial link), so each Flower message opens only a local TCP
+connection; the board itself is never reset by it. A round:
+
+1. HELLO; LOAD the model file only if the board's model CRC-32 differs (the model stays
+   loaded across rounds, as in flash);
+2. PARAMS: the values the device trains from: the broadcast values of the tensors its scheme
+   updates, its model's own values for the rest (``Trainer.device_params``, the rule the
+   simulated client follows);
+3. TRAIN with the device's scheme, precision, rounding and codec settings (DP clip and local
+   noise included), then UPDATE: the encoded change, which the server validates like any other.
+
+The host builds the same :class:`~fedtiny.trainer.Trainer` without training it, for the channel
+subsets the scheme selects (a deterministic function of the model) and the values above. A board
+that does not answer raises :class:`~fedtiny.devices.link.BoardError`; Flower then counts the
+client as failed for the round.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+from fedtiny.devices.link import BoardClient, BoardError
+from fedtiny.fl.records import record_to_params
+from fedtiny.trainer import Model, TrainConfig, Trainer
+
+
+def board_round(url: str, model: Model, tc: TrainConfig, received: dict[str, np.ndarray], epochs: int, seed: int,
+                codec_cfg, key: tuple[int, int, int], dp: tuple[float, float] | None, timeout_s: float):
+    """One training round on the board behind `url` (a bridge, or the board's own port); returns
+    a :class:`fedtiny.fl.client_app.RoundResult`."""
+    from fedtiny.fl.client_app import RoundResult, partial_update
+
+    if bool(codec_cfg.error_feedback):
+        raise BoardError("error feedback keeps a residual between rounds, which the board firmware does not")
+    trainer = Trainer(model, tc)
+    start = trainer.device_params(record_to_params(ArrayRecord({k: Array(v) for k, v in received.items()}),
+                                                   trainer.get_params()))
+    _, subset = partial_update(trainer)
+    # without error feedback the simulated client's rounding rule is the same with and without DP
+    nearest = codec_cfg.rounding == "nearest"
+    clip, noise = dp if dp is not None else (0.0, 0.0)
+    # a bridge retries on the board's link itself; towards the bridge (local TCP) one try
+    board = BoardClient(url, timeout=30.0, retries=1, train_timeout=timeout_s)
+    try:
+        blob = model.to_bytes()
+        if board.hello()["model_crc32"] != zlib.crc32(blob):
+            board.load_model(blob)
+        board.set_params(start)
+        res = board.train(tc, epochs, seed, int(codec_cfg.bits), bool(codec_cfg.per_channel), nearest, key, clip, noise)
+        blobs = board.update(res["update_bytes"])
+    finally:
+        board.close()
+    accuracy = res["correct"] / res["count"] if res["count"] else 0.0
+    return RoundResult(blobs, subset, float(res["loss"]), accuracy, int(res["arena_bytes"]))

@@ -1,0 +1,133 @@
+"""A bridge: the one long-lived process that owns a board's serial link.
+
+Flower runs every message of a deployed ClientApp in a fresh process, and reopening a serial
+port resets many boards (the DTR line of USB CDC ports), so nothing but the bridge opens the
+board's port. The bridge serves the same framed protocol on a local TCP port
+(``socket://127.0.0.1:<port>``, reachable with the same :class:`~fedtiny.devices.link.BoardClient`):
+
+* each request frame from a client is checked (CRC) and forwarded to the board with the bridge's
+  own sequence numbers, timeouts and retries (every command is idempotent, so a retry after a
+  lost reply is safe); the board's reply goes back under the client's sequence number;
+* a SLOW request (TRAIN, PROFILE) is acknowledged at once, as the board itself does;
+* one request at a time reaches the board (a lock), whatever the number of clients;
+* when the board's link fails (port gone, emulator killed), the client gets an ERROR frame with
+  status LINK_DOWN and the reason, and the bridge reopens the link at the next request.
+
+Run it as ``fedtiny board serve URL [--port P] [--host H]``; it prints
+``bridge <board url> on socket://<host>:<port>`` when it is ready and stops on SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+import socketserver
+import struct
+import sys
+import threading
+
+from fedtiny.devices import protocol as P
+from fedtiny.devices.link import BoardClient, BoardError
+
+
+class Bridge:
+    def __init__(self, board_url: str, host: str = "127.0.0.1", port: int = 0, timeout: float = 5.0,
+                 retries: int = 3, train_timeout: float = 600.0) -> None:
+        self.board_url, self.timeout, self.retries, self.train_timeout = board_url, timeout, retries, train_timeout
+        self.board: BoardClient | None = None
+        self.lock = threading.Lock()
+        self.requests = self.link_failures = 0
+        bridge = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                rx = P.Receiver()
+                while True:
+                    try:
+                        data = self.request.recv(4096)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    for f in rx.feed(data):
+                        if f.type in P.SLOW:  # the client may wait long once its request is here
+                            self.request.sendall(P.frame(P.ACK, f.seq))
+                        self.request.sendall(bridge.forward(f))
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server((host, port), Handler)
+        self.host, self.port = self.server.server_address[:2]
+        self.url = f"socket://{self.host}:{self.port}"
+
+    def forward(self, f: P.Frame) -> bytes:
+        """The reply frame (under the client's seq) to one request frame."""
+        with self.lock:
+            self.requests += 1
+            try:
+                if self.board is None:
+                    self.board = BoardClient(self.board_url, timeout=self.timeout, retries=self.retries,
+                                             train_timeout=self.train_timeout)
+                reply = self.board.exchange(f.type, f.payload)
+                return P.frame(reply.type, f.seq, reply.payload)
+            except Exception as err:  # noqa: BLE001 - any link failure becomes the client's error reply
+                self.link_failures += 1
+                if self.board is not None:
+                    try:
+                        self.board.close()
+                    except Exception:  # noqa: BLE001 - the port may already be gone
+                        pass
+                    self.board = None
+                reason = str(err) if isinstance(err, BoardError) else f"{type(err).__name__}: {err}"
+                print(f"fedtiny bridge {self.board_url}: {reason}", file=sys.stderr, flush=True)
+                return P.frame(P.ERROR, f.seq, struct.pack("<I", P.LINK_DOWN) + reason.encode()[:512])
+
+    def serve_forever(self) -> None:
+        self.server.serve_forever(poll_interval=0.2)
+
+    def start(self) -> Bridge:
+        """Serve from a daemon thread (tests, and `fedtiny emulate` in one process)."""
+        threading.Thread(target=self.serve_forever, daemon=True, name=f"bridge-{self.port}").start()
+        return self
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        with self.lock:
+            if self.board is not None:
+                self.board.close()
+                self.board = None
+
+
+def serve_main(argv: list[str]) -> int:
+    """``fedtiny board serve URL [--port P] [--host H] [--timeout S]``"""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="fedtiny board serve", description="own a board's serial link and serve it "
+                                 "on a local TCP port (the protocol of fedtiny.devices.protocol)")
+    ap.add_argument("url", help="the board: /dev/ttyACM0, socket://127.0.0.1:4000 (QEMU), ...")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0, help="TCP port to serve on (0: any free port)")
+    ap.add_argument("--timeout", type=float, default=5.0, help="seconds before a request to the board is retried")
+    ap.add_argument("--retries", type=int, default=3)
+    args = ap.parse_args(argv)
+    try:
+        bridge = Bridge(args.url, args.host, args.port, args.timeout, args.retries)
+    except OSError as err:
+        print(f"fedtiny board serve: cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr)
+        return 1
+
+    def stop(*_):
+        threading.Thread(target=bridge.server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"bridge {args.url} on {bridge.url}", flush=True)
+    bridge.serve_forever()
+    bridge.server.server_close()
+    if bridge.board is not None:
+        bridge.board.close()
+    print(f"bridge {args.url}: stopped after {bridge.requests} requests, {bridge.link_failures} link failures",
+          flush=True)
+    return 0

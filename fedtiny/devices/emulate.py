@@ -1,0 +1,214 @@
+"""An emulated fleet: N QEMU mps2-an386 boards running fedtiny's firmware, each behind its own
+bridge process (``fedtiny board serve``), optionally with a damaging proxy on the serial link.
+
+    with Fleet(firmware, [data_block(x0, y0), data_block(x1, y1)], workdir) as fleet:
+        fleet.urls      # bridge URLs, one per board: what devices.urls / board-url take
+
+Each board gets its local data placed in PSRAM at boot by QEMU's ``-device loader`` (as a
+board's flash would hold it). QEMU and the bridges die with the process that started them
+(Linux parent-death signal), and :meth:`Fleet.stop` terminates them with timeouts, killing
+what does not exit, so no emulator is left running.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2] / "device_trainer_c"
+DATA_ADDR = 0x21000000
+TOOLS = ("arm-none-eabi-gcc", "qemu-system-arm", "cmake")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_firmware(build: Path, target: str = "ft_board_mps2") -> Path:
+    """Cross-build `target` of device_trainer_c for the Cortex-M4F (Debian's arm-none-eabi-gcc)
+    into `build`; returns the ELF."""
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        raise RuntimeError(f"building the firmware needs {missing} (bash scripts/setup.sh installs them)")
+    if not (ROOT / "CMakeLists.txt").exists():
+        raise RuntimeError(f"no firmware sources at {ROOT}: pass devices.firmware=<ELF> instead")
+    for step in (["cmake", "-S", str(ROOT), "-B", str(build),
+                  f"-DCMAKE_TOOLCHAIN_FILE={ROOT / 'cmake/arm-none-eabi-cortex-m4.cmake'}", "-DCMAKE_BUILD_TYPE=Release"],
+                 ["cmake", "--build", str(build), "--target", target, "-j", "2"]):
+        proc = subprocess.run(step, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"firmware build failed: {' '.join(step[:3])}...\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return build / f"{target}.elf"
+
+
+def cached_firmware(cache_dir: str | Path) -> Path:
+    """The board firmware built once per source version into the cache."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in ROOT.rglob("*") if p.is_file() and p.suffix in (".c", ".h", ".inc", ".ld", ".txt",
+                                                                                   ".cmake")):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + path.read_bytes())
+    build = Path(cache_dir).expanduser() / "firmware" / digest.hexdigest()[:16]
+    elf = build / "ft_board_mps2.elf"
+    return elf if elf.exists() else build_firmware(build)
+
+
+class Fleet:
+    """N emulated boards and their bridges. `damage` > 0 puts an injector (fedtiny.devices.injector)
+    between each bridge and its board that damages that fraction of bytes in both directions
+    (`damage_every` = n: also one byte in every n);
+    `icount` runs QEMU with ``-icount shift=0`` (one instruction per virtual nanosecond, for
+    instruction counts)."""
+
+    def __init__(self, firmware: str | Path, data_blocks: list[bytes], workdir: str | Path, damage: float = 0.0,
+                 icount: bool = False, seed: int = 0, in_process_bridges: bool = False, retries: int = 0, damage_every: int = 0) -> None:
+        self.firmware, self.blocks, self.workdir = Path(firmware), list(data_blocks), Path(workdir)
+        self.damage, self.icount, self.seed, self.in_process = damage, icount, seed, in_process_bridges
+        # a damaged link loses more frames: the bridges try more often (default 3, 10 with damage)
+        self.retries = retries or (10 if damage > 0 or damage_every else 3)
+        self.damage_every = damage_every
+        self.qemu: list[subprocess.Popen] = []
+        self.bridges: list = []  # subprocesses, or Bridge objects in process
+        self.injectors: list = []
+        self.urls: list[str] = []
+        self.board_urls: list[str] = []  # where each bridge reaches its board
+
+    def __enter__(self) -> Fleet:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 30.0) -> Fleet:
+        from fedtiny.devices.bridge import Bridge
+        from fedtiny.devices.injector import Injector
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            for i, block in enumerate(self.blocks):
+                data = self.workdir / f"board{i}.data"
+                data.write_bytes(block)
+                port = _free_port()
+                cmd = ["qemu-system-arm", "-M", "mps2-an386", "-display", "none", "-monitor", "none",
+                       "-serial", f"tcp:127.0.0.1:{port},server=on,wait=off", "-semihosting-config",
+                       "enable=on,target=native", "-kernel", str(self.firmware),
+                       "-device", f"loader,file={data},addr={DATA_ADDR:#x}"]
+                if self.icount:
+                    cmd[1:1] = ["-icount", "shift=0"]
+                log = open(self.workdir / f"board{i}.qemu.log", "wb")
+                self.qemu.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                  preexec_fn=_die_with_parent))
+                log.close()
+                url = f"socket://127.0.0.1:{port}"
+                _wait_listening(port, self.qemu[-1], timeout)
+                if self.damage > 0 or self.damage_every:
+                    inj = Injector(("127.0.0.1", port), self.damage, seed=self.seed + i, every=self.damage_every).start()
+                    self.injectors.append(inj)
+                    url = inj.url
+                self.board_urls.append(url)
+                if self.in_process:
+                    bridge = Bridge(url, retries=self.retries).start()
+                    self.bridges.append(bridge)
+                    self.urls.append(bridge.url)
+                else:
+                    self.bridges.append(subprocess.Popen(
+                        [sys.executable, "-m", "fedtiny", "board", "serve", url, "--retries", str(self.retries)], stdout=subprocess.PIPE,
+                        stderr=open(self.workdir / f"board{i}.bridge.log", "wb"), stdin=subprocess.DEVNULL, text=True,
+                        preexec_fn=_die_with_parent))
+            for proc in [] if self.in_process else self.bridges:
+                line = _read_line(proc, timeout)
+                if not line.startswith("bridge "):
+                    raise RuntimeError(f"a bridge did not start: {line!r}")
+                self.urls.append(line.split(" on ")[-1])
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def kill_board(self, i: int) -> None:
+        """Kill board i's emulator outright (SIGKILL), as pulling a board's power would."""
+        self.qemu[i].kill()
+        self.qemu[i].wait(timeout=10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for b in self.bridges:
+            if isinstance(b, subprocess.Popen):
+                if b.poll() is None:
+                    b.send_signal(signal.SIGTERM)
+            else:
+                b.close()
+        for inj in self.injectors:
+            inj.close()
+        for q in self.qemu:
+            if q.poll() is None:
+                q.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in [b for b in self.bridges if isinstance(b, subprocess.Popen)] + self.qemu:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        self.qemu, self.bridges, self.injectors, self.urls, self.board_urls = [], [], [], [], []
+
+
+def _wait_listening(port: int, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"QEMU exited with status {proc.returncode} before opening its serial port")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            try:
+                s.connect(("127.0.0.1", port))
+            except OSError:
+                time.sleep(0.05)
+                continue
+        return  # QEMU accepted (and saw the probe close); the port takes the next client
+    raise RuntimeError(f"QEMU did not open its serial port within {timeout:g} s")
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> str:
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    if not sel.select(timeout):
+        raise RuntimeError(f"a bridge printed nothing within {timeout:g} s")
+    return proc.stdout.readline().strip()
+
+
+def fleet_for_experiment(cfg, workdir: Path, log=print) -> Fleet:
+    """Start `devices.emulate` boards for an experiment: board i holds the training split of
+    partition ``devices.partitions[i]`` (default i) as int8 boundary features."""
+    from fedtiny.devices.link import data_block
+    from fedtiny.fl.state import config_json, experiment_state, features
+
+    n = int(cfg.devices.emulate)
+    parts = list(cfg.devices.partitions) or list(range(n))
+    st = experiment_state(config_json(cfg))
+    blocks = []
+    for pid in parts[:n]:
+        c = st.task.clients[pid]
+        blocks.append(data_block(features(st.model, c.train.x), c.train.y))
+    firmware = Path(cfg.devices.firmware) if cfg.devices.firmware else cached_firmware(cfg.cache_dir)
+    log(f"emulating {n} mps2-an386 boards (partitions {parts[:n]}) with {firmware}")
+    return Fleet(firmware, blocks, workdir, damage=float(cfg.devices.damage), seed=int(cfg.seed)).start()
