@@ -10,7 +10,7 @@ sleep for the rest of the round period; board profile in conf/board/), epsilon (
 update_norm_max (largest L2 norm of a decoded update this round: the clipping bound in DP runs),
 ef_residual_norm (example-weighted mean over the clients of the norm
 of the error-feedback residual each carried into its update; 0 without error feedback),
-participating (updates aggregated), failed (clients that raised or
+participating (updates aggregated), on_board (of those, trained on a board), failed (clients that raised or
 timed out), rejected (updates that failed validation), contributors_min/max (over every output
 channel of every trainable tensor: how many aggregated updates changed it; per tensor in
 ``contributors.csv``), bytes_up/bytes_down (exact serialized size of every message's
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 COLUMNS = ["round", "accuracy", "loss", "fed_accuracy", "fed_loss", "train_loss", "train_accuracy", "ef_residual_norm",
-           "epsilon", "update_norm_max", "participating", "declined", "energy_mj_mean", "energy_compute_mj_mean",
+           "epsilon", "update_norm_max", "participating", "on_board", "declined", "energy_mj_mean", "energy_compute_mj_mean",
            "energy_radio_mj_mean", "energy_idle_mj_mean",
            "failed", "rejected", "contributors_min", "contributors_max", "bytes_up", "bytes_down", "bytes_up_payload",
            "bytes_up_overhead", "bytes_down_payload", "bytes_down_overhead", "wall_s"]
@@ -52,7 +52,7 @@ class RoundLog:
         self.tensor_counts: dict = {}
         self.traffic: list[tuple] = []
         self.computed: dict[int, tuple[float, float]] = {}
-        self.row = {k: 0 for k in ("participating", "failed", "rejected", "declined", *BYTE_COLUMNS)}
+        self.row = {k: 0 for k in ("participating", "on_board", "failed", "rejected", "declined", *BYTE_COLUMNS)}
 
     def compute(self, pid: int, mj: float, seconds: float) -> None:
         self.computed[pid] = (mj, seconds)

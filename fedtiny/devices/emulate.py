@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import os
 import shutil
 import signal
 import socket
@@ -77,12 +76,13 @@ class Fleet:
     instruction counts)."""
 
     def __init__(self, firmware: str | Path, data_blocks: list[bytes], workdir: str | Path, damage: float = 0.0,
-                 icount: bool = False, seed: int = 0, in_process_bridges: bool = False, retries: int = 0, damage_every: int = 0) -> None:
+                 icount: bool = False, seed: int = 0, in_process_bridges: bool = False, retries: int = 0, damage_every: int = 0,
+                 watch=None) -> None:
         self.firmware, self.blocks, self.workdir = Path(firmware), list(data_blocks), Path(workdir)
         self.damage, self.icount, self.seed, self.in_process = damage, icount, seed, in_process_bridges
         # a damaged link loses more frames: the bridges try more often (default 3, 10 with damage)
         self.retries = retries or (10 if damage > 0 or damage_every else 3)
-        self.damage_every = damage_every
+        self.damage_every, self.watch = damage_every, watch  # watch(i, direction, bytes) on board i's link
         self.qemu: list[subprocess.Popen] = []
         self.bridges: list = []  # subprocesses, or Bridge objects in process
         self.injectors: list = []
@@ -117,8 +117,10 @@ class Fleet:
                 log.close()
                 url = f"socket://127.0.0.1:{port}"
                 _wait_listening(port, self.qemu[-1], timeout)
-                if self.damage > 0 or self.damage_every:
-                    inj = Injector(("127.0.0.1", port), self.damage, seed=self.seed + i, every=self.damage_every).start()
+                if self.damage > 0 or self.damage_every or self.watch is not None:
+                    watch = (lambda way, data, i=i: self.watch(i, way, data)) if self.watch is not None else None
+                    inj = Injector(("127.0.0.1", port), self.damage, seed=self.seed + i, every=self.damage_every,
+                                   watch=watch).start()
                     self.injectors.append(inj)
                     url = inj.url
                 self.board_urls.append(url)
@@ -196,7 +198,7 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> str:
     return proc.stdout.readline().strip()
 
 
-def fleet_for_experiment(cfg, workdir: Path, log=print) -> Fleet:
+def fleet_for_experiment(cfg, workdir: Path, log=print, **fleet_options) -> Fleet:
     """Start `devices.emulate` boards for an experiment: board i holds the training split of
     partition ``devices.partitions[i]`` (default i) as int8 boundary features."""
     from fedtiny.devices.link import data_block
@@ -211,4 +213,4 @@ def fleet_for_experiment(cfg, workdir: Path, log=print) -> Fleet:
         blocks.append(data_block(features(st.model, c.train.x), c.train.y))
     firmware = Path(cfg.devices.firmware) if cfg.devices.firmware else cached_firmware(cfg.cache_dir)
     log(f"emulating {n} mps2-an386 boards (partitions {parts[:n]}) with {firmware}")
-    return Fleet(firmware, blocks, workdir, damage=float(cfg.devices.damage), seed=int(cfg.seed)).start()
+    return Fleet(firmware, blocks, workdir, damage=float(cfg.devices.damage), seed=int(cfg.seed), **fleet_options).start()

@@ -5,8 +5,8 @@ damages a fraction `rate` of the bytes in both directions (and, with `every` = n
 random place in every n bytes, so a test knows how much damage happened), from a seeded generator: a damaged
 byte is flipped, dropped (the frame arrives truncated), or followed by a burst of garbage. A
 frame that loses a byte never completes; the receivers resynchronise and the host's retry
-gets through. `watch` (optional) sees every chunk from the host before damage, so a test can
-act at a chosen moment (e.g. kill the board when a TRAIN request passes).
+gets through. `watch(direction, data)` (optional) sees every chunk before damage and before it
+is passed on, so a test can act at a chosen moment (e.g. kill the board as it starts training).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 class Injector:
     def __init__(self, upstream: tuple[str, int], rate: float, seed: int = 0,
-                 watch: Callable[[bytes], None] | None = None, every: int = 0) -> None:
+                 watch: Callable[[str, bytes], None] | None = None, every: int = 0) -> None:
         if not 0.0 <= rate < 0.5 or every < 0:
             raise ValueError(f"damage rate must be in [0, 0.5) and every >= 0, got {rate} and {every}")
         self.upstream, self.rate, self.watch, self.every = upstream, rate, watch, every
@@ -90,8 +90,8 @@ class Injector:
                 data = src.recv(4096)
                 if not data:
                     break
-                if direction == "to_board" and self.watch is not None:
-                    self.watch(data)
+                if self.watch is not None:
+                    self.watch(direction, data)
                 dst.sendall(self.damage(data, direction))
         except OSError:
             pass

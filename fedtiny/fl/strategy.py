@@ -167,6 +167,8 @@ class FedtinyStrategy:
                 rejected.append((pid, reason))
                 continue
             valid.append((pid, msg, parsed))
+            if kind == MessageType.TRAIN and int(metrics.get("on-board", 0)):
+                self.round_log.row["on_board"] += 1  # trained on a real or emulated board
             if kind == MessageType.TRAIN and "energy-compute-mj" in metrics:
                 self.round_log.compute(pid, float(metrics["energy-compute-mj"]), float(metrics["compute-s"]))
         valid.sort(key=lambda item: item[0])

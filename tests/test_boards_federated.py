@@ -1,0 +1,102 @@
+"""End to end: a federated experiment with emulated boards (QEMU mps2-an386 running fedtiny's
+firmware, each behind its bridge process) beside simulated clients, in Flower's simulation.
+
+* `fedtiny devices.emulate=3 ...` (the README's command) runs with 3 boards and 7 simulated
+  devices, and since every board's update equals its simulated twin's byte for byte, the run's
+  global accuracy equals that of the same experiment fully simulated, round by round.
+* Killing a board's emulator while it trains (round 2): that client is counted as failed in that
+  round and the next, the rounds complete, and so does the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fedtiny.devices import protocol as P
+from tests.conftest import run
+from tests.cortex_m import needs_cortex_m
+
+pytestmark = needs_cortex_m
+
+BASE = ["experiment=digits_quick", "rounds=3", "codec.bits=8"]
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory, cache_dir):
+    return run(BASE, tmp_path_factory.mktemp("simulated"), cache_dir)
+
+
+@pytest.fixture(scope="module")
+def with_boards(tmp_path_factory, cache_dir, simulated):
+    out = tmp_path_factory.mktemp("boards")
+    proc = subprocess.run([sys.executable, "-m", "fedtiny", *BASE, "devices.emulate=3", f"cache_dir={cache_dir}",
+                           "progress=false", f"hydra.run.dir={out}"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"rows": list(csv.DictReader(open(out / "metrics.csv"))), "log": proc.stdout,
+            "summary": json.loads((out / "summary.json").read_text())}
+
+
+def test_boards_and_simulated_clients_federate(with_boards):
+    rows = [r for r in with_boards["rows"] if int(r["round"]) >= 1]
+    assert len(rows) == 3
+    for r in rows:
+        assert int(r["participating"]) == 10 and int(r["on_board"]) == 3 and int(r["failed"]) == 0, r
+    assert "emulating 3 mps2-an386 boards" in with_boards["log"]
+
+
+def test_a_run_with_boards_equals_the_simulated_run(with_boards, simulated):
+    """Board updates are their twins' bytes, so the global model (and its accuracy) is the same."""
+    for b, s in zip(with_boards["rows"], simulated["rows"]):
+        assert b["accuracy"] == s["accuracy"] and b["loss"] == s["loss"], (b, s)
+        assert b["bytes_up_payload"] == s["bytes_up_payload"]
+    assert with_boards["summary"]["final_accuracy"] == simulated["summary"]["final_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory, cache_dir):
+    """3 boards; board 2's emulator is killed as it acknowledges its second TRAIN request (round 2),
+    i.e. while it trains."""
+    from fedtiny.config import compose
+    from fedtiny.devices.emulate import fleet_for_experiment
+
+    cfg = compose([*BASE, "devices.emulate=3", f"cache_dir={cache_dir}", "progress=false"])
+    rx = {"to_board": P.Receiver(), "to_host": P.Receiver()}
+    trains: list[int] = []
+    holder: dict = {}
+
+    def watch(i: int, way: str, data: bytes) -> None:
+        if i != 2 or "killed" in holder:
+            return
+        for f in rx[way].feed(data):
+            if way == "to_board" and f.type == P.TRAIN and f.seq not in trains:
+                trains.append(f.seq)
+            if way == "to_host" and f.type == P.ACK and len(trains) == 2 and f.seq == trains[1]:
+                holder["fleet"].kill_board(2)  # before the ACK is passed on: the board is training
+                holder["killed"] = True
+
+    holder["fleet"] = fleet = fleet_for_experiment(cfg, tmp_path_factory.mktemp("fleet"), log=lambda *_: None,
+                                                   watch=watch)
+    try:
+        urls = ",".join(f'"{u}"' for u in fleet.urls)
+        result = run([*BASE, f"devices.urls=[{urls}]"], tmp_path_factory.mktemp("killed"), cache_dir)
+        result["killed_qemu"] = fleet.qemu[2].poll()
+    finally:
+        fleet.stop()
+    return result
+
+
+def test_killing_a_board_mid_round_fails_only_that_client(killed):
+    rows, summary = [r for r in killed["rows"] if int(r["round"]) >= 1], killed["summary"]
+    assert killed["killed_qemu"] is not None  # the emulator really died (SIGKILL)
+    assert [int(r["round"]) for r in rows] == [1, 2, 3] and summary["rounds"] == 3
+    assert int(rows[0]["failed"]) == 0 and int(rows[0]["on_board"]) == 3
+    for r in rows[1:]:  # the dead board fails its rounds; everyone else trains
+        assert int(r["failed"]) == 1 and int(r["participating"]) == 9 and int(r["on_board"]) == 2, r
+    train_failures = [f for f in summary["failures"] if f["stage"] == "train"]
+    assert {(f["round"], f["partition"]) for f in train_failures} == {(2, 2), (3, 2)}
+    assert all("LINK_DOWN" in f["reason"] for f in train_failures), train_failures
