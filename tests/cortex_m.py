@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,6 @@ needs_cortex_m = pytest.mark.skipif(bool(missing), reason=f"needs {missing} (bas
 
 def build_firmware(build: Path, target: str) -> Path:
     """Cross-build `target` of device_trainer_c for the Cortex-M4F into `build`; returns the ELF."""
-    subprocess.run(["cmake", "-S", str(ROOT / "device_trainer_c"), "-B", str(build),
-                    f"-DCMAKE_TOOLCHAIN_FILE={ROOT / 'device_trainer_c/cmake/arm-none-eabi-cortex-m4.cmake'}",
-                    "-DCMAKE_BUILD_TYPE=Release"], check=True, capture_output=True)
-    subprocess.run(["cmake", "--build", str(build), "--target", target, "-j", "2"], check=True, capture_output=True)
-    return build / f"{target}.elf"
+    from fedtiny.devices.emulate import build_firmware as build_target
+
+    return build_target(build, target)

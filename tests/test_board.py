@@ -230,3 +230,42 @@ def test_damaged_link_in_both_directions(firmware, task, tmp_path):
         for way in ("to_board", "to_host"):  # one damaged byte in every 800, both ways
             assert 2 <= passed[way] // 800 <= damaged[way] <= passed[way] // 800 + 1, (damaged, passed)
         assert bridge.link_failures == 0  # retries absorbed every damaged frame
+
+
+@pytest.fixture(scope="module")
+def icount_board(firmware, task, tmp_path_factory):
+    from fedtiny.devices.emulate import Fleet
+
+    model, feats, y = task
+    with Fleet(firmware, [data_block(feats, y)], tmp_path_factory.mktemp("icount"), icount=True,
+               in_process_bridges=True) as f:
+        client = BoardClient(f.urls[0], timeout=30.0, retries=1)
+        client.load_model(model.to_bytes())
+        yield client
+        client.close()
+
+
+def test_counter_counts_instructions_under_icount(icount_board):
+    """-icount shift=0: 1 ns of virtual time per instruction; the FPGAIO counter ticks at 25 MHz,
+    so a loop of exactly 4n instructions takes n/10 ticks (40 instructions per tick)."""
+    t1, t2 = icount_board.spin(100_000), icount_board.spin(500_000)
+    assert abs(4 * 400_000 / (t2 - t1) - 40.0) < 0.01
+
+
+def test_profile_and_peak_ram_of_a_training_round(icount_board, task):
+    model, feats, y = task
+    tc = replace(BASE, update=(LayerUpdate(2), LayerUpdate("none"), LayerUpdate("none", False), LayerUpdate("all")))
+    trainer = Trainer(model, tc)
+    icount_board.set_params(trainer.device_params(trainer.get_params()))
+    res = icount_board.train(tc, 2, 1, 8, True, False, (0, 1, 0))
+    s = icount_board.stats()
+    assert res["arena_bytes"] == trainer.plan.arena_bytes == s["arena_used"]  # the planner's figure, on the board
+    assert s["samples"] == 2 * len(y) and s["steps"] == 2 * -(-len(y) // 8)
+    assert 0 < s["stack_peak"] < 16384 and s["static_ram"] + s["stack_peak"] <= s["ram_budget"] == 256 * 1024
+    first = model.first_trainable
+    assert all(v == 0 for v in s["prefix"]) and all(s["forward"][i] > 0 for i in range(first, len(s["forward"])))
+    assert s["backward"][-1] > 0 and s["backward"][first] > 0  # backprop reaches layer 0 (its channels train)
+    parts = sum(s["forward"]) + sum(s["backward"]) + s["input"] + s["loss"] + s["apply"] + s["other"]
+    assert 0.9 * s["total"] <= parts <= s["total"]  # every tick attributed, bar the epilogue
+    p = icount_board.profile(3)  # one forward pass through the int8 prefix too
+    assert all(p["prefix"][i] > 0 for i in range(first)) and p["samples"] == 1

@@ -22,7 +22,8 @@
  *             length, name, u32 blob length, blob
  *   EVALUATE  -> u32 status, f32 loss, u32 correct, u32 count
  *   RESET     -> u32 0 (forget model and update)
- *   STATS     -> u32 status, RAM budget, static RAM, stack peak, arena bytes used, arena size, then the
+ *   STATS     -> u32 status, RAM budget, static RAM, stack peak (of the last TRAIN/PROFILE, from a
+ *             stack painted when it started), arena bytes used, arena size, then the
  *             profile of the last TRAIN/PROFILE in counter ticks: total, samples, steps, input, loss,
  *             apply, other, u32 layers, per model layer (prefix, forward, backward)
  *   PROFILE   u32 seed -> u32 status (one forward pass through the whole model, int8 prefix
@@ -201,6 +202,7 @@ static void probe(void *ctx, int32_t event, int32_t layer)
 
 static void profile_start(void)
 {
+    ft_stack_paint(); /* stack peak from here on: this command's */
     memset(&prof, 0, sizeof prof);
     trainer.probe = probe;
     trainer.probe_ctx = &prof;

@@ -22,5 +22,8 @@ void ft_hal_spin(uint32_t n);
 uint32_t ft_hal_ram_budget(void);
 uint32_t ft_hal_static_ram(void);
 uint32_t ft_hal_stack_peak(void);
+/* Paint the stack again below the current depth: the next ft_hal_stack_peak is the deepest use
+ * from now on (the firmware does this at the start of TRAIN and PROFILE). */
+void ft_stack_paint(void);
 
 #endif /* FT_HAL_H */

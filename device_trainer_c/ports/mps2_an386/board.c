@@ -24,8 +24,8 @@ uint32_t ft_hal_ram_budget(void) { return (uint32_t)((uintptr_t)&_estack - (uint
 
 uint32_t ft_hal_static_ram(void) { return (uint32_t)((uintptr_t)&_ebss - (uintptr_t)&_sdata); }
 
-/* Called from the reset handler: paint everything between .bss and the live stack. */
-void ft_stack_paint(void);
+/* Called from the reset handler (and before each TRAIN/PROFILE): paint everything between .bss and
+ * the live stack. */
 void ft_stack_paint(void)
 {
     uint32_t sp;

@@ -59,12 +59,12 @@ arm_cmsis_nn_status arm_convolve_s8(const cmsis_nn_context *ctx,
                             const int8_t *px = in + ((size_t)iy * in_w + ix) * in_c;
                             const int8_t *wk = w + ((size_t)ky * k_w + kx) * in_c;
                             for (int32_t ic = 0; ic < in_c; ic++) {
-                                acc += ((int32_t)px[ic] + in_off) * (int32_t)wk[ic];
+                                acc = ft_nn_add(acc, ((int32_t)px[ic] + in_off) * (int32_t)wk[ic]);
                             }
                         }
                     }
                     acc = ft_nn_requantize(acc, quant_params->multiplier[oc], quant_params->shift[oc]);
-                    acc += out_off;
+                    acc = ft_nn_add(acc, out_off);
                     out[((size_t)oy * out_w + ox) * out_c + oc] = (int8_t)ft_nn_clamp(acc, act_min, act_max);
                 }
             }

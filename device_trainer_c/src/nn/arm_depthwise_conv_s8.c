@@ -62,11 +62,11 @@ arm_cmsis_nn_status arm_depthwise_conv_s8(const cmsis_nn_context *ctx,
                                 }
                                 const int32_t x = in[((size_t)iy * in_w + ix) * in_c + ic];
                                 const int32_t w = filter_data[((size_t)ky * k_w + kx) * out_c + oc];
-                                acc += (x + in_off) * w;
+                                acc = ft_nn_add(acc, (x + in_off) * w);
                             }
                         }
                         acc = ft_nn_requantize(acc, quant_params->multiplier[oc], quant_params->shift[oc]);
-                        acc += out_off;
+                        acc = ft_nn_add(acc, out_off);
                         out[((size_t)oy * out_w + ox) * out_c + oc] = (int8_t)ft_nn_clamp(acc, act_min, act_max);
                     }
                 }

@@ -25,10 +25,10 @@ static void ft_fc_rows(const cmsis_nn_fc_params *p, const int32_t *mult, const i
             const int8_t *w = filter + (size_t)o * depth;
             int32_t acc = bias != NULL ? bias[o] : 0;
             for (int32_t k = 0; k < depth; k++) {
-                acc += ((int32_t)in[k] + p->input_offset) * ((int32_t)w[k] + p->filter_offset);
+                acc = ft_nn_add(acc, ((int32_t)in[k] + p->input_offset) * ((int32_t)w[k] + p->filter_offset));
             }
             const int32_t ch = per_channel ? o : 0;
-            acc = ft_nn_requantize(acc, mult[ch], shift[ch]) + p->output_offset;
+            acc = ft_nn_add(ft_nn_requantize(acc, mult[ch], shift[ch]), p->output_offset);
             output[(size_t)b * out_c + o] = (int8_t)ft_nn_clamp(acc, p->activation.min, p->activation.max);
         }
     }

@@ -39,6 +39,14 @@ static inline int32_t ft_nn_requantize(int32_t val, int32_t multiplier, int32_t 
     return ft_nn_divide_by_power_of_two(ft_nn_doubling_high_mult_no_sat(shifted, multiplier), right);
 }
 
+/* acc + v with two's-complement wrap-around, as the 32-bit accumulators of Cortex-M (and the
+ * reference kernels on it) behave; plain int32 addition would be undefined on overflow, which
+ * a hostile model file (an extreme bias) can cause. */
+static inline int32_t ft_nn_add(int32_t acc, int32_t v)
+{
+    return (int32_t)((uint32_t)acc + (uint32_t)v);
+}
+
 static inline int32_t ft_nn_clamp(int32_t v, int32_t lo, int32_t hi)
 {
     return v < lo ? lo : (v > hi ? hi : v);
