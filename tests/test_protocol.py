@@ -63,3 +63,38 @@ def test_byte_at_a_time_and_oversized_lengths():
     bad = b"\xa5\x5a\x01\x00\xff\xff" + frame(2, 1, b"x")  # length 65535 > MAX: rescanned, next frame kept
     assert Receiver().feed(bad) == [Frame(2, 1, b"x")]
     assert [Frame(*t) for t in _core.proto_parse(bad)[0]] == [Frame(2, 1, b"x")]
+
+
+def test_board_url_from_node_config_or_the_experiment():
+    """A deployed SuperNode names its board in its node config; in simulation devices.urls maps
+    boards to partitions; every other partition is simulated."""
+    from flwr.app import Context, RecordDict
+
+    from fedtiny.config import compose
+    from fedtiny.fl.client_app import board_url
+
+    cfg = compose(['devices.urls=["socket://127.0.0.1:7001","socket://127.0.0.1:7002"]', "devices.partitions=[4,7]"])
+    ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 4}, state=RecordDict(), run_config={})
+    assert board_url(cfg, 4, ctx) == "socket://127.0.0.1:7001" and board_url(cfg, 7, None) == "socket://127.0.0.1:7002"
+    assert board_url(cfg, 5, ctx) is None
+    node = Context(run_id=1, node_id=2, node_config={"partition-id": 5, "board-url": "/dev/ttyACM0"},
+                   state=RecordDict(), run_config={})
+    assert board_url(cfg, 5, node) == "/dev/ttyACM0"
+    assert board_url(compose([]), 0, None) is None
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["devices.emulate=2", 'devices.urls=["socket://x:1"]'], "not both"),
+    (["devices.emulate=2", "devices.partitions=[0]"], "one per board"),
+    (["devices.emulate=2", "devices.partitions=[3,3]"], "distinct"),
+    (["devices.emulate=1", "devices.partitions=[99]"], "partition ids"),
+    (["devices.emulate=1", "codec=q1_ef"], "error-feedback"),
+    (["devices.emulate=-1"], "devices"),
+    (["devices.damage=0.7"], "damage"),
+])
+def test_bad_device_settings_fail_before_anything_starts(overrides, message):
+    from fedtiny.config import compose
+    from fedtiny.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        compose(overrides)

@@ -129,10 +129,11 @@ class Fleet:
                     self.bridges.append(bridge)
                     self.urls.append(bridge.url)
                 else:
-                    self.bridges.append(subprocess.Popen(
-                        [sys.executable, "-m", "fedtiny", "board", "serve", url, "--retries", str(self.retries)], stdout=subprocess.PIPE,
-                        stderr=open(self.workdir / f"board{i}.bridge.log", "wb"), stdin=subprocess.DEVNULL, text=True,
-                        preexec_fn=_die_with_parent))
+                    with open(self.workdir / f"board{i}.bridge.log", "wb") as err:
+                        self.bridges.append(subprocess.Popen(
+                            [sys.executable, "-m", "fedtiny", "board", "serve", url, "--retries", str(self.retries)],
+                            stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
+                            preexec_fn=_die_with_parent))
             for proc in [] if self.in_process else self.bridges:
                 line = _read_line(proc, timeout)
                 if not line.startswith("bridge "):
