@@ -71,6 +71,8 @@ def _emulate(argv: list[str]) -> int:
     ap.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: until Ctrl-C / SIGTERM)")
     ap.add_argument("overrides", nargs="*", help="experiment overrides (the boards hold its partitions)")
     args = ap.parse_args(argv)
+    if args.boards < 1:
+        ap.error(f"--boards must be >= 1, got {args.boards}")
     try:
         cfg = compose(list(args.overrides) + [f"devices.emulate={args.boards}", f"devices.damage={args.damage}"])
     except ConfigError as err:

@@ -269,3 +269,22 @@ def test_profile_and_peak_ram_of_a_training_round(icount_board, task):
     assert 0.9 * s["total"] <= parts <= s["total"]  # every tick attributed, bar the epilogue
     p = icount_board.profile(3)  # one forward pass through the int8 prefix too
     assert all(p["prefix"][i] > 0 for i in range(first)) and p["samples"] == 1
+
+
+def test_a_repeated_request_is_answered_without_running_again(fleet):
+    """A client that repeats its request (a poll, or a lost reply) gets the same reply; the
+    bridge forwards it to the board once."""
+    import socket
+    import time
+
+    bridge = fleet.bridges[0]
+    before = bridge.requests
+    host, port = fleet.urls[0].removeprefix("socket://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        request = P.frame(P.HELLO, 42)
+        s.sendall(request + request)
+        rx, got, deadline = P.Receiver(), [], time.monotonic() + 10
+        while len(got) < 2 and time.monotonic() < deadline:
+            got += rx.feed(s.recv(4096))
+    assert [f.type for f in got] == [P.HELLO | P.REPLY] * 2 and got[0] == got[1]
+    assert bridge.requests == before + 1

@@ -45,8 +45,9 @@ def board_round(url: str, model: Model, tc: TrainConfig, received: dict[str, np.
     # without error feedback the simulated client's rounding rule is the same with and without DP
     nearest = codec_cfg.rounding == "nearest"
     clip, noise = dp if dp is not None else (0.0, 0.0)
-    # a bridge retries on the board's link itself; towards the bridge (local TCP) one try
-    board = BoardClient(url, timeout=30.0, retries=1, train_timeout=timeout_s)
+    # a bridge retries on the board's link itself (up to retries x its timeout per request);
+    # towards the bridge (local TCP) one try, long enough for that
+    board = BoardClient(url, timeout=120.0, retries=1, train_timeout=timeout_s)
     try:
         blob = model.to_bytes()
         if board.hello()["model_crc32"] != zlib.crc32(blob):

@@ -8,7 +8,9 @@ board's port. The bridge serves the same framed protocol on a local TCP port
 * each request frame from a client is checked (CRC) and forwarded to the board with the bridge's
   own sequence numbers, timeouts and retries (every command is idempotent, so a retry after a
   lost reply is safe); the board's reply goes back under the client's sequence number;
-* a SLOW request (TRAIN, PROFILE) is acknowledged at once, as the board itself does;
+* a SLOW request (TRAIN, PROFILE) is acknowledged at once, as the board itself does, and a
+  client's repeat of its last request (the same frame) gets the same reply without reaching the
+  board again, as the board itself does;
 * one request at a time reaches the board (a lock), whatever the number of clients;
 * when the board's link fails (port gone, emulator killed), the client gets an ERROR frame with
   status LINK_DOWN and the reason, and the bridge reopens the link at the next request.
@@ -41,6 +43,7 @@ class Bridge:
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 rx = P.Receiver()
+                last: tuple | None = None  # (type, seq, payload) of the last request and its reply
                 while True:
                     try:
                         data = self.request.recv(4096)
@@ -49,9 +52,14 @@ class Bridge:
                     if not data:
                         return
                     for f in rx.feed(data):
+                        if last is not None and last[0] == (f.type, f.seq, f.payload):
+                            self.request.sendall(last[1])  # a client's repeat (it polls or lost the reply)
+                            continue
                         if f.type in P.SLOW:  # the client may wait long once its request is here
                             self.request.sendall(P.frame(P.ACK, f.seq))
-                        self.request.sendall(bridge.forward(f))
+                        reply = bridge.forward(f)
+                        last = ((f.type, f.seq, f.payload), reply)
+                        self.request.sendall(reply)
 
         class Server(socketserver.ThreadingTCPServer):
             daemon_threads = True
