@@ -25,6 +25,8 @@ arm-none-eabi-size -t build/test-m4/libfedtiny_trainer.a | tail -n 1 | \
     awk '{print "libfedtiny_trainer.a for Cortex-M4F: text " $1 " B, data " $2 " B, bss " $3 " B"}'
 arm-none-eabi-size build/test-m4/ft_twin_mps2.elf | tail -n 1 | \
     awk '{print "ft_twin_mps2.elf (trainer + 160 KiB arena): text " $1 " B, data " $2 " B, bss " $3 " B"}'
+arm-none-eabi-size build/test-m4/ft_board_mps2.elf | tail -n 1 | \
+    awk '{print "ft_board_mps2.elf (board firmware, 256 KiB SRAM budget): text " $1 " B, data " $2 " B, bss " $3 " B"}'
 
 echo "== Python tests (unit, property, and federated simulations on Ray)"
 export FLWR_TELEMETRY_ENABLED=0 RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0

@@ -98,3 +98,48 @@ def test_bad_device_settings_fail_before_anything_starts(overrides, message):
 
     with pytest.raises(ConfigError, match=message):
         compose(overrides)
+
+
+def test_malformed_board_replies_are_rejected_with_a_reason():
+    """CRC-valid replies with bad contents (a board with a bug, or a hostile one) raise
+    BoardError naming the problem, and never loop or crash the client."""
+    import socket
+    import struct
+    import threading
+
+    from fedtiny.devices import protocol as P
+    from fedtiny.devices.link import BoardClient, BoardError
+
+    replies = {}
+
+    def serve(listener):
+        conn, _ = listener.accept()
+        rx = Receiver()
+        with conn:
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                for f in rx.feed(data):
+                    key = f.type if f.type != P.UPDATE else (P.UPDATE, struct.unpack("<I", f.payload)[0])
+                    conn.sendall(frame(f.type | P.REPLY, f.seq, replies.get(key, b"")))
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=serve, args=(listener,), daemon=True).start()
+    client = BoardClient(f"socket://127.0.0.1:{listener.getsockname()[1]}", timeout=2.0, retries=1)
+    try:
+        replies[P.HELLO] = b"FTBD" + bytes(8)
+        with pytest.raises(BoardError, match="malformed HELLO reply: 12 bytes"):
+            client.hello()
+        with pytest.raises(BoardError, match="no update bytes at offset 0"):
+            client.update(100)  # the board answers UPDATE with nothing
+        blob = struct.pack("<I", 1) + bytes([6]) + b"layer0" + struct.pack("<I", 500) + bytes(10)
+        replies[(P.UPDATE, 0)] = blob
+        with pytest.raises(BoardError, match="blob layer0 of 500 bytes runs past"):
+            client.update(len(blob))
+        replies[P.EVALUATE] = bytes(3)
+        with pytest.raises(BoardError, match="malformed EVALUATE reply"):
+            client.evaluate()
+    finally:
+        client.close()
+        listener.close()

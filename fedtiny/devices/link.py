@@ -16,6 +16,9 @@ import numpy as np
 from fedtiny.devices import protocol as P
 
 
+MAX_UPDATE_BYTES = 1 << 20  # far above any board's update buffer (24 KiB on mps2_an386)
+
+
 class BoardError(RuntimeError):
     pass
 
@@ -73,8 +76,16 @@ class BoardClient:
             raise BoardError(f"board error {P.error_text(f.payload)} for request type {type_}")
         return f.payload
 
+    def _fields(self, fmt: str, payload: bytes, what: str) -> tuple:
+        """A reply's fixed fields, or BoardError naming the malformed reply."""
+        if len(payload) < struct.calcsize(fmt):
+            raise BoardError(f"malformed {what} reply: {len(payload)} bytes, expected {struct.calcsize(fmt)}")
+        return struct.unpack_from(fmt, payload)
+
     def hello(self) -> dict:
         p = self.request(P.HELLO)
+        if len(p) < 28:
+            raise BoardError(f"malformed HELLO reply: {len(p)} bytes, expected 28")
         if p[:4] != b"FTBD":
             raise BoardError(f"not a fedtiny board: {p[:4]!r}")
         proto, sram = struct.unpack_from("<II", p, 4)
@@ -107,22 +118,36 @@ class BoardClient:
                               tc.prox_mu, tc.batch_size, bits, int(per_channel), int(nearest), *key, clip, noise_std,
                               tc._precision_arg(), tc._rounding_arg(), len(updates))
         payload += b"".join(struct.pack("<BBH", *u) for u in updates)
-        st, loss, correct, count, size, arena = struct.unpack("<IfIIII", self.request(P.TRAIN, payload))
+        st, loss, correct, count, size, arena = self._fields("<IfIIII", self.request(P.TRAIN, payload), "TRAIN")
+        if not 4 <= size <= MAX_UPDATE_BYTES:
+            raise BoardError(f"board reports an update of {size} bytes (allowed 4..{MAX_UPDATE_BYTES})")
         return {"loss": loss, "correct": correct, "count": count, "update_bytes": size, "arena_bytes": arena}
 
     def update(self, size: int) -> dict[str, np.ndarray]:
+        """The encoded update of the last TRAIN: `size` bytes fetched in chunks and split into
+        named blobs; a malformed layout raises BoardError (the server validates each blob)."""
         data = b""
         while len(data) < size:
-            data += self.request(P.UPDATE, struct.pack("<I", len(data)))
-        (count,) = struct.unpack_from("<I", data)
+            part = self.request(P.UPDATE, struct.pack("<I", len(data)))
+            if not part:
+                raise BoardError(f"board sent no update bytes at offset {len(data)} of {size}")
+            data += part
+        data = data[:size]
+        (count,) = self._fields("<I", data, "UPDATE")
         out, at = {}, 4
         for _ in range(count):
+            if at >= len(data) or at + 1 + data[at] + 4 > len(data):
+                raise BoardError(f"malformed update: tensor entry at byte {at} runs past {len(data)} bytes")
             n = data[at]
-            name = data[at + 1 : at + 1 + n].decode()
+            name = data[at + 1 : at + 1 + n].decode(errors="replace")
             at += 1 + n
             (blob_len,) = struct.unpack_from("<I", data, at)
+            if at + 4 + blob_len > len(data):
+                raise BoardError(f"malformed update: blob {name} of {blob_len} bytes runs past {len(data)} bytes")
             out[name] = np.frombuffer(data[at + 4 : at + 4 + blob_len], np.uint8)
             at += 4 + blob_len
+        if at != len(data):
+            raise BoardError(f"malformed update: {len(data) - at} bytes after the last tensor")
         return out
 
     def stats(self) -> dict:
@@ -130,8 +155,8 @@ class BoardClient:
         p = self.request(P.STATS)
         names = ("status", "ram_budget", "static_ram", "stack_peak", "arena_used", "arena_size", "total", "samples",
                  "steps", "input", "loss", "apply", "other", "layers")
-        out = dict(zip(names, struct.unpack_from(f"<{len(names)}I", p)))
-        per = struct.unpack_from(f"<{3 * out['layers']}I", p, 4 * len(names))
+        out = dict(zip(names, self._fields(f"<{len(names)}I", p, "STATS")))
+        per = self._fields(f"<{3 * out['layers']}I", p[4 * len(names):], "STATS")
         out["prefix"], out["forward"], out["backward"] = list(per[0::3]), list(per[1::3]), list(per[2::3])
         return out
 
@@ -142,10 +167,10 @@ class BoardClient:
 
     def spin(self, n: int) -> int:
         """Counter ticks of a loop of 4n instructions on the board."""
-        return struct.unpack("<II", self.request(P.SPIN, struct.pack("<I", n)))[1]
+        return self._fields("<II", self.request(P.SPIN, struct.pack("<I", n)), "SPIN")[1]
 
     def evaluate(self) -> dict:
-        st, loss, correct, count = struct.unpack("<IfII", self.request(P.EVALUATE))
+        st, loss, correct, count = self._fields("<IfII", self.request(P.EVALUATE), "EVALUATE")
         return {"loss": loss, "correct": correct, "count": count}
 
 
