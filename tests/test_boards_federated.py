@@ -6,12 +6,16 @@ firmware, each behind its bridge process) beside simulated clients, in Flower's 
   global accuracy equals that of the same experiment fully simulated, round by round.
 * Killing a board's emulator while it trains (round 2): that client is counted as failed in that
   round and the next, the rounds complete, and so does the run.
+* The same experiment as a Flower deployment (`scripts/deploy.sh`: a SuperLink, 10 SuperNodes, 2
+  of them with `board-url` in their node config, a fresh ClientApp process per message) equals
+  the simulated run round by round too.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -19,7 +23,7 @@ import pytest
 
 from fedtiny.devices import protocol as P
 from tests.conftest import run
-from tests.cortex_m import needs_cortex_m
+from tests.cortex_m import ROOT, needs_cortex_m
 
 pytestmark = needs_cortex_m
 
@@ -100,3 +104,25 @@ def test_killing_a_board_mid_round_fails_only_that_client(killed):
     train_failures = [f for f in summary["failures"] if f["stage"] == "train"]
     assert {(f["round"], f["partition"]) for f in train_failures} == {(2, 2), (3, 2)}
     assert all("LINK_DOWN" in f["reason"] for f in train_failures), train_failures
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("deployed")
+    env = {**os.environ, "PYTHON": sys.executable, "FEDTINY_DEPLOY_OUT": str(out)}
+    proc = subprocess.run(["bash", "scripts/deploy.sh", "--boards", "2", *BASE, f"cache_dir={cache_dir}",
+                           "progress=false"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (result,) = out.iterdir()
+    return {"rows": list(csv.DictReader(open(result / "metrics.csv"))), "log": proc.stdout}
+
+
+def test_a_deployment_with_boards_equals_the_simulated_run(deployed, simulated):
+    rows = [r for r in deployed["rows"] if int(r["round"]) >= 1]
+    assert len(rows) == 3
+    for r in rows:
+        assert int(r["participating"]) == 10 and int(r["on_board"]) == 2 and int(r["failed"]) == 0, r
+    for d, s in zip(deployed["rows"], simulated["rows"]):
+        assert d["accuracy"] == s["accuracy"] and d["fed_accuracy"] == s["fed_accuracy"], (d, s)
+        assert d["bytes_up_payload"] == s["bytes_up_payload"]
+    assert "finished:completed" in deployed["log"] and "deploy: stopped" in deployed["log"]
