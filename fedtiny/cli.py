@@ -68,13 +68,16 @@ def _emulate(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="fedtiny emulate", description="an emulated fleet of mps2-an386 boards")
     ap.add_argument("--boards", type=int, required=True, help="number of QEMU boards")
     ap.add_argument("--damage", type=float, default=0.0, help="fraction of serial bytes damaged (both directions)")
+    ap.add_argument("--serial", choices=("tcp", "pty"), default="tcp",
+                    help="the boards' UARTs: TCP sockets, or pseudo-terminals (/dev/pts/N, opened as a tty)")
     ap.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: until Ctrl-C / SIGTERM)")
     ap.add_argument("overrides", nargs="*", help="experiment overrides (the boards hold its partitions)")
     args = ap.parse_args(argv)
     if args.boards < 1:
         ap.error(f"--boards must be >= 1, got {args.boards}")
     try:
-        cfg = compose(list(args.overrides) + [f"devices.emulate={args.boards}", f"devices.damage={args.damage}"])
+        cfg = compose(list(args.overrides) + [f"devices.emulate={args.boards}", f"devices.damage={args.damage}",
+                                              f"devices.serial={args.serial}"])
     except ConfigError as err:
         _fail(err)
     from fedtiny.devices.emulate import fleet_for_experiment
@@ -86,8 +89,8 @@ def _emulate(argv: list[str]) -> int:
         fleet = fleet_for_experiment(cfg, Path(work))
         try:
             parts = list(cfg.devices.partitions) or list(range(args.boards))
-            for pid, url in zip(parts, fleet.urls):
-                print(f"partition {pid}: {url}", flush=True)
+            for pid, url, uart in zip(parts, fleet.urls, fleet.board_urls):
+                print(f"partition {pid}: {url} (bridge to the board's UART at {uart})", flush=True)
             urls = ",".join(f'"{u}"' for u in fleet.urls)
             print(f"ready: fedtiny 'devices.urls=[{urls}]' 'devices.partitions={parts}' (Ctrl-C stops the boards)",
                   flush=True)

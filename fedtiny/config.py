@@ -190,6 +190,7 @@ class DevicesCfg:
     timeout_s: float = 600.0
     firmware: Any = None
     damage: float = 0.0
+    serial: str = "tcp"
 
 
 @dataclass
@@ -361,6 +362,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(len(parts) == boards and len(set(parts)) == boards and all(0 <= p < devices for p in parts),
            f"devices.partitions must be {boards} distinct partition ids in [0, {devices}), one per board; got {parts}")
     _check(dv.timeout_s > 0 and 0 <= dv.damage < 0.5, "devices: need timeout_s > 0 and damage in [0, 0.5)")
+    _check(dv.serial in ("tcp", "pty"), f"devices.serial must be 'tcp' or 'pty', got {dv.serial!r}")
+    _check(not (dv.serial == "pty" and dv.damage > 0),
+           "devices: damage needs devices.serial=tcp (the injector is a TCP proxy between bridge and board)")
     _check(not (boards and q.error_feedback),
            "devices: the board firmware keeps no error-feedback residual between rounds; set codec.error_feedback=false")
     for key in ("raise_partitions", "nan_partitions", "malformed_partitions"):

@@ -92,7 +92,7 @@ EOF
 
 for i in $(seq 0 $((DEVICES - 1))); do
     node="partition-id=$i"
-    url=$(sed -n "s/^partition $i: //p" "$WORK/emulate.log")
+    url=$(sed -n "s/^partition $i: \([^ ]*\).*/\1/p" "$WORK/emulate.log")
     [ -n "$url" ] && node="$node board-url='$url'"
     flower-supernode --insecure --superlink "$LINK" --port "${PORT[$((i + 1))]}" --node-config "$node" \
         > "$WORK/supernode-$i.log" 2>&1 &

@@ -232,6 +232,35 @@ def test_damaged_link_in_both_directions(firmware, task, tmp_path):
         assert bridge.link_failures == 0  # retries absorbed every damaged frame
 
 
+def test_a_board_on_a_pseudo_terminal(firmware, task, tmp_path):
+    """The path of a board on a real port: QEMU's UART on a pseudo-terminal (/dev/pts/N), which
+    `fedtiny board serve` opens with pyserial as a tty (termios), as it would /dev/ttyACM0. A
+    round through it is still the twin's bytes."""
+    import os
+    import stat
+
+    from fedtiny.config import compose
+    from fedtiny.devices.backend import board_round
+    from fedtiny.devices.emulate import Fleet
+    from fedtiny.fl.client_app import simulated_round
+
+    model, feats, y = task
+    tc, overrides, _ = CASES["channels+bias-f32-4bit"]
+    codec_cfg = compose(overrides).codec
+    received = _received(model, 5)
+    with Fleet(firmware, [data_block(feats, y)], tmp_path, serial="pty") as f:
+        tty = f.board_urls[0]
+        assert tty.startswith("/dev/pts/") and stat.S_ISCHR(os.stat(tty).st_mode)
+        dev = board_round(f.urls[0], model, tc, received, 2, 4, codec_cfg, (2, 4, 1), None, 120.0)
+        sim = simulated_round(model, tc, received, feats, y, 2, 4, codec_cfg, (2, 4, 1), None, None)
+        assert {k: v.tobytes() for k, v in dev.blobs.items()} == {k: v.tobytes() for k, v in sim.blobs.items()}
+        assert dev.subset == sim.subset and dev.accuracy == sim.accuracy
+        qemu = f.qemu[0]
+    assert qemu.poll() is not None  # stopped with the fleet
+    with pytest.raises(ValueError, match="TCP proxy"):
+        Fleet(firmware, [data_block(feats, y)], tmp_path, serial="pty", damage=0.01)
+
+
 @pytest.fixture(scope="module")
 def icount_board(firmware, task, tmp_path_factory):
     from fedtiny.devices.emulate import Fleet

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import re
 import shutil
 import signal
 import socket
@@ -73,11 +74,18 @@ class Fleet:
     between each bridge and its board that damages that fraction of bytes in both directions
     (`damage_every` = n: also one byte in every n);
     `icount` runs QEMU with ``-icount shift=0`` (one instruction per virtual nanosecond, for
-    instruction counts)."""
+    instruction counts). `serial` is how a bridge reaches its board's UART: "tcp" (a
+    ``socket://`` URL) or "pty" (a pseudo-terminal, ``/dev/pts/N``, opened by pyserial as the
+    port of a board on USB would be; no injector then)."""
 
     def __init__(self, firmware: str | Path, data_blocks: list[bytes], workdir: str | Path, damage: float = 0.0,
                  icount: bool = False, seed: int = 0, in_process_bridges: bool = False, retries: int = 0, damage_every: int = 0,
-                 watch=None) -> None:
+                 watch=None, serial: str = "tcp") -> None:
+        if serial not in ("tcp", "pty"):
+            raise ValueError(f"serial must be 'tcp' or 'pty', got {serial!r}")
+        if serial == "pty" and (damage > 0 or damage_every or watch is not None):
+            raise ValueError("damage and watch need serial='tcp': the injector is a TCP proxy")
+        self.serial = serial
         self.firmware, self.blocks, self.workdir = Path(firmware), list(data_blocks), Path(workdir)
         self.damage, self.icount, self.seed, self.in_process = damage, icount, seed, in_process_bridges
         # a damaged link loses more frames: the bridges try more often (default 3, 10 with damage)
@@ -105,18 +113,23 @@ class Fleet:
                 data = self.workdir / f"board{i}.data"
                 data.write_bytes(block)
                 port = _free_port()
+                uart = f"tcp:127.0.0.1:{port},server=on,wait=off" if self.serial == "tcp" else "pty"
                 cmd = ["qemu-system-arm", "-M", "mps2-an386", "-display", "none", "-monitor", "none",
-                       "-serial", f"tcp:127.0.0.1:{port},server=on,wait=off", "-semihosting-config",
+                       "-serial", uart, "-semihosting-config",
                        "enable=on,target=native", "-kernel", str(self.firmware),
                        "-device", f"loader,file={data},addr={DATA_ADDR:#x}"]
                 if self.icount:
                     cmd[1:1] = ["-icount", "shift=0"]
-                log = open(self.workdir / f"board{i}.qemu.log", "wb")
+                log_path = self.workdir / f"board{i}.qemu.log"
+                log = open(log_path, "wb")
                 self.qemu.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                   preexec_fn=_die_with_parent))
                 log.close()
-                url = f"socket://127.0.0.1:{port}"
-                _wait_listening(port, self.qemu[-1], timeout)
+                if self.serial == "pty":
+                    url = _wait_pty(log_path, self.qemu[-1], timeout)
+                else:
+                    url = f"socket://127.0.0.1:{port}"
+                    _wait_listening(port, self.qemu[-1], timeout)
                 if self.damage > 0 or self.damage_every or self.watch is not None:
                     watch = (lambda way, data, i=i: self.watch(i, way, data)) if self.watch is not None else None
                     inj = Injector(("127.0.0.1", port), self.damage, seed=self.seed + i, every=self.damage_every,
@@ -189,6 +202,19 @@ def _wait_listening(port: int, proc: subprocess.Popen, timeout: float) -> None:
     raise RuntimeError(f"QEMU did not open its serial port within {timeout:g} s")
 
 
+def _wait_pty(log: Path, proc: subprocess.Popen, timeout: float) -> str:
+    """The pseudo-terminal QEMU gave the board's UART, from its report in `log`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(rb"char device redirected to (/dev/pts/\d+) \(label serial0\)", log.read_bytes())
+        if found:
+            return found.group(1).decode()
+        if proc.poll() is not None:
+            raise RuntimeError(f"QEMU exited with status {proc.returncode} before opening its serial port")
+        time.sleep(0.05)
+    raise RuntimeError(f"QEMU did not report its serial pseudo-terminal within {timeout:g} s")
+
+
 def _read_line(proc: subprocess.Popen, timeout: float) -> str:
     import selectors
 
@@ -214,4 +240,5 @@ def fleet_for_experiment(cfg, workdir: Path, log=print, **fleet_options) -> Flee
         blocks.append(data_block(features(st.model, c.train.x), c.train.y))
     firmware = Path(cfg.devices.firmware) if cfg.devices.firmware else cached_firmware(cfg.cache_dir)
     log(f"emulating {n} mps2-an386 boards (partitions {parts[:n]}) with {firmware}")
-    return Fleet(firmware, blocks, workdir, damage=float(cfg.devices.damage), seed=int(cfg.seed), **fleet_options).start()
+    return Fleet(firmware, blocks, workdir, damage=float(cfg.devices.damage), seed=int(cfg.seed),
+                 serial=str(cfg.devices.serial), **fleet_options).start()
