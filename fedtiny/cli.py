@@ -25,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from fedtiny.config import compose, conf_dir, validate
+from fedtiny.devices.emulate import SERIAL_MODES
 from fedtiny.errors import ConfigError
 
 _INFO_FLAGS = {"-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--version", "--shell-completion", "-sc"}
@@ -68,7 +69,7 @@ def _emulate(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="fedtiny emulate", description="an emulated fleet of mps2-an386 boards")
     ap.add_argument("--boards", type=int, required=True, help="number of QEMU boards")
     ap.add_argument("--damage", type=float, default=0.0, help="fraction of serial bytes damaged (both directions)")
-    ap.add_argument("--serial", choices=("tcp", "pty"), default="tcp",
+    ap.add_argument("--serial", choices=SERIAL_MODES, default="tcp",
                     help="the boards' UARTs: TCP sockets, or pseudo-terminals (/dev/pts/N, opened as a tty)")
     ap.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: until Ctrl-C / SIGTERM)")
     ap.add_argument("overrides", nargs="*", help="experiment overrides (the boards hold its partitions)")

@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fedtiny.devices.emulate import SERIAL_MODES
 from fedtiny.errors import ConfigError
 from fedtiny.trainer.runtime import PRECISIONS, ROUNDINGS
 
@@ -362,7 +363,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(len(parts) == boards and len(set(parts)) == boards and all(0 <= p < devices for p in parts),
            f"devices.partitions must be {boards} distinct partition ids in [0, {devices}), one per board; got {parts}")
     _check(dv.timeout_s > 0 and 0 <= dv.damage < 0.5, "devices: need timeout_s > 0 and damage in [0, 0.5)")
-    _check(dv.serial in ("tcp", "pty"), f"devices.serial must be 'tcp' or 'pty', got {dv.serial!r}")
+    _check(dv.serial in SERIAL_MODES, f"devices.serial must be one of {list(SERIAL_MODES)}, got {dv.serial!r}")
     _check(not (dv.serial == "pty" and dv.damage > 0),
            "devices: damage needs devices.serial=tcp (the injector is a TCP proxy between bridge and board)")
     _check(not (boards and q.error_feedback),

@@ -91,7 +91,7 @@ def test_board_url_from_node_config_or_the_experiment():
     (["devices.emulate=1", "codec=q1_ef"], "error-feedback"),
     (["devices.emulate=-1"], "devices"),
     (["devices.damage=0.7"], "damage"),
-    (["devices.serial=usb"], "'tcp' or 'pty'"),
+    (["devices.serial=usb"], r"devices.serial must be one of \['tcp', 'pty'\]"),
     (["devices.serial=pty", "devices.damage=0.01"], "TCP proxy"),
 ])
 def test_bad_device_settings_fail_before_anything_starts(overrides, message):

@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2] / "device_trainer_c"
 DATA_ADDR = 0x21000000
 TOOLS = ("arm-none-eabi-gcc", "qemu-system-arm", "cmake")
+SERIAL_MODES = ("tcp", "pty")  # how a bridge reaches a board's UART (Fleet, devices.serial)
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -81,8 +82,8 @@ class Fleet:
     def __init__(self, firmware: str | Path, data_blocks: list[bytes], workdir: str | Path, damage: float = 0.0,
                  icount: bool = False, seed: int = 0, in_process_bridges: bool = False, retries: int = 0, damage_every: int = 0,
                  watch=None, serial: str = "tcp") -> None:
-        if serial not in ("tcp", "pty"):
-            raise ValueError(f"serial must be 'tcp' or 'pty', got {serial!r}")
+        if serial not in SERIAL_MODES:
+            raise ValueError(f"serial must be one of {SERIAL_MODES}, got {serial!r}")
         if serial == "pty" and (damage > 0 or damage_every or watch is not None):
             raise ValueError("damage and watch need serial='tcp': the injector is a TCP proxy")
         self.serial = serial
