@@ -13,13 +13,23 @@ Modes (``privacy.mode``):
   averages as usual. The guarantee is per device and needs no trust in the server; no sampling
   amplification applies.
 
-Accounting uses Google's ``dp-accounting``: the round is a sampled Gaussian mechanism with
-noise multiplier z, composed over the rounds. Sampling is what the run really does:
-``poisson`` (each device joins a round with probability q = clients_per_round / devices) or
-``fixed`` (exactly clients_per_round devices without replacement, as Flower samples). PLD is
-the default accountant for reported epsilons; RDP is available (faster, looser) and is the only
-one dp-accounting 0.6 offers for fixed-size sampling (replace-one neighbouring). With every
-device in every round (q = 1) both reduce to composing Gaussian mechanisms.
+Accounting uses Google's ``dp-accounting``: the round is a sampled Gaussian mechanism,
+composed over the rounds. dp-accounting's Gaussian event takes noise std / L2 sensitivity, and the
+sensitivity depends on the neighbouring relation the sampling is analysed under (derived in
+``docs/privacy.md``):
+
+* ``poisson`` (each device joins a round with probability q = clients_per_round / devices),
+  add-or-remove-one: adding a device moves the noisy sum by at most ``clip``, so the event's
+  multiplier is z (std z clip / sensitivity clip);
+* ``fixed`` (exactly clients_per_round devices without replacement, as Flower samples),
+  replace-one (the population size is public): replacing one device's clipped update by
+  another moves the sum by up to ``2 clip``, so the multiplier is z / 2;
+* ``local``: a device's release must hide any two of its inputs (local DP is replace-one by
+  definition), so the multiplier is z / 2, with no amplification by the server's sampling;
+* every device in every round (q = 1, central): add-or-remove-one, multiplier z.
+
+PLD is the default accountant for reported epsilons; RDP is available (faster, looser) and is
+the only one dp-accounting 0.6 offers for fixed-size sampling.
 """
 
 from __future__ import annotations
@@ -34,19 +44,53 @@ from fedtiny.errors import ConfigError
 
 @dataclass(frozen=True)
 class Accounting:
+    """What the accountant composes: ``q`` the sampling rate, ``rounds``, ``delta``; for
+    ``sampling="fixed"`` (q < 1) also ``population`` and ``sample_size`` with q = sample_size /
+    population; ``local`` for local DP (replace-one, no amplification: q must be 1)."""
+
     q: float  # sampling probability (fixed: k / n)
     rounds: int
     delta: float
     accountant: str = "pld"  # pld | rdp
     sampling: str = "poisson"  # poisson | fixed
-    population: int = 1  # devices (fixed sampling)
-    sample_size: int = 1  # devices per round (fixed sampling)
+    population: int | None = None  # devices (fixed sampling)
+    sample_size: int | None = None  # devices per round (fixed sampling)
+    local: bool = False  # local DP: each device's own release, any two of its inputs
+
+    def __post_init__(self) -> None:
+        if not 0 < self.q <= 1:
+            raise ConfigError(f"privacy accounting: q must be in (0, 1], got {self.q}")
+        if self.accountant not in ("pld", "rdp"):
+            raise ConfigError(f"privacy accounting: accountant must be pld or rdp, got {self.accountant!r}")
+        if self.sampling not in ("poisson", "fixed"):
+            raise ConfigError(f"privacy accounting: sampling must be poisson or fixed, got {self.sampling!r}")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"privacy accounting: delta must be in (0, 1), got {self.delta}")
+        if self.local and self.q < 1:
+            raise ConfigError("privacy accounting: local DP has no sampling amplification; q must be 1")
+        if self.sampling == "fixed" and self.q < 1:
+            n, k = self.population, self.sample_size
+            if n is None or k is None:
+                raise ConfigError("privacy accounting: fixed-size sampling needs population and sample_size "
+                                  "(devices, and devices per round)")
+            if not (isinstance(n, int) and isinstance(k, int) and 1 <= k < n):
+                raise ConfigError(f"privacy accounting: fixed-size sampling needs 1 <= sample_size < population, "
+                                  f"got {k} of {n}")
+            if not math.isclose(self.q, k / n, rel_tol=1e-12):
+                raise ConfigError(f"privacy accounting: q={self.q} is not sample_size / population = {k}/{n}")
+
+    @property
+    def replace_one(self) -> bool:
+        """Whether the neighbouring relation is replace-one (sensitivity 2 clip)."""
+        return self.local or (self.sampling == "fixed" and self.q < 1)
 
 
 def _event(z: float, a: Accounting, rounds: int):
     import dp_accounting as dpa
 
-    gauss = dpa.GaussianDpEvent(z)
+    # dp-accounting's multiplier is noise std / L2 sensitivity: std z clip over clip (add or
+    # remove one device) or over 2 clip (replace one device's update by another)
+    gauss = dpa.GaussianDpEvent(z / 2 if a.replace_one else z)
     if a.q >= 1.0:
         one = gauss
     elif a.sampling == "poisson":
@@ -70,6 +114,8 @@ def epsilon(z: float, a: Accounting, rounds: int | None = None) -> float:
         return 0.0
     if z <= 0:
         return math.inf
+    # the sampled event's relation; at q = 1 the event is a plain Gaussian whose multiplier above
+    # already carries the sensitivity, and the PLD accountant's default relation applies
     relation = (dpa.NeighboringRelation.REPLACE_ONE if a.sampling == "fixed" and a.q < 1
                 else dpa.NeighboringRelation.ADD_OR_REMOVE_ONE)
     if a.accountant == "pld":
@@ -128,7 +174,7 @@ def plan_privacy(cfg, devices: int) -> dict:
     a = Accounting(q=k / devices, rounds=int(cfg.rounds), delta=float(p.delta), accountant=str(p.accountant),
                    sampling=str(p.sampling), population=devices, sample_size=k)
     if p.mode == "local":  # each device's own releases: no amplification by the server's sampling
-        a = Accounting(q=1.0, rounds=int(cfg.rounds), delta=float(p.delta), accountant=str(p.accountant))
+        a = Accounting(q=1.0, rounds=int(cfg.rounds), delta=float(p.delta), accountant=str(p.accountant), local=True)
     if a.accountant == "pld" and a.sampling == "fixed" and a.q < 1:
         raise ConfigError("privacy: dp-accounting's PLD accountant has no fixed-size sampling; use "
                           "privacy.sampling=poisson or privacy.accountant=rdp")
@@ -140,7 +186,8 @@ def plan_privacy(cfg, devices: int) -> dict:
         if allowed == 0:
             raise ConfigError(f"privacy.max_epsilon={p.max_epsilon} allows no round: one round costs epsilon "
                               f"{eps[0]:.3g} at noise multiplier {z:.3g}")
-    no_amp = Accounting(q=1.0, rounds=int(cfg.rounds), delta=float(p.delta), accountant=str(p.accountant))
+    no_amp = Accounting(q=1.0, rounds=int(cfg.rounds), delta=float(p.delta), accountant=str(p.accountant),
+                        local=p.mode == "local")
     return {"mode": str(p.mode), "clip": float(p.clip), "noise_multiplier": z, "q": a.q, "delta": a.delta,
             "accountant": a.accountant, "sampling": a.sampling if a.q < 1 else "all devices every round",
             "epsilon_per_round": eps, "rounds_allowed": allowed,

@@ -270,22 +270,148 @@ ft_status ft_codec_decode(const uint8_t *blob, uint32_t size, float *out, int32_
     return FT_OK;
 }
 
-static float ft_sum_sq(const float *v, int32_t n, float scale)
+/*
+ * Whether sum_i x_i^2 <= clip^2, decided in float32 with a proven bound (no double on the
+ * device: it is soft-float on Cortex-M4F).
+ *
+ * Every value is multiplied by a power of two 2^k chosen from the largest magnitude a (so that
+ * a 2^k lies in [1/2, 1), or is the largest a subnormal a can reach): exact unless the product
+ * is subnormal, which costs at most 2^-149 per square in absolute terms. The squares (one
+ * rounding each) are summed pairwise with a binary counter: a term takes part in at most 32
+ * merges and 33 final additions, so with u = 2^-24 the computed sum S' satisfies
+ * S <= S' / (1 - u)^66 + N 2^-149 <= S' (1 + 4e-6) (Higham, Accuracy and Stability, 4.2-4.3;
+ * S' >= 2^-48 since the largest scaled value is >= 2^-24). The test is
+ * fl(S' (1 + 2^-14)) <= fl(c^2), c = clip 2^k: both products round by at most u, and the margin
+ * 2^-14 = 6.1e-5 exceeds 4e-6 + 2u, so a pass proves S <= clip^2. A true norm within 6.1e-5 of
+ * the clip may fail the test: it is then scaled down by that much.
+ */
+typedef struct {
+    float scale;      /* 2^k */
+    float part[40];   /* partial sums of 2^level[j] squares, levels decreasing */
+    uint8_t level[40];
+    int32_t top;
+} ft_sumsq;
+
+typedef struct {
+    int within; /* proven: norm <= clip */
+    float ratio; /* about norm / clip (a little above: the bound), 0 for a zero vector */
+    float norm;  /* about the norm (reporting only) */
+} ft_norm_check;
+
+static float ft_pow2(int32_t k)
 {
-    float acc = 0.0f;
-    for (int32_t i = 0; i < n; i++) {
-        const float x = v[i] * scale;
-        acc += x * x;
-    }
-    return acc;
+    uint32_t b = k >= -126 ? (uint32_t)(k + 127) << 23 : 1u << (uint32_t)(k + 149); /* k in [-149, 127] */
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
 }
 
-/* Encode every tensor with its values scaled by f (plus noise); returns the decoded norm^2. */
+static int32_t ft_scale_exponent(float amax)
+{
+    uint32_t b;
+    memcpy(&b, &amax, 4);
+    const int32_t e = (int32_t)((b >> 23) & 0xFFu);
+    return 126 - (e == 0 ? 1 : e); /* in [-128, 125] */
+}
+
+static void ft_sumsq_add(ft_sumsq *a, float x)
+{
+    const float y = x * a->scale;
+    float s = y * y;
+    uint8_t lv = 0;
+    while (a->top > 0 && a->level[a->top - 1] == lv) {
+        s = a->part[--a->top] + s;
+        lv++;
+    }
+    a->part[a->top] = s;
+    a->level[a->top++] = lv;
+}
+
+static float ft_sumsq_total(const ft_sumsq *a)
+{
+    float s = 0.0f;
+    for (int32_t j = a->top - 1; j >= 0; j--) {
+        s = s + a->part[j];
+    }
+    return s;
+}
+
+/* The values of the update: tensor k's blob decoded (decoded = 1), or its change times f. */
+static const float *ft_values(const ft_codec_tensor *t, int decoded, float f, float *scratch, int32_t *n,
+                              ft_status *st)
+{
+    *st = FT_OK;
+    if (decoded) {
+        ft_codec_params q;
+        *st = ft_codec_decode(t->out, t->written, scratch, t->n, &q, n);
+        return scratch;
+    }
+    for (int32_t i = 0; i < t->n; i++) {
+        scratch[i] = t->v[i] * f;
+    }
+    *n = t->n;
+    return scratch;
+}
+
+static ft_status ft_check_norm(const ft_codec_tensor *t, int32_t count, int decoded, float f, float clip,
+                               float *scratch, ft_norm_check *out)
+{
+    float amax = 0.0f;
+    for (int32_t k = 0; k < count; k++) { /* pass 1: the largest magnitude */
+        int32_t n = 0;
+        ft_status st;
+        const float *x = ft_values(&t[k], decoded, f, scratch, &n, &st);
+        if (st != FT_OK) {
+            return st;
+        }
+        for (int32_t i = 0; i < n; i++) {
+            const float a = x[i] < 0.0f ? -x[i] : x[i];
+            if (!(a <= 3.4028235e38f)) {
+                return FT_ERR_BAD_DATA; /* a non-finite update cannot be clipped */
+            }
+            amax = a > amax ? a : amax;
+        }
+    }
+    if (amax == 0.0f) {
+        *out = (ft_norm_check){1, 0.0f, 0.0f};
+        return FT_OK;
+    }
+    const int32_t k2 = ft_scale_exponent(amax);
+    ft_sumsq acc;
+    acc.scale = ft_pow2(k2);
+    acc.top = 0;
+    for (int32_t k = 0; k < count; k++) { /* pass 2: the scaled squares, summed pairwise */
+        int32_t n = 0;
+        ft_status st;
+        const float *x = ft_values(&t[k], decoded, f, scratch, &n, &st);
+        if (st != FT_OK) {
+            return st;
+        }
+        for (int32_t i = 0; i < n; i++) {
+            ft_sumsq_add(&acc, x[i]);
+        }
+    }
+    const float total = ft_sumsq_total(&acc);
+    const float bound = total * (1.0f + 1.0f / 16384.0f);
+    const float m = amax * acc.scale; /* exact: in [2^-24, 1) */
+    const float c = clip * acc.scale; /* exact when >= m: then normal */
+    const float root = ft_sqrtf(bound);
+    out->norm = ft_sqrtf(total) / acc.scale;
+    if (!(c >= m)) { /* clip < largest value <= norm */
+        out->within = 0;
+        out->ratio = c > 0.0f ? root / c : 3.4028235e38f;
+    } else {
+        out->within = bound <= c * c;
+        out->ratio = root / c;
+    }
+    return FT_OK;
+}
+
+/* Encode every tensor with its values scaled by f (plus noise). */
 static ft_status ft_encode_all(ft_codec_tensor *t, int32_t count, float f, float noise_std, uint32_t noise_key,
-                               float *scratch, float *sent_sq)
+                               float *scratch)
 {
     uint32_t ctr = 0;
-    float acc = 0.0f;
     for (int32_t k = 0; k < count; k++) {
         for (int32_t i = 0; i < t[k].n; i++) {
             scratch[i] = t[k].v[i] * f;
@@ -293,22 +419,23 @@ static ft_status ft_encode_all(ft_codec_tensor *t, int32_t count, float f, float
                 scratch[i] = scratch[i] + noise_std * ft_gaussian(noise_key, ctr++);
             }
         }
-        ft_status st = ft_codec_encode(&t[k].p, scratch, t[k].n, t[k].key, NULL, t[k].out, t[k].out_size,
-                                       &t[k].written);
+        const ft_status st = ft_codec_encode(&t[k].p, scratch, t[k].n, t[k].key, NULL, t[k].out, t[k].out_size,
+                                             &t[k].written);
         if (st != FT_OK) {
             return st;
         }
-        ft_codec_params q;
-        int32_t n = 0;
-        st = ft_codec_decode(t[k].out, t[k].written, scratch, t[k].n, &q, &n);
-        if (st != FT_OK) {
-            return st;
-        }
-        acc += ft_sum_sq(scratch, n, 1.0f);
     }
-    *sent_sq = acc;
     return FT_OK;
 }
+
+/* f scaled to bring a norm `ratio` times the clip under it, with a margin that grows per try. */
+static float ft_shrink(float f, float ratio, int tries)
+{
+    const int32_t e = tries < 11 ? tries : 11; /* margin 2^-12 ... 2^-1 */
+    return f / ratio * (1.0f - ft_pow2(-12 + e));
+}
+
+#define FT_CLIP_TRIES 64
 
 ft_status ft_codec_encode_update(ft_codec_tensor *tensors, int32_t count, float clip, float noise_std,
                                  uint32_t noise_key, float *scratch, int32_t scratch_n, float *norm_before,
@@ -317,28 +444,51 @@ ft_status ft_codec_encode_update(ft_codec_tensor *tensors, int32_t count, float 
     if (tensors == NULL || scratch == NULL || norm_before == NULL || norm_sent == NULL) {
         return FT_ERR_NULL_ARG;
     }
-    if (count < 1 || !(clip > 0.0f) || !(noise_std >= 0.0f)) {
+    if (count < 1 || !(clip > 0.0f) || !(clip <= 3.4028235e38f) || !(noise_std >= 0.0f) ||
+        !(noise_std <= 3.4028235e38f)) {
         return FT_ERR_BAD_CONFIG;
     }
-    float sq = 0.0f;
     for (int32_t k = 0; k < count; k++) {
         if (tensors[k].v == NULL || tensors[k].n > scratch_n) {
             return FT_ERR_BAD_CONFIG;
         }
-        sq += ft_sum_sq(tensors[k].v, tensors[k].n, 1.0f);
     }
-    if (!(sq <= 3.4028235e38f)) {
-        return FT_ERR_BAD_DATA; /* a non-finite update cannot be clipped */
+    ft_norm_check chk;
+    ft_status st = ft_check_norm(tensors, count, 0, 1.0f, clip, scratch, &chk);
+    if (st != FT_OK) {
+        return st;
     }
-    const float norm = ft_sqrtf(sq);
-    *norm_before = norm;
-    float f = norm > clip ? clip / norm : 1.0f;
-    float sent_sq = 0.0f;
-    ft_status st = ft_encode_all(tensors, count, f, noise_std, noise_key, scratch, &sent_sq);
-    for (int tries = 0; st == FT_OK && noise_std == 0.0f && sent_sq > clip * clip; tries++) {
-        f = tries < 8 ? f * (clip / ft_sqrtf(sent_sq)) * (1.0f - 1.0f / 1048576.0f) : 0.0f;
-        st = ft_encode_all(tensors, count, f, noise_std, noise_key, scratch, &sent_sq);
+    *norm_before = chk.norm;
+    float f = chk.within ? 1.0f : 1.0f / chk.ratio;
+    if (!(f >= 1.1754944e-38f)) {
+        return FT_ERR_BAD_DATA; /* norm / clip beyond 2^126: no float32 scale factor clips it */
     }
-    *norm_sent = ft_sqrtf(sent_sq);
+    if (noise_std > 0.0f) { /* local DP: the values before noise must be within the clip */
+        for (int tries = 0;; tries++) {
+            st = ft_check_norm(tensors, count, 0, f, clip, scratch, &chk);
+            if (st != FT_OK || chk.within) {
+                break;
+            }
+            f = tries < FT_CLIP_TRIES ? ft_shrink(f, chk.ratio, tries) : 0.0f;
+        }
+        if (st == FT_OK) {
+            st = ft_encode_all(tensors, count, f, noise_std, noise_key, scratch);
+        }
+    } else { /* central DP: what the server decodes must be within the clip */
+        for (int tries = 0;; tries++) {
+            st = ft_encode_all(tensors, count, f, 0.0f, noise_key, scratch);
+            if (st == FT_OK) {
+                st = ft_check_norm(tensors, count, 1, 1.0f, clip, scratch, &chk);
+            }
+            if (st != FT_OK || chk.within) {
+                break;
+            }
+            f = tries < FT_CLIP_TRIES ? ft_shrink(f, chk.ratio, tries) : 0.0f; /* f = 0 sends zeros: within */
+        }
+    }
+    if (st == FT_OK) {
+        st = ft_check_norm(tensors, count, 1, 1.0f, clip, scratch, &chk);
+        *norm_sent = chk.norm;
+    }
     return st;
 }
