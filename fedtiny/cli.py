@@ -9,10 +9,13 @@
     fedtiny emulate --boards N [overrides...]  start N QEMU boards holding partitions 0..N-1 of the
                                       experiment, each behind a bridge; print their URLs; Ctrl-C stops
 
-A configuration error (unknown group option or key, wrong type, impossible value) is
-reported in one line before anything starts, and the exit status is 2. In a multirun, a run
-that fails writes its reason to ``error.txt`` in its directory and the sweep goes on
-(``fedtiny report`` lists it).
+Every subcommand answers ``--help``. Exit status: 0 for a run that aggregated updates; 2 for a
+configuration error (unknown group option or key, wrong type, impossible value), reported in
+one line before anything starts; 1 for a run that aggregated no update in any round (every
+client failed, was rejected or declined: ``summary.json`` says ``status: failed``) or that
+failed otherwise. In a multirun, a run that fails writes its reason to ``error.txt`` in its
+directory and the sweep goes on (``fedtiny report`` lists it); the sweep exits 1 when every run
+failed and prints how many failed otherwise.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from omegaconf import DictConfig
 
 from fedtiny.config import compose, conf_dir, validate
 from fedtiny.devices.emulate import SERIAL_MODES
-from fedtiny.errors import ConfigError
+from fedtiny.errors import ConfigError, RunFailed
 
+USAGE = __doc__.split("\n\n")[1]
+_HELP = {"-h", "--help"}
+_SWEEP_LOG = "FEDTINY_SWEEP_LOG"  # a file each multirun job appends "ok DIR" or "failed DIR" to
 _INFO_FLAGS = {"-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--version", "--shell-completion", "-sc"}
 
 
@@ -52,12 +58,28 @@ def _run(cfg: DictConfig) -> None:
         if hc.mode != RunMode.MULTIRUN:
             if isinstance(err, ConfigError):  # e.g. a memory budget that holds no update scheme
                 _fail(err)
+            if isinstance(err, RunFailed):
+                print(f"fedtiny: run failed: {err}", file=sys.stderr)
+                sys.exit(1)
             raise
         out.mkdir(parents=True, exist_ok=True)
         if not (out / "config.yaml").exists():
             (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (out / "error.txt").write_text(f"{type(err).__name__}: {err}\n")
         print(f"fedtiny: run {out} failed: {type(err).__name__}: {err}", file=sys.stderr)
+        _record_sweep_job("failed", out)
+        return
+    if hc.mode == RunMode.MULTIRUN:
+        _record_sweep_job("ok", out)
+
+
+def _record_sweep_job(outcome: str, out: Path) -> None:
+    import os
+
+    path = os.environ.get(_SWEEP_LOG)
+    if path:
+        with open(path, "a") as fh:  # one short line per job: appends do not interleave
+            fh.write(f"{outcome} {out}\n")
 
 
 def _emulate(argv: list[str]) -> int:
@@ -102,38 +124,97 @@ def _emulate(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["pretrain"]:
-        from fedtiny.models.pretrain import main as pretrain_main
+def _board(argv: list[str]) -> int:
+    import argparse
 
-        try:
-            return pretrain_main(argv[1:])
-        except ConfigError as err:
-            _fail(err)
-    if argv[:2] == ["board", "info"] and len(argv) == 3:
-        from fedtiny.devices.link import BoardClient, BoardError
-
-        try:
-            client = BoardClient(argv[2], timeout=2.0)
-            for key, value in client.hello().items():
-                print(f"{key}: {value}")
-            client.close()
-        except (BoardError, OSError, ValueError) as err:
-            print(f"fedtiny board: {argv[2]}: {err}", file=sys.stderr)
-            sys.exit(1)
-        return None
-    if argv[:2] == ["board", "serve"]:
+    if argv[:1] == ["serve"]:
         from fedtiny.devices.bridge import serve_main
 
-        sys.exit(serve_main(argv[2:]))
-    if argv[:1] == ["emulate"]:
-        sys.exit(_emulate(argv[1:]))
-    if argv[:1] == ["report"]:
-        from fedtiny.report import main as report_main
+        return serve_main(argv[1:])
+    ap = argparse.ArgumentParser(prog="fedtiny board", description="talk to one board over its link",
+                                 epilog="fedtiny board serve --help: own a board's link and serve it (a bridge)")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{info,serve}")
+    info = sub.add_parser("info", help="ask a board who it is", description="ask a board who it is (HELLO)")
+    info.add_argument("url", help="/dev/ttyACM0, socket://127.0.0.1:4000 (QEMU), or a bridge's socket:// URL")
+    info.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
+    sub.add_parser("serve", help="own a board's link and serve it on a local TCP port (a bridge)", add_help=False)
+    args = ap.parse_args(argv)
+    from fedtiny.devices.link import BoardClient, BoardError
 
-        sys.exit(report_main(argv[1:]))
+    try:
+        client = BoardClient(args.url, timeout=args.timeout)
+        for key, value in client.hello().items():
+            print(f"{key}: {value}")
+        client.close()
+    except (BoardError, OSError, ValueError) as err:
+        print(f"fedtiny board: {args.url}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _pretrain(argv: list[str]) -> int:
+    if _HELP.intersection(argv):
+        print("usage: fedtiny pretrain [overrides...]\n\npretrain the backbone of the configured task on the "
+              "vendor's data, quantize it to int8 and cache it;\nprints float vs int8 accuracy. Overrides are "
+              "the experiment's (e.g. dataset=fashion model=image_cnn).")
+        return 0
+    from fedtiny.models.pretrain import main as pretrain_main
+
+    try:
+        pretrain_main(argv)
+    except ConfigError as err:
+        _fail(err)
+    return 0
+
+
+def _sweep(argv: list[str]) -> int:
+    """A Hydra multirun; exits 1 when no run of the sweep finished."""
+    import os
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="fedtiny-sweep-", suffix=".log")
+    os.close(fd)
+    os.environ[_SWEEP_LOG] = path
+    try:
+        sys.argv = [sys.argv[0]] + argv
+        _run()
+        lines = Path(path).read_text().split("\n")
+    finally:
+        os.environ.pop(_SWEEP_LOG, None)
+        os.unlink(path)
+    ok = [ln for ln in lines if ln.startswith("ok ")]
+    failed = [ln[len("failed "):] for ln in lines if ln.startswith("failed ")]
+    if failed and not ok:
+        print(f"fedtiny: every run of the sweep failed ({len(failed)}); reasons in error.txt under "
+              f"{Path(failed[0]).parent}", file=sys.stderr)
+        return 1
+    if failed:
+        print(f"fedtiny: {len(failed)} of {len(ok) + len(failed)} runs failed (error.txt in each); "
+              f"fedtiny report {Path(failed[0]).parent} lists them", file=sys.stderr)
+    return 0
+
+
+def _report(argv: list[str]) -> int:
+    from fedtiny.report import main as report_main
+
+    return report_main(argv)
+
+
+SUBCOMMANDS = {"pretrain": _pretrain, "board": _board, "emulate": _emulate, "report": _report}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        sys.exit(SUBCOMMANDS[argv[0]](argv[1:]))
+    if argv and set(argv) <= _HELP:  # the subcommands first, then Hydra's own help
+        import textwrap
+
+        print("usage:\n" + textwrap.indent(textwrap.dedent(USAGE), "  ")
+              + "\n\nEach subcommand answers --help. Hydra's help for runs follows.\n")
     multirun = "-m" in argv or "--multirun" in argv
+    if multirun and not _INFO_FLAGS.intersection(argv):
+        sys.exit(_sweep(argv))
     if not multirun and not _INFO_FLAGS.intersection(argv):
         overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra.")]
         try:

@@ -61,3 +61,8 @@ class KernelError(FedtinyError, ValueError):
 
 class ConfigError(FedtinyError, ValueError):
     """A configuration value is invalid."""
+
+
+class RunFailed(FedtinyError, RuntimeError):
+    """A run finished without aggregating any update: its results would only show the
+    pretrained model. ``summary.json`` is still written, with ``status: failed``."""

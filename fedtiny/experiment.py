@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from fedtiny.config import num_devices
+from fedtiny.errors import ConfigError, RunFailed
 from fedtiny.fl.state import config_json, experiment_state
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -23,6 +24,10 @@ def prepare_output(cfg: DictConfig, out_dir: Path, log=print) -> str:
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     cfg_json = config_json(cfg)
     state = experiment_state(cfg_json, log=log)
+    if len(state.task.clients) != num_devices(cfg):  # the federation is sized from the config
+        raise ConfigError(f"the {cfg.dataset.name} task holds {len(state.task.clients)} devices but the config asks "
+                          f"for {num_devices(cfg)} (dataset.num_clients); set dataset.num_clients="
+                          f"{len(state.task.clients)} or make the task return {num_devices(cfg)}")
     r = state.backbone.report
     log(f"backbone {cfg.model.arch}: field accuracy float {r['float_field_accuracy']:.3f} / int8 "
         f"{r['int8_field_accuracy']:.3f}; vendor val float {r['float_vendor_val_accuracy']:.3f} / int8 "
@@ -85,6 +90,8 @@ def run_experiment(cfg: DictConfig, out_dir: Path, log=print) -> dict:
     finally:
         if fleet is not None:
             fleet.stop()
+    if isinstance(outcome.get("error"), RunFailed):
+        raise outcome["error"]
     if "error" in outcome:
         raise RuntimeError(f"the server failed: {outcome['error']}") from outcome["error"]
     if "summary" not in outcome:

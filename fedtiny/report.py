@@ -3,7 +3,8 @@
 DIR is a Hydra multirun directory (``fedtiny -m ...`` writes ``multirun/<date>/<time>/<n>/``) or
 any directory holding run directories (each with the ``config.yaml`` a run writes first). A run
 with ``summary.json`` is reported; a run without one failed (its ``error.txt`` says why, when the
-sweep recorded it) and is listed as failed. Writes into DIR:
+sweep recorded it), and a run whose summary says ``status: failed`` (it aggregated no update) or
+cannot be read is listed as failed too: failed runs stay off the table and the Pareto front. Writes into DIR:
 
 * ``report.csv`` / ``report.md``: per run the swept settings, the memory (training arena of the
   scheme the budget chose, and the budget), epsilon, energy per device per round, uplink bytes, accuracy;
@@ -35,9 +36,8 @@ def find_runs(root: Path) -> list[Path]:
                   key=lambda p: (len(p.parts), [int(s) if s.isdigit() else s for s in p.parts]))
 
 
-def _row(run: Path, root: Path) -> dict:
+def _row(run: Path, root: Path, s: dict) -> dict:
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    s = json.loads((run / "summary.json").read_text())
     schemes = s.get("memory_schemes") or {}
     arena = min((v["arena_bytes"] for v in schemes.values()), default=s.get("client_arena_bytes"))
     priv = s.get("privacy") or {"mode": "off"}
@@ -65,12 +65,23 @@ def build(root: Path) -> tuple[list[dict], list[dict]]:
                           "writes under multirun/<date>/<time>/)")
     rows, failed = [], []
     for run in runs:
-        if (run / "summary.json").exists():
-            rows.append(_row(run, root))
+        name = str(run.relative_to(root))
+        err = run / "error.txt"
+        if err.exists() and err.read_text().strip():
+            failed.append({"run": name, "reason": err.read_text().strip().splitlines()[-1]})
+        elif not (run / "summary.json").exists():
+            failed.append({"run": name, "reason": "no summary.json (the run did not finish)"})
         else:
-            err = run / "error.txt"
-            reason = err.read_text().strip().splitlines()[-1] if err.exists() else "no summary.json (the run did not finish)"
-            failed.append({"run": str(run.relative_to(root)), "reason": reason})
+            try:
+                summary = json.loads((run / "summary.json").read_text())
+                if not isinstance(summary, dict):
+                    raise ValueError("not a JSON object")
+                if summary.get("status", "ok") != "ok":  # finished, but aggregated nothing
+                    failed.append({"run": name, "reason": summary.get("status_reason") or "status: failed"})
+                    continue
+                rows.append(_row(run, root, summary))
+            except (ValueError, KeyError, TypeError, yaml.YAMLError) as exc:  # JSONDecodeError is a ValueError
+                failed.append({"run": name, "reason": f"unreadable results ({type(exc).__name__}: {exc})"})
     return rows, failed
 
 
@@ -147,10 +158,13 @@ def _plots(root: Path, rows: list[dict], mask: np.ndarray) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: fedtiny report DIR   (a multirun directory, e.g. multirun/<date>/<time>)", file=sys.stderr)
-        return 2
-    root = Path(argv[0])
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="fedtiny report", description="a table and budget/Pareto plots of a sweep "
+                                 "(report.csv, report.md, report_*.png written into DIR); runs that failed or "
+                                 "aggregated nothing are listed apart and left off the Pareto front")
+    ap.add_argument("dir", metavar="DIR", help="a multirun directory, e.g. multirun/<date>/<time>")
+    root = Path(ap.parse_args(argv).dir)
     try:
         rows, failed = build(root)
     except ReportError as err:

@@ -211,6 +211,7 @@ class RunRecorder:
             **{f"{k}_total": int(sum(int(r[k] or 0) for r in rows)) for k in BYTE_COLUMNS},
             "failed_total": int(sum(int(r["failed"] or 0) for r in rows)),
             "rejected_total": int(sum(int(r["rejected"] or 0) for r in rows)),
+            "aggregated_total": int(sum(int(r["participating"] or 0) for r in rows[1:])),
             "wall_s": round(time.perf_counter() - self.t0, 3),
             "failures": self.log.failures,
             "declined_total": int(sum(int(r["declined"] or 0) for r in rows)),
@@ -218,9 +219,22 @@ class RunRecorder:
             "energy_per_device_round_mj": round(sum(self.energy_totals) / max(1, len(self.energy_totals)), 3),
         }
         out.update(summary)
+        out["status"], out["status_reason"] = "ok", ""
+        if out["rounds"] > 0 and out["aggregated_total"] == 0:
+            out["status"], out["status_reason"] = "failed", failure_reason(out)
         (self.out_dir / "summary.json").write_text(json.dumps(out, indent=2))
         plot_accuracy(rows, self.out_dir / "accuracy.png", summary.get("title", ""))
         return out
+
+
+def failure_reason(summary: dict) -> str:
+    """One line saying why a run aggregated nothing: counts and the most common reason."""
+    from collections import Counter
+
+    reasons = Counter(f"{f['what']}: {f['reason']}" for f in summary.get("failures", []) if f.get("stage") == "train")
+    common = f"; most common: {reasons.most_common(1)[0][0]}" if reasons else ""
+    return (f"no update was aggregated in {summary['rounds']} round(s) ({summary['failed_total']} client failures, "
+            f"{summary['rejected_total']} rejected updates, {summary.get('declined_total', 0)} declined{common})")
 
 
 def plot_accuracy(rows: list[dict], path: Path, title: str = "") -> None:

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedtiny.budgets.energy import Board
 from fedtiny.config import num_devices
+from fedtiny.errors import RunFailed
 from fedtiny.experiment import memory_schemes, prepare_output
 from fedtiny.fl.aggregate import channel_axes
 from fedtiny.fl.client_app import settings
@@ -91,7 +92,7 @@ def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
                        evaluate_config=ConfigRecord({"fedtiny-config": cfg_json}), evaluate_fn=evaluate_fn)
     finally:
         recorder.close()
-    return recorder.finish({
+    summary = recorder.finish({
         "clients": len(state.task.clients), "clients_answering": len(node_of), "seed": int(cfg.seed),
         "dataset": cfg.dataset.name, "strategy": cfg.strategy.name, "model": cfg.model.arch,
         "trainable_parameters": evaluator.plan.param_count,
@@ -109,6 +110,9 @@ def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
                            for kb, (sc, need) in memory_schemes(cfg_json).items()},
         "title": f"{cfg.dataset.name} / {cfg.strategy.name}: {len(node_of)} devices, {cfg.rounds} rounds",
     })
+    if summary["status"] == "failed":  # summary.json is written; the run must not look like a result
+        raise RunFailed(f"{summary['status_reason']}; results in {out_dir}")
+    return summary
 
 
 def _privacy_summary(plan: dict, rounds: int) -> dict:

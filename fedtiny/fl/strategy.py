@@ -194,6 +194,9 @@ class FedtinyStrategy:
         for m, _ in valid:
             m.content[self.arrayrecord_key] = merged
         arrays, metrics = super().aggregate_train(server_round, [m for m, _ in valid])
+        if arrays is not None:  # a server optimizer (FedAdam) computes in float64; the model is float32
+            arrays = ArrayRecord({k: Array(np.asarray(a.numpy(), dtype=self.global_arrays[k].dtype))
+                                  for k, a in arrays.items()})
         self.round_log.train_metrics(metrics)
         return arrays, metrics
 
