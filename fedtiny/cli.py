@@ -8,6 +8,7 @@
     fedtiny board serve URL [--port P]  own a board's link and serve it on a local TCP port (a bridge)
     fedtiny emulate --boards N [overrides...]  start N QEMU boards holding partitions 0..N-1 of the
                                       experiment, each behind a bridge; print their URLs; Ctrl-C stops
+    fedtiny flower stop               stop the local SuperLink `flwr run .` started (this FLWR_HOME's only)
 
 Every subcommand answers ``--help``. Exit status: 0 for a run that aggregated updates; 2 for a
 configuration error (unknown group option or key, wrong type, impossible value), reported in
@@ -194,13 +195,19 @@ def _sweep(argv: list[str]) -> int:
     return 0
 
 
+def _flower(argv: list[str]) -> int:
+    from fedtiny.flower_local import main as flower_main
+
+    return flower_main(argv)
+
+
 def _report(argv: list[str]) -> int:
     from fedtiny.report import main as report_main
 
     return report_main(argv)
 
 
-SUBCOMMANDS = {"pretrain": _pretrain, "board": _board, "emulate": _emulate, "report": _report}
+SUBCOMMANDS = {"pretrain": _pretrain, "board": _board, "emulate": _emulate, "report": _report, "flower": _flower}
 
 
 def main(argv: list[str] | None = None) -> None:

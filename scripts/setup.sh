@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-apt_packages=(cmake gcc g++ gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)
+# dataset-fashion-mnist: the IDX files of experiment=fashion_scale (and its tests), read offline
+apt_packages=(cmake gcc g++ gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm dataset-fashion-mnist)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

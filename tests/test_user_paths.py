@@ -128,3 +128,27 @@ def test_a_task_with_another_device_count_than_the_config_is_refused(tmp_path, c
     OmegaConf.update(cfg, "dataset.name", "digits_minus_one")
     with pytest.raises(ConfigError, match="task holds 9 devices but the config asks for 10"):
         prepare_output(cfg, tmp_path, log=lambda *_: None)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml")))
+def test_every_preset_finds_its_data_after_setup(preset):
+    """scripts/setup.sh installs what every preset reads (Fashion-MNIST is a Debian package)."""
+    from fedtiny.config import compose, num_devices
+    from fedtiny.data import build_task
+
+    cfg = compose([f"experiment={preset}"])
+    task = build_task(cfg.dataset.name, cfg.dataset)
+    assert len(task.clients) == num_devices(cfg) and len(task.server_test.y) > 0
+
+
+def test_setup_installs_every_debian_package_the_code_names():
+    """Each `apt-get install X` the code tells a user to run is in setup.sh's list."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    setup = (root / "scripts" / "setup.sh").read_text()
+    listed = set(re.search(r"apt_packages=\(([^)]*)\)", setup).group(1).split())
+    named = set()
+    for path in (root / "fedtiny").rglob("*.py"):
+        named |= set(re.findall(r"apt-get install ([a-z0-9][a-z0-9.+-]+)", path.read_text()))
+    assert named and named <= listed, named - listed

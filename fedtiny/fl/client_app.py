@@ -43,7 +43,10 @@ def train_seed(seed: int, server_round: int, partition_id: int) -> int:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Tell the server which partition (device) this node holds."""
-    return Message(RecordDict({"metrics": MetricRecord({"partition-id": _partition(context)})}), reply_to=msg)
+    answer = {"partition-id": _partition(context)}
+    if "num-partitions" in context.node_config:  # simulated nodes: the size of the federation
+        answer["num-partitions"] = int(context.node_config["num-partitions"])
+    return Message(RecordDict({"metrics": MetricRecord(answer)}), reply_to=msg)
 
 
 @app.train()

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedtiny.budgets.energy import Board
 from fedtiny.config import num_devices
-from fedtiny.errors import RunFailed
+from fedtiny.errors import ConfigError, RunFailed
 from fedtiny.experiment import memory_schemes, prepare_output
 from fedtiny.fl.aggregate import channel_axes
 from fedtiny.fl.client_app import settings
@@ -34,14 +34,35 @@ from fedtiny.trainer import TrainConfig, Trainer, plan
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout_s: float) -> list[int]:
+    """The node ids once `expected` nodes are connected. A simulated federation (its nodes know
+    ``num-partitions``) smaller than the experiment fails at once, naming the fix."""
     deadline = time.monotonic() + timeout_s
+    asked: set[int] = set()
     while True:
         nodes = sorted(grid.get_node_ids())
         if len(nodes) >= expected:
             return nodes
+        new = [n for n in nodes if n not in asked]
+        if new:
+            asked.update(new)
+            size = _federation_size(grid, new[:1])
+            if size is not None and size < expected:
+                raise ConfigError(
+                    f"the federation has {size} simulated SuperNodes but the experiment has {expected} devices: "
+                    f"run it with flwr run . --federation-config \"num-supernodes={expected}\"")
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {len(nodes)} of {expected} devices connected within {timeout_s:.0f} s")
         time.sleep(0.2)
+
+
+def _federation_size(grid: Grid, nodes: list[int]) -> int | None:
+    """``num-partitions`` from a simulated node's config (None for a deployed SuperNode)."""
+    msgs = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
+            for n in nodes]
+    for reply in grid.send_and_receive(msgs, timeout=60.0):
+        if not reply.has_error() and "num-partitions" in reply.content["metrics"]:
+            return int(reply.content["metrics"]["num-partitions"])
+    return None
 
 
 def partition_map(grid: Grid, nodes: list[int], cfg_json: str, timeout_s: float) -> dict[int, int]:
