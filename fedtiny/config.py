@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from fedtiny.devices.emulate import SERIAL_MODES
 from fedtiny.errors import ConfigError
@@ -244,6 +244,16 @@ def _typed(schema: type, node: Any, where: str) -> DictConfig:
     except OmegaConfBaseException as err:
         msg = str(err).splitlines()[0]
         key = getattr(err, "full_key", None)
+        if isinstance(err, ConfigKeyError) and key:  # an unknown key: say which keys there are
+            path = str(key).split(".")
+            root = OmegaConf.structured(schema)
+            parent = OmegaConf.select(root, ".".join(path[:-1])) if len(path) > 1 else root
+            if isinstance(parent, DictConfig):
+                prefix = [] if where == "config" else [where]
+                keys = sorted(str(k) for k in parent.keys())
+                owner = ".".join(prefix + path[:-1]) or "the config"
+                raise ConfigError(f"unknown key '{'.'.join(prefix + path)}' ({owner} has: {', '.join(keys)})"
+                                  f"{_nearest(path[-1], keys)}") from None
         raise ConfigError(f"{where}: {msg}" + (f" (key '{key}')" if key and key not in msg else "")) from None
 
 
@@ -343,6 +353,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(pr.mode == "off" or not q.error_feedback,
            "privacy: error feedback would carry clipped-away and noised values across rounds; turn one off")
     b = top.board
+    _check(b.name in board_profiles(), f"board.name={b.name!r} is not a board profile ({', '.join(board_profiles())}); "
+           f"select one with board=<name>, or add conf/board/{b.name}.yaml with the board's sourced figures")
     numbers = {"clock_mhz": b.clock_mhz, "sram_kb": b.sram_kb, "flash_kb": b.flash_kb, "active_mw": b.active_mw,
                "radio.tx_nj_per_byte": b.radio.tx_nj_per_byte, "radio.rx_nj_per_byte": b.radio.rx_nj_per_byte,
                "radio.throughput_kbps": b.radio.throughput_kbps,
@@ -391,12 +403,59 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
 
+    for ov in overrides:  # renaming the board would keep another board's figures
+        if ov.split("=", 1)[0].lstrip("+~") == "board.name":
+            raise ConfigError(f"{ov}: board.name only renames the profile and keeps its figures; select a "
+                              f"profile with board={ov.split('=', 1)[-1]} (profiles: {', '.join(board_profiles())})")
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(first_line(err)) from None
+        raise ConfigError(explain(err)) from None
     return validate(cfg)
+
+
+def board_profiles() -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / "board").glob("*.yaml"))
+
+
+def _nearest(word: str, choices) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def explain(err: BaseException) -> str:
+    """One line for a Hydra/OmegaConf composition error, with the hint Hydra's message buries
+    (the options of a group, the keys of a node, the nearest spelling)."""
+    import re
+
+    text = str(err).strip()
+    m = re.match(r"In '[^']*': Could not find '([^'/]+)/([^']+)'", text)
+    if m:
+        group, option = m.groups()
+        options = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml")) if (conf_dir() / group).is_dir() else []
+        return (f"{group}={option}: no such {group} option (available: {', '.join(options) or 'none'})"
+                f"{_nearest(option, options)}")
+    m = re.match(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' (?:is )?not in", text)
+    if m:
+        path = m.group(1).split(".")
+        if not re.match(r"Could not override", text):  # "Key 'foo' not in 'TopCfg'": a top-level key
+            path = [path[-1]]
+        node = OmegaConf.structured(TopCfg)
+        if path[0] in ("dataset", "strategy"):  # schemas chosen by name: the union of their keys
+            schemas = DATASETS if path[0] == "dataset" else STRATEGIES
+            keys = sorted({f for sc in schemas.values() for f in OmegaConf.structured(sc).keys()})
+            node = OmegaConf.create({path[0]: {k: None for k in keys}})
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, DictConfig) and part in node else None
+        if isinstance(node, DictConfig):
+            keys = sorted(str(k) for k in node.keys())
+            where = ".".join(path[:-1]) or "the config"
+            return (f"unknown key '{'.'.join(path)}' ({where} has: {', '.join(keys)})"
+                    f"{_nearest(path[-1], keys)}")
+    return first_line(err)
 
 
 def first_line(err: BaseException) -> str:

@@ -175,6 +175,21 @@ def test_heterogeneous_fleet_aggregates_per_parameter(fleet_run):
     assert s["final_accuracy"] > 0.3
 
 
+def test_impossible_budget_is_refused_before_the_contribution_analysis(tmp_path):
+    """The audit's budget (1 KiB, nothing reserved) is refused from the plans alone: no
+    contribution analysis (a second pretraining, minutes on the default task) runs first."""
+    from fedtiny.config import compose
+    from fedtiny.errors import ConfigError
+    from fedtiny.experiment import prepare_output
+
+    cache = tmp_path / "cache"
+    cfg = compose(["experiment=digits_quick", "budget.memory.sram_kb=[1]", "budget.memory.reserve_kb=0",
+                   f"cache_dir={cache}"])
+    with pytest.raises(ConfigError, match="a 1024-byte training arena holds no update scheme"):
+        prepare_output(cfg, tmp_path / "out", log=lambda *_: None)
+    assert list(cache.glob("digits-*")) and not list(cache.glob("contribution-*"))
+
+
 def test_impossible_memory_budget_fails_before_the_run(tmp_path, cache_dir):
     from fedtiny.errors import ConfigError
 

@@ -24,6 +24,8 @@ best scheme that fits a board's SRAM budget.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import hashlib
 import json
 from dataclasses import dataclass
@@ -176,10 +178,14 @@ def scheme_config(model: Model, config: TrainConfig, update: tuple[LayerUpdate, 
     return replace(config, update=update, start_layer=first, with_prefix=False)
 
 
-def choose_scheme(model: Model, config: TrainConfig, budget_bytes: int, scores: dict[str, float],
+def choose_scheme(model: Model, config: TrainConfig, budget_bytes: int,
+                  scores: dict[str, float] | Callable[[], dict[str, float]],
                   precisions: tuple[str, ...] = ("float32",), ef_bits: int | None = None) -> tuple[Scheme, int]:
     """The best-scoring scheme whose arena (plus, with error feedback at `ef_bits`, the residual
-    the device keeps between rounds) fits `budget_bytes`; returns it and those bytes."""
+    the device keeps between rounds) fits `budget_bytes`; returns it and those bytes.
+
+    `scores` may be a function: it is called only when more than one scheme fits, so an
+    impossible budget is refused before any (slow) contribution analysis."""
     fits = []
     smallest = None
     for s in candidate_schemes(model, precisions):
@@ -192,10 +198,13 @@ def choose_scheme(model: Model, config: TrainConfig, budget_bytes: int, scores: 
             continue
         smallest = need if smallest is None else min(smallest, need)
         if need <= budget_bytes:
-            fits.append((-scores.get(s.name, 0.0), need, s))
+            fits.append((need, s))
     if not fits:
         raise ConfigError(f"a {budget_bytes}-byte training arena{' + residual' if ef_bits else ''} holds no update "
                           f"scheme for this model "
                           f"(the smallest needs {smallest} bytes)")
-    _, need, best = min(fits, key=lambda t: (t[0], t[1]))
+    if len(fits) == 1:
+        return fits[0][1], fits[0][0]
+    table = scores() if callable(scores) else scores
+    _, need, best = min(((-table.get(s.name, 0.0), need, s) for need, s in fits), key=lambda t: (t[0], t[1]))
     return best, need

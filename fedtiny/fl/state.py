@@ -124,7 +124,7 @@ def device_scheme(cfg_json: str, sram_kb: float | None):
     st = experiment_state(cfg_json)
     budget = int((sram_kb - float(st.cfg.budget.memory.reserve_kb)) * 1024)
     q = st.cfg.codec
-    return choose_scheme(st.model, client_train_config(st.cfg), budget, scheme_scores(cfg_json),
+    return choose_scheme(st.model, client_train_config(st.cfg), budget, lambda: scheme_scores(cfg_json),
                          tuple(st.cfg.budget.memory.precisions), int(q.bits) if q.error_feedback else None)
 
 
