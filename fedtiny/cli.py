@@ -21,6 +21,7 @@ failed and prints how many failed otherwise.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -54,12 +55,13 @@ def _run(cfg: DictConfig) -> None:
     out = Path(hc.runtime.output_dir)
     try:
         typed = validate(cfg)
-        run_experiment(typed, out)
+        run_experiment(typed, out, log=logging.getLogger("fedtiny").info)
     except Exception as err:  # noqa: BLE001 - a sweep records the failure and goes on
         if hc.mode != RunMode.MULTIRUN:
             if isinstance(err, ConfigError):  # e.g. a memory budget that holds no update scheme
                 _fail(err)
             if isinstance(err, RunFailed):
+                logging.getLogger("fedtiny.file").error(f"run failed: {err}")
                 print(f"fedtiny: run failed: {err}", file=sys.stderr)
                 sys.exit(1)
             raise

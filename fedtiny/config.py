@@ -78,6 +78,7 @@ class ModelCfg:
     pretrain_lr: float = 0.003
     pretrain_batch_size: int = 64
     calibration_samples: int = 512
+    int8_max_drop: float = 0.03  # warn (and record in summary.json) when int8 loses more field accuracy
 
 
 @dataclass
@@ -284,6 +285,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     for key in ("width", "trainable_layers", "pretrain_epochs", "pretrain_batch_size", "calibration_samples"):
         _check(getattr(top.model, key) >= 1, f"model.{key} must be >= 1, got {getattr(top.model, key)}")
     _check(top.model.pretrain_lr > 0, f"model.pretrain_lr must be > 0, got {top.model.pretrain_lr}")
+    _check(0 <= top.model.int8_max_drop <= 1, f"model.int8_max_drop must be in [0, 1], got {top.model.int8_max_drop}")
     c = top.client
     _check(c.epochs >= 1, f"client.epochs must be >= 1, got {c.epochs}")
     _check(c.lr > 0, f"client.lr must be > 0, got {c.lr}")

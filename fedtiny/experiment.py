@@ -32,6 +32,9 @@ def prepare_output(cfg: DictConfig, out_dir: Path, log=print) -> str:
     log(f"backbone {cfg.model.arch}: field accuracy float {r['float_field_accuracy']:.3f} / int8 "
         f"{r['int8_field_accuracy']:.3f}; vendor val float {r['float_vendor_val_accuracy']:.3f} / int8 "
         f"{r['int8_vendor_val_accuracy']:.3f}  ({state.backbone.path})")
+    warning = int8_warning(r, float(cfg.model.int8_max_drop))
+    if warning:
+        log(f"warning: {warning}")
     from fedtiny.fl.state import privacy_plan
 
     dp = privacy_plan(cfg_json)  # an unreachable privacy target fails here
@@ -45,6 +48,16 @@ def prepare_output(cfg: DictConfig, out_dir: Path, log=print) -> str:
         log(f"memory budget {kb:g} KiB (minus {cfg.budget.memory.reserve_kb:g} reserved): scheme {scheme.name}, "
             f"arena {need:,} B")
     return cfg_json
+
+
+def int8_warning(report: dict, max_drop: float) -> str:
+    """A warning when quantizing the backbone cost more field accuracy than `max_drop`, else ''."""
+    drop = float(report["float_field_accuracy"]) - float(report["int8_field_accuracy"])
+    if drop <= max_drop:
+        return ""
+    return (f"the int8 backbone scores {drop:.3f} below float on field data ({report['int8_field_accuracy']:.3f} vs "
+            f"{report['float_field_accuracy']:.3f}; model.int8_max_drop={max_drop:g}): more calibration samples "
+            f"(model.calibration_samples) or a wider model may help")
 
 
 def memory_schemes(cfg_json: str) -> dict:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -158,6 +159,11 @@ class RunRecorder:
                          [[server_round, key, *c] for key, c in sorted(self.log.tensor_counts.items())])
         self.t_round = now
         self.log.start(server_round + 1)
+        if server_round > 0:  # the run's log file (with a Hydra run: run.log) gets a line per round
+            logging.getLogger("fedtiny.file").info(
+                f"round {server_round}/{self.rounds}: accuracy {accuracy:.4f}, {row['participating']} aggregated, "
+                f"{row['failed']} failed, {row['rejected']} rejected, up {row['bytes_up']:,} B, down "
+                f"{row['bytes_down']:,} B, {row['wall_s']:.2f} s")
         if self._progress is not None:
             status = f"accuracy {accuracy:.3f}  failed {row['failed']}"
             self._progress.update(self._task, completed=server_round, description=status)

@@ -71,6 +71,19 @@ def test_every_strategy_runs_end_to_end(strategy_sweep):
     assert seen == set(names)
 
 
+def test_the_run_log_holds_what_the_console_showed_and_no_chatter(strategy_sweep):
+    _, sweep, r = strategy_sweep
+    assert "alembic" not in r.stdout + r.stderr and "setup plugin" not in r.stdout
+    for run in sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()):
+        log = (run / "run.log").read_text()
+        assert "alembic" not in log and "[INFO] backbone " in log
+        assert "round 1/2: accuracy" in log and "round 2/2: accuracy" in log
+        last = [ln for ln in log.splitlines() if "[fedtiny][INFO]" in ln][-1]
+        assert "accuracy " in last and " over 2 rounds; 0 failed" in last
+        assert last.split("] ", 1)[1] in r.stdout  # the console showed the same line
+        assert not (run / "cli.log").exists()
+
+
 def test_report_leaves_failed_and_corrupt_runs_off_the_front(strategy_sweep, tmp_path, cache_dir):
     _, sweep, _ = strategy_sweep
     root = tmp_path / "sweep"
@@ -97,6 +110,7 @@ def test_a_run_that_aggregated_nothing_exits_1_with_one_line(tmp_path, cache_dir
     assert last.startswith("fedtiny: run failed: no update was aggregated in 1 round(s) (10 client failures")
     summary = json.loads(next(tmp_path.rglob("summary.json")).read_text())
     assert summary["status"] == "failed" and summary["aggregated_total"] == 0
+    assert "run failed: no update was aggregated" in next(tmp_path.rglob("run.log")).read_text()
 
 
 def test_a_sweep_whose_every_run_failed_exits_1(tmp_path, cache_dir):
@@ -152,3 +166,18 @@ def test_setup_installs_every_debian_package_the_code_names():
     for path in (root / "fedtiny").rglob("*.py"):
         named |= set(re.findall(r"apt-get install ([a-z0-9][a-z0-9.+-]+)", path.read_text()))
     assert named and named <= listed, named - listed
+
+
+def test_int8_accuracy_loss_beyond_the_threshold_is_warned_and_recorded(tmp_path, cache_dir):
+    """digits' int8 backbone loses a little field accuracy: a zero threshold must warn, on the
+    console, in run.log and in summary.json, with the drop the backbone report shows."""
+    r = fedtiny(["experiment=digits_quick", "rounds=1", "model.int8_max_drop=0", "progress=false"], tmp_path,
+                cache_dir)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads(next(tmp_path.rglob("summary.json")).read_text())
+    b = s["backbone"]
+    drop = b["float_field_accuracy"] - b["int8_field_accuracy"]
+    assert drop > 0 and s["int8_drop"] == pytest.approx(drop, abs=1e-6)
+    assert s["int8_warning"].startswith(f"the int8 backbone scores {drop:.3f} below float")
+    assert "warning: the int8 backbone scores" in r.stdout
+    assert "warning: the int8 backbone scores" in next(tmp_path.rglob("run.log")).read_text()

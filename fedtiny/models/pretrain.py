@@ -41,7 +41,12 @@ class Backbone:
     path: Path
 
 
+# model settings that do not change the backbone (reporting thresholds)
+_NOT_IN_KEY = ("int8_max_drop",)
+
+
 def cache_key(dataset_cfg: dict, model_cfg: dict, seed: int) -> str:
+    model_cfg = {k: v for k, v in model_cfg.items() if k not in _NOT_IN_KEY}
     blob = json.dumps({"dataset": dataset_cfg, "model": model_cfg, "seed": seed, "format": VERSION,
                        "schema": CACHE_SCHEMA}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
