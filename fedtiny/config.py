@@ -66,6 +66,10 @@ class FashionData:
     seed: int = 0
 
 
+# The trainer's bounds (device_trainer_c/include/fedtiny/ft_trainer.h, FT_MAX_*): a board refuses
+# a TRAIN outside them, so a config outside them is refused before a run (a test keeps them equal).
+MAX_EPOCHS, MAX_BATCH, MAX_LR, MAX_WEIGHT_DECAY, MAX_PROX_MU = 1000, 4096, 100.0, 1.0, 1000.0
+
 DATASETS: dict[str, type] = {"watch": WatchData, "digits": DigitsData, "fashion": FashionData}
 
 
@@ -287,11 +291,12 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(top.model.pretrain_lr > 0, f"model.pretrain_lr must be > 0, got {top.model.pretrain_lr}")
     _check(0 <= top.model.int8_max_drop <= 1, f"model.int8_max_drop must be in [0, 1], got {top.model.int8_max_drop}")
     c = top.client
-    _check(c.epochs >= 1, f"client.epochs must be >= 1, got {c.epochs}")
-    _check(c.lr > 0, f"client.lr must be > 0, got {c.lr}")
+    _check(1 <= c.epochs <= MAX_EPOCHS, f"client.epochs must be in [1, {MAX_EPOCHS}], got {c.epochs}")
+    _check(0 < c.lr <= MAX_LR, f"client.lr must be in (0, {MAX_LR:g}], got {c.lr}")
     _check(0 <= c.momentum < 1, f"client.momentum must be in [0, 1), got {c.momentum}")
-    _check(c.weight_decay >= 0, f"client.weight_decay must be >= 0, got {c.weight_decay}")
-    _check(c.batch_size >= 1, f"client.batch_size must be >= 1, got {c.batch_size}")
+    _check(0 <= c.weight_decay <= MAX_WEIGHT_DECAY,
+           f"client.weight_decay must be in [0, {MAX_WEIGHT_DECAY:g}], got {c.weight_decay}")
+    _check(1 <= c.batch_size <= MAX_BATCH, f"client.batch_size must be in [1, {MAX_BATCH}], got {c.batch_size}")
     _check(c.precision in PRECISIONS, f"client.precision must be one of {list(PRECISIONS)}, got {c.precision!r}")
     _check(c.rounding in ROUNDINGS, f"client.rounding must be one of {list(ROUNDINGS)}, got {c.rounding!r}")
     s = top.simulation
@@ -306,7 +311,8 @@ def validate(cfg: DictConfig) -> DictConfig:
            f"budget.memory.precisions must be a non-empty subset of {list(PRECISIONS)}, got {list(mem.precisions)}")
     st = top.strategy
     if st_name == "fedprox":
-        _check(st.proximal_mu >= 0, f"strategy.proximal_mu must be >= 0, got {st.proximal_mu}")
+        _check(0 <= st.proximal_mu <= MAX_PROX_MU,
+               f"strategy.proximal_mu must be in [0, {MAX_PROX_MU:g}], got {st.proximal_mu}")
     if st_name == "fedadam":
         _check(st.eta > 0 and st.tau > 0, f"strategy.eta and strategy.tau must be > 0, got {st.eta} and {st.tau}")
         _check(0 <= st.beta_1 < 1 and 0 <= st.beta_2 < 1, "strategy.beta_1 and beta_2 must be in [0, 1)")

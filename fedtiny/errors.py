@@ -31,6 +31,7 @@ STATUS_HELP: dict[str, str] = {
     "KERNEL": "an int8 kernel rejected its arguments",
     "NOT_INITIALIZED": "trainer used before initialisation",
     "UNSUPPORTED": "valid but not supported on this build",
+    "CANCELLED": "the host cancelled the request (training stopped)",
 }
 
 

@@ -317,3 +317,154 @@ def test_a_repeated_request_is_answered_without_running_again(fleet):
             got += rx.feed(s.recv(4096))
     assert [f.type for f in got] == [P.HELLO | P.REPLY] * 2 and got[0] == got[1]
     assert bridge.requests == before + 1
+
+
+def _on_the_board_link(bridge, data: bytes) -> None:
+    """Bytes straight onto the board's UART, past the bridge (a host that died mid-write)."""
+    with bridge.lock:
+        if bridge.board is None:
+            bridge.board = BoardClient(bridge.board_url, timeout=bridge.timeout, retries=bridge.retries)
+        bridge.board.send_raw(data)
+
+
+@pytest.mark.parametrize("stale", [bytes.fromhex("a55a01090004"), b"\xa5", b"\xa5\x5a", b"\xa5\x5a\x03\x01\xff",
+                                   P.frame(P.LOAD, 3, bytes(1000))[:500]],
+                         ids=["audit", "1", "2", "5", "payload"])
+def test_a_partial_frame_does_not_make_the_board_deaf(fleet, stale):
+    """The audit's six bytes (a header announcing 1,024 bytes that never come) on the board's
+    UART, and other partial frames: the very next HELLO is answered on its first try, without a
+    retry, because the board expires the stale start after 50 ms of silence."""
+    import time
+
+    bridge = fleet.bridges[0]
+    _on_the_board_link(bridge, stale)
+    client = BoardClient(fleet.urls[0], timeout=10.0, retries=1)
+    t0 = time.monotonic()
+    try:
+        assert client.hello()["protocol"] == 1
+    finally:
+        client.close()
+    print(f"recovered from {len(stale)} stale bytes in {time.monotonic() - t0:.3f} s")
+
+
+def test_the_board_expires_a_stale_header_between_requests(fleet):
+    """Directly on the UART (no bridge retries): stale bytes, then a HELLO right behind them,
+    which the stale header swallows; the board still answers it once the line goes idle."""
+    bridge = fleet.bridges[0]
+    with bridge.lock:
+        if bridge.board is None:
+            bridge.board = BoardClient(bridge.board_url, timeout=bridge.timeout, retries=bridge.retries)
+        raw = bridge.board
+        raw.send_raw(bytes.fromhex("a55a01090004"))
+        reply = raw.exchange(P.HELLO, b"", timeout=5.0)  # one try of 5 s; retries=3 would hide a miss
+        assert reply.type == P.HELLO | P.REPLY
+
+
+def test_spin_is_acknowledged_as_the_header_says(fleet):
+    """ft_proto.h: ACK for TRAIN, PROFILE and SPIN. Read raw from the board's UART."""
+    import time
+
+    bridge = fleet.bridges[0]
+    with bridge.lock:
+        if bridge.board is None:
+            bridge.board = BoardClient(bridge.board_url, timeout=bridge.timeout, retries=bridge.retries)
+        raw = bridge.board
+        raw.send_raw(P.frame(P.SPIN, 201, (1000).to_bytes(4, "little")))
+        got, deadline = [], time.monotonic() + 10
+        while len(got) < 2 and time.monotonic() < deadline:
+            got += raw._frames()
+        assert [(f.type, f.seq) for f in got] == [(P.ACK, 201), (P.SPIN | P.REPLY, 201)]
+        raw.send_raw(P.frame(P.SPIN, 202, (1 << 29).to_bytes(4, "little")))  # beyond the bound
+        got, deadline = [], time.monotonic() + 10
+        while len(got) < 2 and time.monotonic() < deadline:
+            got += raw._frames()
+        assert got[0].type == P.ACK and got[1].type == P.ERROR and "BAD_CONFIG" in P.error_text(got[1].payload)
+
+
+@pytest.mark.parametrize("field,value", [("epochs", 0x7FFFFFFF), ("epochs", 0), ("batch", 0), ("batch", 5000),
+                                         ("lr", float("nan")), ("lr", float("inf")), ("lr", 0.0), ("momentum", 1.0),
+                                         ("bits", 3), ("clip", float("nan")), ("noise", 1.0)])
+def test_every_train_field_is_bounded_on_the_board(board, task, field, value):
+    """The audit's epochs = 0x7FFFFFFF (hours of training) and other out-of-range fields are
+    refused at once with BAD_CONFIG, before the board trains."""
+    import struct
+
+    model, _, _ = task
+    board.load_model(model.to_bytes())
+    fields = dict(epochs=1, seed=1, lr=0.05, momentum=0.9, wd=0.0, mu=0.0, batch=8, bits=8, pc=1, nearest=0, k1=0,
+                  k2=0, k3=0, clip=0.0, noise=0.0, precision=0, rounding=0)
+    fields[field] = value
+    payload = struct.pack("<IIffffIIIIIIIffIII", *fields.values(), 0)
+    with pytest.raises(BoardError, match="BAD_CONFIG"):
+        board.request(P.TRAIN, payload)
+
+
+def test_the_same_bounds_are_refused_at_config_time():
+    import re
+
+    from fedtiny import config as C
+    from fedtiny.config import compose
+    from fedtiny.errors import ConfigError
+
+    header = (Path(__file__).resolve().parents[1] / "device_trainer_c/include/fedtiny/ft_trainer.h").read_text()
+    c_bounds = {m[0]: float(m[1].rstrip("f")) for m in re.findall(r"#define FT_(MAX_\w+) ([0-9.]+f?)", header)}
+    for name in ("MAX_EPOCHS", "MAX_BATCH", "MAX_LR", "MAX_WEIGHT_DECAY", "MAX_PROX_MU"):
+        assert getattr(C, name) == c_bounds[name], name
+    for override, msg in ((f"client.epochs={C.MAX_EPOCHS + 1}", "client.epochs must be in"),
+                          (f"client.batch_size={C.MAX_BATCH + 1}", "client.batch_size must be in"),
+                          ("client.lr=1000", "client.lr must be in"), ("client.weight_decay=2", "weight_decay"),
+                          ("strategy=fedprox", None)):
+        if msg is None:
+            compose([override])
+            continue
+        with pytest.raises(ConfigError, match=msg):
+            compose([override])
+
+
+def test_a_long_training_request_can_be_cancelled(firmware, tmp_path):
+    """A TRAIN of 1,000 epochs (minutes on this board) holds it; a CANCEL on another connection
+    to the bridge stops it: the waiting client gets CANCELLED, and the board serves the next
+    request."""
+    import threading
+    import time
+
+    from fedtiny.devices.backend import cancel
+    from fedtiny.devices.emulate import Fleet
+
+    rng = np.random.default_rng(7)
+    model = Model(random_model(rng, frozen=("conv2d",), trainable=("conv2d", "conv2d", "flatten", "fc"),
+                               input_shape=(12, 12, 3)))
+    x = rng.integers(-128, 128, (200, *model.input_shape)).astype(np.int8)
+    y = rng.integers(0, model.num_classes, 200).astype(np.uint8)
+    tc = TrainConfig(lr=0.01, batch_size=4)
+    with Fleet(firmware, [data_block(model.prefix_features(x), y)], tmp_path, in_process_bridges=True) as fleet:
+        url = fleet.urls[0]
+        client = BoardClient(url, timeout=60.0, retries=1, train_timeout=900.0)
+        client.load_model(model.to_bytes())
+        trainer = Trainer(model, tc)
+        client.set_params(trainer.device_params(trainer.get_params()))
+        outcome = {}
+
+        def long_train():
+            try:
+                outcome["result"] = client.train(tc, 1000, 1, 8, True, False, (0, 1, 0))
+            except BoardError as err:
+                outcome["error"] = str(err)
+
+        worker = threading.Thread(target=long_train)
+        worker.start()
+        time.sleep(3.0)
+        t0 = time.monotonic()
+        assert cancel(url)
+        worker.join(timeout=300)
+        print(f"cancelled in {time.monotonic() - t0:.3f} s")
+        client.close()
+        assert not worker.is_alive() and "CANCELLED" in outcome.get("error", ""), outcome
+        after = BoardClient(url, timeout=10.0, retries=1)
+        try:
+            assert after.hello()["protocol"] == 1
+            after.set_params(trainer.device_params(trainer.get_params()))
+            assert after.train(tc, 1, 1, 8, True, False, (0, 1, 0))["count"] == len(y)
+        finally:
+            after.close()
+        assert fleet.bridges[0].cancels == 1

@@ -145,3 +145,34 @@ def test_malformed_board_replies_are_rejected_with_a_reason():
     finally:
         client.close()
         listener.close()
+
+
+def _partials():
+    """Stale starts a real line produces: a header cut after 1..6 bytes (the audit's six bytes
+    announce 1,024 bytes that never come), and frames cut inside their payload or CRC."""
+    long = frame(9, 4, bytes(range(256)) * 4)  # 1,024-byte payload
+    yield from (("header", n, long[:n]) for n in range(1, 7))
+    yield "audit", 6, bytes.fromhex("a55a01090004")
+    for cut in (7, 100, 700, len(long) - 4, len(long) - 1):
+        yield "payload", cut, long[:cut]
+
+
+@pytest.mark.parametrize("kind,n,stale", list(_partials()), ids=lambda v: str(v)[:12])
+def test_a_partial_frame_expires_after_an_idle_line(kind, n, stale):
+    """Both receivers: a stale partial frame, then (a) the next requests right behind it, swallowed
+    as its payload, found when the line goes idle; (b) an idle line, then the next frame."""
+    nxt = [frame(1, 7), frame(5, 8, b"abc")]
+    data = stale + b"".join(nxt)
+    want = [Frame(1, 7, b""), Frame(5, 8, b"abc")]
+    rx = Receiver()
+    got = rx.feed(data) + rx.expire()
+    assert got == want and rx.pending == 0
+    assert [Frame(*t) for t in _core.proto_parse(data, [len(data)])[0]] == want
+    rx = Receiver()
+    assert rx.feed(stale) == [] and rx.expire() == [] and rx.pending == 0
+    assert rx.feed(b"".join(nxt)) == want
+    assert [Frame(*t) for t in _core.proto_parse(data, [len(stale), len(data)])[0]] == want
+    # without the idle line a stale start that still awaits many bytes swallows the next
+    # request: the deafness the timeout cures
+    if kind == "audit" or (kind == "header" and n == 6) or (kind == "payload" and n <= 700):
+        assert _core.proto_parse(stale + frame(1, 7))[0] == []

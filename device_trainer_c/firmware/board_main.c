@@ -28,11 +28,21 @@
  *             apply, other, u32 layers, per model layer (prefix, forward, backward)
  *   PROFILE   u32 seed -> u32 status (one forward pass through the whole model, int8 prefix
  *             included, on a pseudo-random input; read it with STATS)
- *   SPIN      u32 n -> u32 status, u32 counter ticks of ft_hal_spin(n) (4n instructions)
+ *   SPIN      u32 n (<= 2^28) -> u32 status, u32 counter ticks of ft_hal_spin(n) (4n instructions)
+ *   CANCEL    -> u32 status: stops a TRAIN in progress (its reply becomes ERROR CANCELLED, sent
+ *             first); idle, it just answers
  *   anything else -> ERROR with u32 FT_ERR_UNSUPPORTED
+ * TRAIN's fields are bounded before anything runs (ERROR BAD_CONFIG otherwise): epochs in
+ * [1, FT_MAX_EPOCHS], batch in [1, FT_MAX_BATCH], finite lr in (0, FT_MAX_LR], momentum in [0, 1),
+ * weight decay in [0, FT_MAX_WEIGHT_DECAY], prox mu in [0, FT_MAX_PROX_MU], bits 32/16/8/4/2/1,
+ * flags 0 or 1, clip finite >= 0, noise std finite >= 0 and only with a clip.
  * A request repeated with the same type, seq and payload is not executed again: the board resends
- * its last reply (the host lost it). TRAIN and PROFILE first send an ACK frame (type 0x7E, same seq, no payload) as soon as they
- * arrive: the host waits its short timeout for that, then the long one for the reply.
+ * its last reply (the host lost it). TRAIN, PROFILE and SPIN first send an ACK frame (type 0x7E,
+ * same seq, no payload) as soon as they arrive: the host waits its short timeout for that, then
+ * the long one for the reply. While a TRAIN runs, the board reads its link after every SGD step:
+ * a CANCEL stops it; a repeat of the TRAIN itself is ignored (the reply follows when it ends).
+ * A partial frame followed by FT_PROTO_BYTE_TIMEOUT_MS of silence is expired (ft_proto.h), so
+ * stray bytes never leave the board deaf.
  * Local data lives where a board's flash would hold it: a "FTDS" block (u32 version 1, count,
  * sample size, x offset, y offset; int8 features of the frozen prefix) at FT_DATA_ADDR.
  */
@@ -236,9 +246,48 @@ static uint16_t chans[2048];
 
 #define FT_TRAIN_FIXED 72u
 
+/* While training: frames that arrive (the host polls with repeats of the TRAIN) are read after
+ * every SGD step; a CANCEL stops the training. */
+static uint32_t cancel_seq, cancel_pending;
+
+static int train_abort(void *ctx)
+{
+    (void)ctx;
+    uint8_t b;
+    ft_frame f;
+    while (ft_hal_poll(&b)) {
+        if (ft_proto_feed(&rx, b, &f) && f.type == FT_MSG_CANCEL) {
+            cancel_seq = f.seq;
+            cancel_pending = 1u;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int finite_in(float v, float lo, float hi) { return v >= lo && v <= hi; } /* NaN fails both */
+
+/* Every TRAIN field within what the board can run in bounded time and memory. */
+static int train_fields_ok(const uint8_t *p)
+{
+    const uint32_t epochs = get32(p), batch = get32(p + 24), bits = get32(p + 28);
+    const float noise = getf(p + 56), clip = getf(p + 52);
+    return epochs >= 1u && epochs <= FT_MAX_EPOCHS && batch >= 1u && batch <= FT_MAX_BATCH &&
+           getf(p + 8) > 0.0f && finite_in(getf(p + 8), 0.0f, FT_MAX_LR) && finite_in(getf(p + 12), 0.0f, 0.999999f) &&
+           finite_in(getf(p + 16), 0.0f, FT_MAX_WEIGHT_DECAY) && finite_in(getf(p + 20), 0.0f, FT_MAX_PROX_MU) &&
+           (bits == 32u || bits == 16u || bits == 8u || bits == 4u || bits == 2u || bits == 1u) &&
+           get32(p + 32) <= 1u && get32(p + 36) <= 1u && finite_in(clip, 0.0f, 3.4028235e38f) &&
+           finite_in(noise, 0.0f, 3.4028235e38f) && (noise == 0.0f || clip > 0.0f) && get32(p + 60) <= 1u &&
+           get32(p + 64) <= 1u;
+}
+
+static uint8_t train_req[FT_PROTO_MAX_PAYLOAD];
+
 static void cmd_train(const ft_frame *f)
 {
-    const uint8_t *p = f->payload;
+    /* a copy: frames read while training (train_abort) reuse the receiver's buffer */
+    memcpy(train_req, f->payload, f->length);
+    const uint8_t *p = train_req;
     const uint32_t n_updates = f->length >= FT_TRAIN_FIXED ? get32(p + 68) : 0u;
     if (!model_ok) {
         reply_status(f, FT_ERR_NOT_INITIALIZED);
@@ -246,7 +295,7 @@ static void cmd_train(const ft_frame *f)
     }
     const int32_t n_train = model.num_layers - model.first_trainable;
     if (f->length < FT_TRAIN_FIXED || (n_updates != 0u && n_updates != (uint32_t)n_train) ||
-        f->length != FT_TRAIN_FIXED + 4u * n_updates) {
+        f->length != FT_TRAIN_FIXED + 4u * n_updates || !train_fields_ok(p)) {
         reply_status(f, FT_ERR_BAD_CONFIG);
         return;
     }
@@ -282,7 +331,9 @@ static void cmd_train(const ft_frame *f)
     ft_stats stats = {0};
     if (st == FT_OK) {
         profile_start();
+        trainer.abort = train_abort;
         st = ft_trainer_train_epochs(&trainer, &d, (int32_t)get32(p), get32(p + 4), &stats);
+        trainer.abort = NULL;
         profile_stop();
     }
     /* the tensors the update changed, in name order (as the simulated client sorts its keys) */
@@ -450,6 +501,10 @@ static void cmd_spin(const ft_frame *f)
 {
     uint8_t r[8];
     const uint32_t n = f->length == 4 ? get32(f->payload) : 0u;
+    if (f->length != 4 || n > (1u << 28)) {
+        reply_status(f, FT_ERR_BAD_CONFIG);
+        return;
+    }
     const uint32_t t0 = ft_hal_counter();
     ft_hal_spin(n);
     const uint32_t t1 = ft_hal_counter();
@@ -538,7 +593,11 @@ static void handle(const ft_frame *f)
         cmd_profile(f);
         break;
     case FT_MSG_SPIN:
+        ack(f);
         cmd_spin(f);
+        break;
+    case FT_MSG_CANCEL: /* nothing runs now: a TRAIN it was meant for has ended */
+        reply_status(f, FT_OK);
         break;
     case FT_MSG_UPDATE: {
         const uint32_t off = f->length >= 4 ? get32(f->payload) : 0xFFFFFFFFu;
@@ -578,21 +637,42 @@ static void handle(const ft_frame *f)
     }
 }
 
+static void serve(const ft_frame *f)
+{
+    const uint32_t key = request_key(f);
+    if (have_last && key == last_key) {
+        ft_hal_write(tx, last_len); /* a repeat: the reply got lost */
+        return;
+    }
+    cancel_pending = 0u;
+    handle(f);
+    last_key = key;
+    have_last = 1;
+    if (cancel_pending) { /* the CANCEL that stopped the TRAIN gets its own answer, after it */
+        uint8_t p[4], out[FT_PROTO_HEADER_BYTES + 8];
+        put32(p, FT_OK);
+        ft_hal_write(out, ft_proto_write(out, FT_MSG_CANCEL | FT_PROTO_REPLY, (uint8_t)cancel_seq, p, 4));
+        cancel_pending = 0u;
+    }
+}
+
 int main(void)
 {
     ft_hal_init();
     ft_proto_rx_init(&rx);
     ft_frame f;
     for (;;) {
-        if (ft_proto_feed(&rx, ft_hal_getc(), &f)) {
-            const uint32_t key = request_key(&f);
-            if (have_last && key == last_key) {
-                ft_hal_write(tx, last_len); /* a repeat: the reply got lost */
-                continue;
-            }
-            handle(&f);
-            last_key = key;
-            have_last = 1;
+        uint8_t b;
+        int have;
+        if (ft_proto_pending(&rx) == 0u) {
+            have = ft_proto_feed(&rx, ft_hal_getc(), &f);
+        } else if (ft_hal_getc_timeout(&b, FT_PROTO_BYTE_TIMEOUT_MS)) {
+            have = ft_proto_feed(&rx, b, &f);
+        } else {
+            have = ft_proto_expire(&rx, &f); /* silence mid-frame: the partial frame is stale */
+        }
+        if (have) {
+            serve(&f);
         }
     }
 }

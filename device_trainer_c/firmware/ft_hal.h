@@ -8,6 +8,11 @@
 void ft_hal_init(void);
 /* Next received byte; waits (WFI) until one arrives. */
 uint8_t ft_hal_getc(void);
+/* The next received byte into *byte within `ms` milliseconds: 1, or 0 when none came (the
+ * protocol's inter-byte timeout). */
+int ft_hal_getc_timeout(uint8_t *byte, uint32_t ms);
+/* A byte already received, without waiting: 1 with *byte, else 0 (polled while training). */
+int ft_hal_poll(uint8_t *byte);
 void ft_hal_write(const uint8_t *data, uint32_t n);
 
 /* Free-running 32-bit counter (wraps). On mps2-an386 the FPGAIO COUNTER; under QEMU's

@@ -30,6 +30,19 @@ from fedtiny.fl.records import record_to_params
 from fedtiny.trainer import Model, TrainConfig, Trainer
 
 
+def cancel(url: str) -> bool:
+    """Stop a TRAIN the board behind `url` may still run (a new connection: the bridge answers
+    a CANCEL at once, even while another connection waits for the TRAIN)."""
+    try:
+        client = BoardClient(url, timeout=5.0, retries=1)
+        try:
+            return client.cancel()
+        finally:
+            client.close()
+    except (OSError, ValueError, BoardError):
+        return False
+
+
 def board_round(url: str, model: Model, tc: TrainConfig, received: dict[str, np.ndarray], epochs: int, seed: int,
                 codec_cfg, key: tuple[int, int, int], dp: tuple[float, float] | None, timeout_s: float):
     """One training round on the board behind `url` (a bridge, or the board's own port); returns
@@ -53,7 +66,12 @@ def board_round(url: str, model: Model, tc: TrainConfig, received: dict[str, np.
         if board.hello()["model_crc32"] != zlib.crc32(blob):
             board.load_model(blob)
         board.set_params(start)
-        res = board.train(tc, epochs, seed, int(codec_cfg.bits), bool(codec_cfg.per_channel), nearest, key, clip, noise)
+        try:
+            res = board.train(tc, epochs, seed, int(codec_cfg.bits), bool(codec_cfg.per_channel), nearest, key, clip,
+                              noise)
+        except BoardError:  # too slow (or the link failed): free the board for the next round
+            cancel(url)
+            raise
         blobs = board.update(res["update_bytes"])
     finally:
         board.close()

@@ -13,7 +13,11 @@ board's port. The bridge serves the same framed protocol on a local TCP port
   board again, as the board itself does;
 * one request at a time reaches the board (a lock), whatever the number of clients;
 * when the board's link fails (port gone, emulator killed), the client gets an ERROR frame with
-  status LINK_DOWN and the reason, and the bridge reopens the link at the next request.
+  status LINK_DOWN and the reason, and the bridge reopens the link at the next request; after
+  (re)opening it leaves the line idle past the board's inter-byte timeout, so a partial frame a
+  dead host left behind is expired before the first request (resynchronisation);
+* a CANCEL from any client reaches the board at once, past the lock, and stops a TRAIN in
+  progress (whose client then gets ERROR CANCELLED); the bridge answers the CANCEL itself.
 
 Run it as ``fedtiny board serve URL [--port P] [--host H]``; it prints
 ``bridge <board url> on socket://<host>:<port>`` when it is ready and stops on SIGINT or SIGTERM.
@@ -37,7 +41,7 @@ class Bridge:
         self.board_url, self.timeout, self.retries, self.train_timeout = board_url, timeout, retries, train_timeout
         self.board: BoardClient | None = None
         self.lock = threading.Lock()
-        self.requests = self.link_failures = 0
+        self.requests = self.link_failures = self.cancels = 0
         bridge = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -52,6 +56,9 @@ class Bridge:
                     if not data:
                         return
                     for f in rx.feed(data):
+                        if f.type == P.CANCEL:  # not behind the lock: it must reach a busy board
+                            self.request.sendall(bridge.cancel(f))
+                            continue
                         if last is not None and last[0] == (f.type, f.seq, f.payload):
                             self.request.sendall(last[1])  # a client's repeat (it polls or lost the reply)
                             continue
@@ -77,6 +84,7 @@ class Bridge:
                 if self.board is None:
                     self.board = BoardClient(self.board_url, timeout=self.timeout, retries=self.retries,
                                              train_timeout=self.train_timeout)
+                    self.board.resync()
                 reply = self.board.exchange(f.type, f.payload)
                 return P.frame(reply.type, f.seq, reply.payload)
             except Exception as err:  # noqa: BLE001 - any link failure becomes the client's error reply
@@ -90,6 +98,17 @@ class Bridge:
                 reason = str(err) if isinstance(err, BoardError) else f"{type(err).__name__}: {err}"
                 print(f"fedtiny bridge {self.board_url}: {reason}", file=sys.stderr, flush=True)
                 return P.frame(P.ERROR, f.seq, struct.pack("<I", P.LINK_DOWN) + reason.encode()[:512])
+
+    def cancel(self, f: P.Frame) -> bytes:
+        """Pass a CANCEL to the board now (a TRAIN may hold the lock) and answer it."""
+        board = self.board
+        self.cancels += 1
+        if board is not None:
+            try:
+                board.send_cancel()
+            except Exception:  # noqa: BLE001 - a dead link: nothing runs there to cancel
+                pass
+        return P.frame(P.CANCEL | P.REPLY, f.seq, struct.pack("<I", 0))
 
     def serve_forever(self) -> None:
         self.server.serve_forever(poll_interval=0.2)

@@ -27,17 +27,58 @@ class BoardClient:
     def __init__(self, url: str, timeout: float = 5.0, retries: int = 3, train_timeout: float = 300.0) -> None:
         import serial
 
+        import threading
+
         self.port = serial.serial_for_url(url, baudrate=115200, timeout=0.05)
+        self._wlock = threading.Lock()  # whole frames: a CANCEL may be written from another thread
         self.timeout, self.retries, self.train_timeout = timeout, retries, train_timeout
         self.rx = P.Receiver()
         self.seq = 0
+        self._last_byte = time.monotonic()
 
     def close(self) -> None:
         self.port.close()
 
     def send_raw(self, data: bytes) -> None:
         """Bytes straight onto the link (tests inject garbage this way)."""
-        self.port.write(data)
+        with self._wlock:
+            self.port.write(data)
+
+    def send_cancel(self) -> None:
+        """Write a CANCEL frame without waiting for anything (safe while another thread is in
+        :meth:`exchange` on this link: that exchange then gets the TRAIN's ERROR CANCELLED)."""
+        self.send_raw(P.frame(P.CANCEL, (self.seq + 0x80) & 0xFF))
+
+    def _frames(self) -> list[P.Frame]:
+        """Frames completed by what the link has now; a partial frame followed by
+        P.BYTE_TIMEOUT of silence is expired (a board reset or stray bytes mid-frame)."""
+        data = self.port.read(4096)
+        now = time.monotonic()
+        if data:
+            self._last_byte = now
+            return self.rx.feed(data)
+        if self.rx.pending and now - self._last_byte > P.BYTE_TIMEOUT:
+            return self.rx.expire()
+        return []
+
+    def resync(self) -> None:
+        """Leave the line idle long enough for the board to expire any partial frame (its
+        inter-byte timeout), and drop whatever the host had half-received."""
+        time.sleep(3 * P.BOARD_BYTE_TIMEOUT)
+        self.port.read(65536)
+        self.rx.buf.clear()
+
+    def cancel(self) -> bool:
+        """Ask the board to stop a TRAIN in progress (its reply becomes ERROR CANCELLED); True if
+        the board (or bridge) answered. Sent outside any exchange: a separate sequence number."""
+        seq = (self.seq + 0x80) & 0xFF
+        self.send_raw(P.frame(P.CANCEL, seq))
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            for f in self._frames():
+                if f.seq == seq and f.type in (P.CANCEL | P.REPLY, P.ERROR):
+                    return True
+        return False
 
     def exchange(self, type_: int, payload: bytes = b"", timeout: float | None = None) -> P.Frame:
         """Send a request and return the board's reply frame (its reply or an ERROR frame).
@@ -51,11 +92,11 @@ class BoardClient:
         tries = 0
         acked_until = 0.0
         while True:
-            self.port.write(request)
+            self.send_raw(request)
             tries += 1
             deadline = time.monotonic() + short
             while time.monotonic() < deadline:
-                for f in self.rx.feed(self.port.read(4096)):
+                for f in self._frames():
                     if f.seq != self.seq:
                         continue  # a late reply to an earlier request
                     if f.type == P.ACK and type_ in P.SLOW:

@@ -5,6 +5,9 @@
 :func:`frame` writes one; :class:`Receiver` is the same resynchronising byte-at-a-time state
 machine as the board's (``ft_proto_feed``): after a bad length or CRC it drops one byte and
 rescans what it had buffered, so garbage, truncated and corrupted frames cost only themselves.
+When the line has been idle for ``BYTE_TIMEOUT`` with part of a frame buffered, :meth:`Receiver.expire`
+drops the stale start and rescans the rest, as the board's ``ft_proto_expire`` does after
+``FT_PROTO_BYTE_TIMEOUT_MS``.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ SYNC = b"\xa5\x5a"
 HEADER = 6
 MAX_PAYLOAD = 1024
 REPLY = 0x80
-HELLO, LOAD, TRAIN, UPDATE, EVALUATE, RESET, PARAMS, STATS, PROFILE, SPIN, ERROR = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0x7F
+HELLO, LOAD, TRAIN, UPDATE, EVALUATE, RESET, PARAMS, STATS, PROFILE, SPIN, CANCEL, ERROR = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x7F)
 
 ACK = 0x7E  # a board's "working on it" for a SLOW request (same seq, empty payload)
-SLOW = frozenset({TRAIN, PROFILE})  # requests that run for seconds on a board; acknowledged first
+SLOW = frozenset({TRAIN, PROFILE, SPIN})  # requests that run for seconds on a board; acknowledged first
+BOARD_BYTE_TIMEOUT = 0.050  # FT_PROTO_BYTE_TIMEOUT_MS: the board expires a partial frame after this silence
+BYTE_TIMEOUT = 0.25  # the host's: larger, as a loaded host may read late
 # ERROR status a bridge sends when it cannot reach its board (not a board status)
 LINK_DOWN = 0xB0A4D000
 
@@ -54,7 +60,27 @@ def frame(type_: int, seq: int, payload: bytes = b"") -> bytes:
 class Receiver:
     def __init__(self) -> None:
         self.buf = bytearray()
-        self.frames = self.dropped = self.skipped = 0
+        self.frames = self.dropped = self.skipped = self.expired = 0
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a frame not yet complete (the inter-byte timeout applies when nonzero)."""
+        return len(self.buf)
+
+    def expire(self) -> list[Frame]:
+        """The line has been idle: drop the partial frame at the start and rescan the rest
+        (whole frames it had swallowed as payload are returned)."""
+        out = []
+        if self.buf:
+            self.expired += 1
+        while self.buf:
+            del self.buf[0]
+            self.dropped += 1
+            f = self._scan()
+            while f is not None:
+                out.append(f)
+                f = self._scan()
+        return out
 
     def feed(self, data: bytes) -> list[Frame]:
         out = []

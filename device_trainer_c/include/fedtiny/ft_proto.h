@@ -8,6 +8,12 @@
  * machine: after a bad length or CRC it rescans the bytes it had buffered (after the first sync
  * byte) for the next frame start, so garbage, truncated and corrupted frames cost only the
  * frames they hit (resynchronisation).
+ *
+ * Inter-byte timeout: a sender writes a frame in one go, so a line that stays idle for
+ * FT_PROTO_BYTE_TIMEOUT_MS while part of a frame is buffered holds no frame that will complete
+ * (a host that died mid-write, a board reset mid-frame, stray bytes announcing a long payload).
+ * The receiver then calls ft_proto_expire, which drops the stale start and rescans the rest: a
+ * whole frame that had been swallowed as the stale frame's payload is found and returned.
  */
 #ifndef FT_PROTO_H
 #define FT_PROTO_H
@@ -24,6 +30,7 @@ extern "C" {
 #define FT_PROTO_MAX_PAYLOAD 1024u
 #define FT_PROTO_MAX_FRAME (FT_PROTO_HEADER_BYTES + FT_PROTO_MAX_PAYLOAD + 4u)
 #define FT_PROTO_REPLY 0x80u
+#define FT_PROTO_BYTE_TIMEOUT_MS 50u /* idle line with a partial frame buffered: expire it */
 
 typedef enum {
     FT_MSG_HELLO = 1,    /* -> board, trainer version, SRAM, model hash */
@@ -36,6 +43,7 @@ typedef enum {
     FT_MSG_STATS = 8,    /* profile of the last TRAIN/PROFILE, RAM figures */
     FT_MSG_PROFILE = 9,  /* one profiled forward pass of the whole model (int8 prefix included) */
     FT_MSG_SPIN = 10,    /* counter ticks of a loop of known length (calibration) */
+    FT_MSG_CANCEL = 11,  /* stop a running TRAIN (it replies ERROR CANCELLED); replies u32 status */
     FT_MSG_ACK = 0x7E,   /* sent at once for TRAIN, PROFILE and SPIN (same seq, empty): working on it */
     FT_MSG_ERROR = 0x7F  /* reply: u32 ft_status, text */
 } ft_msg_type;
@@ -53,6 +61,7 @@ typedef struct {
     uint32_t frames;   /* good frames received */
     uint32_t dropped;  /* frames dropped (bad length or CRC) */
     uint32_t skipped;  /* bytes skipped while searching for a frame start */
+    uint32_t expired;  /* partial frames dropped by ft_proto_expire (inter-byte timeout) */
 } ft_proto_rx;
 
 void ft_proto_rx_init(ft_proto_rx *rx);
@@ -60,6 +69,15 @@ void ft_proto_rx_init(ft_proto_rx *rx);
 /* Feed one byte; returns 1 when a whole valid frame is ready in *frame (its payload points into
  * rx->buf, valid until the next call), else 0. */
 int ft_proto_feed(ft_proto_rx *rx, uint8_t byte, ft_frame *frame);
+
+/* Bytes buffered that are not part of a frame already returned: a partial frame (or whole
+ * frames behind one) waiting for more bytes. The inter-byte timeout applies when nonzero. */
+uint32_t ft_proto_pending(const ft_proto_rx *rx);
+
+/* The line has been idle for FT_PROTO_BYTE_TIMEOUT_MS: drop the stale frame start and rescan
+ * what follows it; returns 1 with a frame found there (call again: more may follow), else 0
+ * with the buffer empty. */
+int ft_proto_expire(ft_proto_rx *rx, ft_frame *frame);
 
 /* Write a frame into out (>= FT_PROTO_HEADER_BYTES + length + 4 bytes); returns its size, or 0
  * if length exceeds FT_PROTO_MAX_PAYLOAD. */

@@ -43,6 +43,7 @@ typedef enum {
     FT_ERR_CODEC_LENGTH,          /* update blob: size, payload or value count inconsistent */
     FT_ERR_CODEC_SCALE,           /* update blob: a scale is negative, NaN, infinite or overflows */
     FT_ERR_CODEC_CODE,            /* update blob: a code outside the quantization grid */
+    FT_ERR_CANCELLED,             /* a long request (training) was cancelled by the host */
     FT_STATUS_COUNT
 } ft_status;
 

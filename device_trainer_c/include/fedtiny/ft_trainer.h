@@ -114,6 +114,17 @@ typedef enum {
     FT_PROBE_BEGIN_APPLY = 7
 } ft_probe_event;
 typedef void (*ft_probe_fn)(void *ctx, int32_t event, int32_t layer);
+/* Cancellation (optional): polled after every SGD step; a nonzero return stops training with
+ * FT_ERR_CANCELLED (a board checks its link for a CANCEL request here). */
+typedef int (*ft_abort_fn)(void *ctx);
+
+/* Bounds every configuration must respect (checked by ft_trainer_plan / ft_trainer_train_epochs;
+ * fedtiny's config validation refuses the same values before a run). */
+#define FT_MAX_EPOCHS 1000
+#define FT_MAX_BATCH 4096
+#define FT_MAX_LR 100.0f
+#define FT_MAX_WEIGHT_DECAY 1.0f
+#define FT_MAX_PROX_MU 1000.0f
 
 typedef struct {
     const ft_model *model;
@@ -132,6 +143,8 @@ typedef struct {
     int32_t initialized;
     ft_probe_fn probe; /* set after ft_trainer_init (which clears it); NULL: no profiling */
     void *probe_ctx;
+    ft_abort_fn abort; /* set after ft_trainer_init (which clears it); NULL: runs to the end */
+    void *abort_ctx;
 } ft_trainer;
 
 typedef struct {

@@ -183,20 +183,32 @@ PYBIND11_MODULE(_core, m) {
                                                                            p.channel_last));
     });
     // ---- serial protocol (ft_proto.h): the board's receiver run over a byte stream ----
-    m.def("proto_parse", [](const py::bytes &data) {
+    // idle: byte counts after which the line falls silent past the inter-byte timeout (the
+    // board's main loop then calls ft_proto_expire until it returns 0)
+    m.def("proto_parse", [](const py::bytes &data, const std::vector<size_t> &idle) {
         const std::string s = data;
         auto rx = std::make_unique<ft_proto_rx>();
         ft_proto_rx_init(rx.get());
         py::list frames;
         ft_frame f{};
-        for (unsigned char c : s) {
-            if (ft_proto_feed(rx.get(), c, &f)) {
-                frames.append(py::make_tuple(f.type, f.seq, py::bytes(reinterpret_cast<const char *>(f.payload),
-                                                                      f.length)));
+        auto add = [&]() {
+            frames.append(py::make_tuple(f.type, f.seq, py::bytes(reinterpret_cast<const char *>(f.payload), f.length)));
+        };
+        auto expire = [&]() {
+            while (ft_proto_pending(rx.get()) != 0u && ft_proto_expire(rx.get(), &f)) {
+                add();
+            }
+        };
+        for (size_t i = 0; i < s.size(); i++) {
+            if (ft_proto_feed(rx.get(), static_cast<uint8_t>(s[i]), &f)) {
+                add();
+            }
+            if (std::find(idle.begin(), idle.end(), i + 1) != idle.end()) {
+                expire();
             }
         }
         return py::make_tuple(frames, rx->dropped, rx->skipped);
-    });
+    }, py::arg("data"), py::arg("idle") = std::vector<size_t>{});
     m.def("proto_write", [](int type, int seq, const py::bytes &payload) {
         const std::string p = payload;
         std::vector<uint8_t> out(FT_PROTO_MAX_FRAME);

@@ -36,9 +36,11 @@ void ft_reset_handler(void)
 /* External interrupt 0 is UART0 RX on the MPS2 AN385/AN386 images (QEMU hw/arm/mps2.c); a port
  * that uses it defines ft_uart0_rx_handler, others keep this default (a fault). */
 void ft_uart0_rx_handler(void) __attribute__((weak, alias("ft_fault_handler")));
+/* SysTick: the board port runs it while waiting for a byte with a timeout (uart.c). */
+void ft_systick_handler(void) __attribute__((weak, alias("ft_fault_handler")));
 
 __attribute__((section(".isr_vector"), used)) static void (*const ft_vectors[17])(void) = {
     (void (*)(void))(&_estack), ft_reset_handler, ft_fault_handler, ft_fault_handler, ft_fault_handler,
     ft_fault_handler, ft_fault_handler, 0, 0, 0, 0, ft_fault_handler, ft_fault_handler, 0, ft_fault_handler,
-    ft_fault_handler, ft_uart0_rx_handler,
+    ft_systick_handler, ft_uart0_rx_handler,
 };

@@ -1,5 +1,7 @@
 /* CMSDK APB UART0 of the MPS2 AN386 image (as QEMU models it): polled TX; RX by interrupt
- * (external IRQ 0) into a ring buffer, the core sleeping in WFI while it waits for a byte. */
+ * (external IRQ 0) into a ring buffer, the core sleeping in WFI while it waits for a byte.
+ * A wait with a timeout runs SysTick (1 ms ticks of the 25 MHz system clock) only while it
+ * waits, so no interrupt disturbs training or the instruction counts measured around it. */
 #include <stdint.h>
 
 #include "ft_hal.h"
@@ -11,6 +13,15 @@
 #define FT_UART_INTSTATUS (*(volatile uint32_t *)(FT_UART0 + 0x00Cu)) /* write 1 to clear; bit 1: RX */
 #define FT_UART_BAUDDIV (*(volatile uint32_t *)(FT_UART0 + 0x010u))
 #define FT_NVIC_ISER0 (*(volatile uint32_t *)0xE000E100u)
+#define FT_SYST_CSR (*(volatile uint32_t *)0xE000E010u) /* enable, tick interrupt, processor clock */
+#define FT_SYST_RVR (*(volatile uint32_t *)0xE000E014u)
+#define FT_SYST_CVR (*(volatile uint32_t *)0xE000E018u)
+#define FT_SYSCLK_HZ 25000000u /* MPS2 FPGA system clock (QEMU hw/arm/mps2.c) */
+
+static volatile uint32_t ms_ticks;
+
+void ft_systick_handler(void);
+void ft_systick_handler(void) { ms_ticks = ms_ticks + 1u; }
 
 static volatile uint8_t ring[512];
 static volatile uint32_t head, tail; /* head: written by the interrupt; tail: by ft_hal_getc */
@@ -51,6 +62,45 @@ uint8_t ft_hal_getc(void)
          * and is taken as soon as they are unmasked */
         __asm volatile("wfi\n cpsie i\n isb" ::: "memory");
     }
+}
+
+int ft_hal_getc_timeout(uint8_t *byte, uint32_t ms)
+{
+    int timing = 0;
+    for (;;) {
+        __asm volatile("cpsid i" ::: "memory");
+        if (head != tail) {
+            *byte = ring[tail % sizeof ring];
+            tail = tail + 1u;
+            __asm volatile("cpsie i" ::: "memory");
+            FT_SYST_CSR = 0u;
+            return 1;
+        }
+        if (!timing) {
+            ms_ticks = 0u;
+            FT_SYST_RVR = FT_SYSCLK_HZ / 1000u - 1u;
+            FT_SYST_CVR = 0u;
+            FT_SYST_CSR = 0x7u;
+            timing = 1;
+        } else if (ms_ticks >= ms) {
+            __asm volatile("cpsie i" ::: "memory");
+            FT_SYST_CSR = 0u;
+            return 0;
+        }
+        __asm volatile("wfi\n cpsie i\n isb" ::: "memory"); /* a byte or a tick wakes the core */
+    }
+}
+
+int ft_hal_poll(uint8_t *byte)
+{
+    __asm volatile("cpsid i" ::: "memory");
+    const int got = head != tail;
+    if (got) {
+        *byte = ring[tail % sizeof ring];
+        tail = tail + 1u;
+    }
+    __asm volatile("cpsie i" ::: "memory");
+    return got;
 }
 
 void ft_hal_write(const uint8_t *data, uint32_t n)

@@ -18,16 +18,9 @@ static uint32_t ft_le32(const uint8_t *b)
     return (uint32_t)b[0] | ((uint32_t)b[1] << 8) | ((uint32_t)b[2] << 16) | ((uint32_t)b[3] << 24);
 }
 
-int ft_proto_feed(ft_proto_rx *rx, uint8_t byte, ft_frame *frame)
+/* Look for a whole valid frame at the start of the buffer, dropping what cannot start one. */
+static int ft_scan(ft_proto_rx *rx, ft_frame *frame)
 {
-    if (rx->need != 0) { /* the previous call returned a frame: it is consumed now */
-        ft_drop(rx, rx->need);
-        rx->need = 0;
-    }
-    if (rx->pos >= FT_PROTO_MAX_FRAME) { /* cannot happen with the checks below; stay safe */
-        rx->pos = 0;
-    }
-    rx->buf[rx->pos++] = byte;
     for (;;) {
         if (rx->pos >= 1 && rx->buf[0] != FT_PROTO_SYNC0) {
             ft_drop(rx, 1);
@@ -65,6 +58,48 @@ int ft_proto_feed(ft_proto_rx *rx, uint8_t byte, ft_frame *frame)
         rx->frames++;
         return 1;
     }
+}
+
+/* The frame returned last is consumed when the receiver is next used. */
+static void ft_consume(ft_proto_rx *rx)
+{
+    if (rx->need != 0) {
+        ft_drop(rx, rx->need);
+        rx->need = 0;
+    }
+}
+
+int ft_proto_feed(ft_proto_rx *rx, uint8_t byte, ft_frame *frame)
+{
+    ft_consume(rx);
+    if (rx->pos >= FT_PROTO_MAX_FRAME) { /* cannot happen with the checks in ft_scan; stay safe */
+        rx->pos = 0;
+    }
+    rx->buf[rx->pos++] = byte;
+    return ft_scan(rx, frame);
+}
+
+uint32_t ft_proto_pending(const ft_proto_rx *rx) { return rx->pos - rx->need; }
+
+int ft_proto_expire(ft_proto_rx *rx, ft_frame *frame)
+{
+    ft_consume(rx);
+    if (rx->pos == 0) {
+        return 0;
+    }
+    rx->expired++;
+    /* buffered frames behind the returned one were complete: offer them before dropping */
+    if (ft_scan(rx, frame)) {
+        return 1;
+    }
+    while (rx->pos > 0) { /* the candidate at the start will never complete: drop it, rescan */
+        ft_drop(rx, 1);
+        rx->dropped++;
+        if (ft_scan(rx, frame)) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 uint32_t ft_proto_write(uint8_t *out, uint8_t type, uint8_t seq, const uint8_t *payload, uint16_t length)

@@ -569,7 +569,7 @@ ft_status ft_trainer_train_epochs(ft_trainer *tr, const ft_dataset *data, int32_
     if (st != FT_OK) {
         return st;
     }
-    if (epochs < 0 || data->count < 1) {
+    if (epochs < 0 || epochs > FT_MAX_EPOCHS || data->count < 1) {
         return FT_ERR_BAD_CONFIG;
     }
     const int32_t bs = tr->cfg.batch_size;
@@ -593,6 +593,9 @@ ft_status ft_trainer_train_epochs(ft_trainer *tr, const ft_dataset *data, int32_
                 return st;
             }
             steps++;
+            if (tr->abort != NULL && tr->abort(tr->abort_ctx)) {
+                return FT_ERR_CANCELLED;
+            }
         }
     }
     if (stats != NULL) {

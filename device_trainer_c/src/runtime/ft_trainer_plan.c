@@ -85,8 +85,10 @@ ft_status ft_trainer_layout(const ft_model *m, const ft_train_config *cfg, uint8
     if (n_train < 1) {
         return FT_ERR_BAD_TRAINABLE_LAYOUT;
     }
-    if (!(cfg->lr > 0.0f) || !(cfg->momentum >= 0.0f && cfg->momentum < 1.0f) || !(cfg->weight_decay >= 0.0f) ||
-        cfg->batch_size < 1 || (cfg->with_prefix != 0 && cfg->with_prefix != 1) || !(cfg->prox_mu >= 0.0f) ||
+    if (!(cfg->lr > 0.0f && cfg->lr <= FT_MAX_LR) || !(cfg->momentum >= 0.0f && cfg->momentum < 1.0f) ||
+        !(cfg->weight_decay >= 0.0f && cfg->weight_decay <= FT_MAX_WEIGHT_DECAY) || cfg->batch_size < 1 ||
+        cfg->batch_size > FT_MAX_BATCH || (cfg->with_prefix != 0 && cfg->with_prefix != 1) ||
+        !(cfg->prox_mu >= 0.0f && cfg->prox_mu <= FT_MAX_PROX_MU) ||
         (cfg->n_updates != 0 && cfg->n_updates != n_train) ||
         (cfg->precision != FT_PRECISION_F32 && cfg->precision != FT_PRECISION_INT8) ||
         (cfg->rounding != FT_ROUND_STOCHASTIC && cfg->rounding != FT_ROUND_NEAREST)) {
