@@ -468,3 +468,67 @@ def test_a_long_training_request_can_be_cancelled(firmware, tmp_path):
         finally:
             after.close()
         assert fleet.bridges[0].cancels == 1
+
+
+def _every_candidate_on_the_board(model, x, y, firmware, workdir, codec_overrides=("codec.bits=8",)):
+    """Run every planner candidate (float32 and int8) on emulated boards whose data enters where
+    the scheme starts; returns [(scheme, planned, board arena, simulated arena)]."""
+    from fedtiny.budgets.memory import candidate_schemes, scheme_config
+    from fedtiny.config import compose
+    from fedtiny.devices.backend import board_round
+    from fedtiny.devices.emulate import Fleet
+    from fedtiny.fl.client_app import simulated_round
+    from fedtiny.trainer import plan
+
+    base = TrainConfig(lr=0.05, momentum=0.9, batch_size=8)
+    configs = [(s, scheme_config(model, base, s.update, s.precision))
+               for s in candidate_schemes(model, ("float32", "int8"))]
+    starts = sorted({tc.start_layer for _, tc in configs})
+    feats = {k: model.features_at(x, k) if k else model.prefix_features(x) for k in starts}
+    codec_cfg = compose(list(codec_overrides)).codec
+    received = _received(model, 3)
+    out = []
+    with Fleet(firmware, [data_block(feats[k], y, k) for k in starts], workdir, in_process_bridges=True) as fleet:
+        for s, tc in configs:
+            url = fleet.urls[starts.index(tc.start_layer)]
+            sim = simulated_round(model, tc, received, feats[tc.start_layer], y, 1, 5, codec_cfg, (1, 1, 1), None, None)
+            dev = board_round(url, model, tc, received, 1, 5, codec_cfg, (1, 1, 1), None, 120.0)
+            assert {k: b.tobytes() for k, b in dev.blobs.items()} == {k: b.tobytes() for k, b in sim.blobs.items()}
+            out.append((s.name, plan(model, tc).arena_bytes, dev.arena_bytes, sim.arena_bytes))
+    return out
+
+
+def test_planned_equals_measured_on_the_board_for_every_candidate(firmware, task, tmp_path):
+    """The planner's arena for every candidate scheme (both precisions) is the arena high-water
+    mark the board measures, and the board sends the simulated device's bytes."""
+    model, _, y = task
+    x = np.random.default_rng(42).integers(-128, 128, (40, *model.input_shape)).astype(np.int8)
+    rows = _every_candidate_on_the_board(model, x, y, firmware, tmp_path)
+    assert len(rows) >= 8 and any("/int8" in r[0] for r in rows)
+    for name, planned, board_arena, sim_arena in rows:
+        assert board_arena == planned == sim_arena, name
+        print(f"{name}: planned {planned} B, board {board_arena} B")
+
+
+@pytest.mark.parametrize("preset", ["experiment=digits_quick", "rounds=10"])  # digits_quick, the default
+def test_the_audit_budget_and_every_candidate_of_the_real_models(firmware, tmp_path, cache_dir, preset):
+    """The audit's case (digits_quick, budget.memory.sram_kb=[9.7] with float32 and int8: the
+    planner picks head/int8 at 1,680 B; the board used 1,808 B) and the default IMU model: every
+    candidate uses on the board exactly the planned arena, and sends the simulated bytes."""
+    from fedtiny.config import compose
+    from fedtiny.experiment import memory_schemes
+    from fedtiny.fl.state import config_json, experiment_state
+
+    budget = ["budget.memory.sram_kb=[9.7]", "budget.memory.precisions=[float32,int8]"]
+    cfg = compose([preset, f"cache_dir={cache_dir}"] + (budget if "digits" in preset else []))
+    st = experiment_state(config_json(cfg))
+    c = st.task.clients[0]
+    x = st.model.quantize_input(c.train.x[:48])
+    rows = _every_candidate_on_the_board(st.model, x, c.train.y[:48].astype(np.uint8), firmware, tmp_path)
+    if "digits" in preset:
+        (scheme, need), = memory_schemes(config_json(cfg)).values()
+        assert (scheme.name, need) == ("head/int8", 1680)
+        assert [r[2] for r in rows if r[0] == scheme.name] == [1680]  # measured on the board: 1,808 before
+    for name, planned, board_arena, sim_arena in rows:
+        assert board_arena == planned == sim_arena, name
+        print(f"{preset} {name}: planned {planned} B, board {board_arena} B")

@@ -4,7 +4,8 @@
  *
  * Commands (payloads little-endian; every reply is the request's type | 0x80 and seq):
  *   HELLO     -> "FTBD", u32 protocol 1, u32 SRAM KiB, char[8] trainer version, u32 model CRC-32
- *                (0: none), u32 local samples
+ *                (0: none), u32 local samples, u32 the trainable layer local samples enter (0: int8
+ *                boundary features; k > 0: cached float32 features, see local_data)
  *   LOAD      u32 offset, u32 total, bytes -> u32 status, u32 bytes received
  *             (the model file in chunks; loaded and checked when the last chunk arrives)
  *   PARAMS    u32 offset, f32 values -> u32 status (the global model's trainable values, all layers
@@ -43,8 +44,9 @@
  * a CANCEL stops it; a repeat of the TRAIN itself is ignored (the reply follows when it ends).
  * A partial frame followed by FT_PROTO_BYTE_TIMEOUT_MS of silence is expired (ft_proto.h), so
  * stray bytes never leave the board deaf.
- * Local data lives where a board's flash would hold it: a "FTDS" block (u32 version 1, count,
- * sample size, x offset, y offset; int8 features of the frozen prefix) at FT_DATA_ADDR.
+ * Local data lives where a board's flash would hold it: a "FTDS" block at FT_DATA_ADDR (see
+ * local_data): int8 features of the frozen prefix, or float32 features cached at the layer the
+ * device's update scheme starts from; TRAIN runs with the start layer the block declares.
  */
 #include <stdint.h>
 #include <string.h>
@@ -125,14 +127,24 @@ static void reply_status(const ft_frame *req, uint32_t status)
     reply(req, (uint8_t)(status == FT_OK ? (req->type | FT_PROTO_REPLY) : FT_MSG_ERROR), p, 4);
 }
 
-static int local_data(ft_dataset *d)
+/* The board's local data: an "FTDS" block at FT_DATA_ADDR (where a board's flash would hold it).
+ * Version 1: u32 count, sample size, x offset, y offset; int8 features at the model boundary.
+ * Version 2: the same, then u32 start layer k > 0: float32 features entering trainable layer k,
+ * cached once below the deepest layer the device's update scheme changes (as the simulated
+ * device caches them, so the arena is the planner's figure). *start = the layer samples enter. */
+static int local_data(ft_dataset *d, int32_t *start)
 {
     const uint32_t *h = (const uint32_t *)FT_DATA_ADDR;
-    if (h[0] != 0x53445446u || h[1] != 1u) { /* "FTDS" */
+    if (h[0] != 0x53445446u || (h[1] != 1u && h[1] != 2u)) { /* "FTDS" */
         return 0;
     }
     const uint8_t *base = (const uint8_t *)FT_DATA_ADDR;
-    *d = (ft_dataset){(const int8_t *)(base + h[4]), base + h[5], (int32_t)h[2], (int32_t)h[3], 0};
+    *start = h[1] == 2u ? (int32_t)h[6] : 0;
+    if (*start > 0) {
+        *d = (ft_dataset){NULL, base + h[5], (int32_t)h[2], (int32_t)h[3], (const float *)(base + h[4])};
+    } else {
+        *d = (ft_dataset){(const int8_t *)(base + h[4]), base + h[5], (int32_t)h[2], (int32_t)h[3], NULL};
+    }
     return 1;
 }
 
@@ -316,8 +328,11 @@ static void cmd_train(const ft_frame *f)
     const uint32_t kseed = get32(p + 40), kround = get32(p + 44), kdev = get32(p + 48);
     const float clip = getf(p + 52), noise_std = getf(p + 56);
     ft_dataset d;
+    int32_t start = 0;
     update_len = 0;
-    ft_status st = local_data(&d) ? ft_trainer_init(&trainer, &model, &cfg, arena, sizeof arena) : FT_ERR_BAD_DATA;
+    const int have_data = local_data(&d, &start);
+    cfg.start_layer = start; /* samples enter where the data block's features were cached */
+    ft_status st = have_data ? ft_trainer_init(&trainer, &model, &cfg, arena, sizeof arena) : FT_ERR_BAD_DATA;
     /* start from the global values (params0; tensors the scheme keeps are the model's own) */
     uint32_t off = 0;
     for (int32_t k = 0; st == FT_OK && k < n_train; k++) {
@@ -519,14 +534,17 @@ static void handle(const ft_frame *f)
     switch (f->type) {
     case FT_MSG_HELLO: {
         ft_dataset d;
+        int32_t start = 0;
         memcpy(r, "FTBD", 4);
         put32(r + 4, 1u);
         put32(r + 8, FT_SRAM_KB);
         memset(r + 12, 0, 8);
         memcpy(r + 12, FT_TRAINER_VERSION, strlen(FT_TRAINER_VERSION) < 8 ? strlen(FT_TRAINER_VERSION) : 8);
         put32(r + 20, model_ok ? model_crc : 0u);
-        put32(r + 24, local_data(&d) ? (uint32_t)d.count : 0u);
-        reply(f, (uint8_t)(f->type | FT_PROTO_REPLY), r, 28);
+        const int have = local_data(&d, &start);
+        put32(r + 24, have ? (uint32_t)d.count : 0u);
+        put32(r + 28, (uint32_t)start);
+        reply(f, (uint8_t)(f->type | FT_PROTO_REPLY), r, 32);
         break;
     }
     case FT_MSG_LOAD: {
@@ -612,7 +630,8 @@ static void handle(const ft_frame *f)
     case FT_MSG_EVALUATE: {
         ft_dataset d;
         ft_stats s = {0};
-        ft_status st = model_ok && trainer.initialized && local_data(&d) ? ft_trainer_evaluate(&trainer, &d, 0, &s)
+        int32_t start = 0;
+        ft_status st = model_ok && trainer.initialized && local_data(&d, &start) ? ft_trainer_evaluate(&trainer, &d, 0, &s)
                                                                          : FT_ERR_NOT_INITIALIZED;
         if (st != FT_OK) {
             reply_status(f, (uint32_t)st);

@@ -12,6 +12,10 @@ connection; the board itself is never reset by it. A round:
 3. TRAIN with the device's scheme, precision, rounding and codec settings (DP clip and local
    noise included), then UPDATE: the encoded change, which the server validates like any other.
 
+The board's local data enters the trainer where the device's scheme starts (features cached
+below the layers it updates, as the simulated device has them), so its arena is the planner's
+figure; HELLO says where, and a mismatch is refused with the reason.
+
 The host builds the same :class:`~fedtiny.trainer.Trainer` without training it, for the channel
 subsets the scheme selects (a deterministic function of the model) and the values above. A board
 that does not answer raises :class:`~fedtiny.devices.link.BoardError`; Flower then counts the
@@ -63,7 +67,11 @@ def board_round(url: str, model: Model, tc: TrainConfig, received: dict[str, np.
     board = BoardClient(url, timeout=120.0, retries=1, train_timeout=timeout_s)
     try:
         blob = model.to_bytes()
-        if board.hello()["model_crc32"] != zlib.crc32(blob):
+        info = board.hello()
+        if info["start_layer"] != tc.start_layer:  # the arena would not be the planner's
+            raise BoardError(f"the board's data enters trainable layer {info['start_layer']} but this device's "
+                             f"update scheme starts at layer {tc.start_layer}: give the board data cached there")
+        if info["model_crc32"] != zlib.crc32(blob):
             board.load_model(blob)
         board.set_params(start)
         try:

@@ -228,17 +228,18 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> str:
 
 def fleet_for_experiment(cfg, workdir: Path, log=print, **fleet_options) -> Fleet:
     """Start `devices.emulate` boards for an experiment: board i holds the training split of
-    partition ``devices.partitions[i]`` (default i) as int8 boundary features."""
+    partition ``devices.partitions[i]`` (default i) as the simulated device has it: int8
+    boundary features, or float32 features cached where its update scheme starts."""
     from fedtiny.devices.link import data_block
-    from fedtiny.fl.state import config_json, experiment_state, features
+    from fedtiny.fl.state import client_state, config_json
 
     n = int(cfg.devices.emulate)
     parts = list(cfg.devices.partitions) or list(range(n))
-    st = experiment_state(config_json(cfg))
+    cfg_json = config_json(cfg)
     blocks = []
     for pid in parts[:n]:
-        c = st.task.clients[pid]
-        blocks.append(data_block(features(st.model, c.train.x), c.train.y))
+        c = client_state(cfg_json, pid)
+        blocks.append(data_block(c.x_train, c.y_train, c.start_layer))
     firmware = Path(cfg.devices.firmware) if cfg.devices.firmware else cached_firmware(cfg.cache_dir)
     log(f"emulating {n} mps2-an386 boards (partitions {parts[:n]}) with {firmware}")
     return Fleet(firmware, blocks, workdir, damage=float(cfg.devices.damage), seed=int(cfg.seed),

@@ -132,8 +132,9 @@ class BoardClient:
         proto, sram = struct.unpack_from("<II", p, 4)
         version = p[12:20].rstrip(b"\0").decode()
         model_crc, samples = struct.unpack_from("<II", p, 20)
+        start = struct.unpack_from("<I", p, 28)[0] if len(p) >= 32 else 0  # older firmware: int8 features
         return {"protocol": proto, "sram_kb": sram, "trainer_version": version, "model_crc32": model_crc,
-                "samples": samples}
+                "samples": samples, "start_layer": start}
 
     def load_model(self, data: bytes) -> None:
         chunk = P.MAX_PAYLOAD - 8
@@ -215,14 +216,23 @@ class BoardClient:
         return {"loss": loss, "correct": correct, "count": count}
 
 
-def data_block(x: np.ndarray, y: np.ndarray) -> bytes:
-    """Local data as a board's flash holds it: "FTDS" block of int8 features and labels."""
-    x = np.ascontiguousarray(x, np.int8).reshape(len(y), -1)
-    head = 24
+def data_block(x: np.ndarray, y: np.ndarray, start_layer: int = 0) -> bytes:
+    """Local data as a board's flash holds it (an "FTDS" block, board_main.c): int8 features at
+    the model boundary (version 1), or with `start_layer` k > 0 float32 features entering
+    trainable layer k (version 2: cached below the layers the device's scheme updates)."""
+    if start_layer > 0:
+        x = np.ascontiguousarray(x, "<f4").reshape(len(y), -1)
+        head = 32
+    else:
+        x = np.ascontiguousarray(x, np.int8).reshape(len(y), -1)
+        head = 24
     x_off = head
     y_off = (x_off + x.nbytes + 7) & ~7
     out = bytearray(y_off + len(y))
-    struct.pack_into("<4sIIIII", out, 0, b"FTDS", 1, len(y), x.shape[1], x_off, y_off)
+    if start_layer > 0:
+        struct.pack_into("<4sIIIIII", out, 0, b"FTDS", 2, len(y), x.shape[1], x_off, y_off, start_layer)
+    else:
+        struct.pack_into("<4sIIIII", out, 0, b"FTDS", 1, len(y), x.shape[1], x_off, y_off)
     out[x_off : x_off + x.nbytes] = x.tobytes()
     out[y_off:] = np.asarray(y, np.uint8).tobytes()
     return bytes(out)
