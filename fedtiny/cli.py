@@ -6,6 +6,7 @@
     fedtiny report DIR                table and budget/Pareto plots of a sweep directory
     fedtiny board info URL            ask a board (serial port or socket://host:port) who it is
     fedtiny board serve URL [--port P]  own a board's link and serve it on a local TCP port (a bridge)
+    fedtiny board cancel URL          stop a TRAIN the board is running
     fedtiny emulate --boards N [overrides...]  start N QEMU boards holding partitions 0..N-1 of the
                                       experiment, each behind a bridge; print their URLs; Ctrl-C stops
     fedtiny flower stop               stop the local SuperLink `flwr run .` started (this FLWR_HOME's only)
@@ -136,13 +137,25 @@ def _board(argv: list[str]) -> int:
         return serve_main(argv[1:])
     ap = argparse.ArgumentParser(prog="fedtiny board", description="talk to one board over its link",
                                  epilog="fedtiny board serve --help: own a board's link and serve it (a bridge)")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{info,serve}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{info,serve,cancel}")
     info = sub.add_parser("info", help="ask a board who it is", description="ask a board who it is (HELLO)")
     info.add_argument("url", help="/dev/ttyACM0, socket://127.0.0.1:4000 (QEMU), or a bridge's socket:// URL")
     info.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
     sub.add_parser("serve", help="own a board's link and serve it on a local TCP port (a bridge)", add_help=False)
+    cancel = sub.add_parser("cancel", help="stop a TRAIN the board is running", description="stop a TRAIN the "
+                            "board is running (its client gets CANCELLED); through a bridge, from any connection")
+    cancel.add_argument("url", help="the board's bridge (socket://127.0.0.1:PORT) or its own port")
     args = ap.parse_args(argv)
     from fedtiny.devices.link import BoardClient, BoardError
+
+    if args.command == "cancel":
+        from fedtiny.devices.backend import cancel as cancel_train
+
+        if cancel_train(args.url):
+            print(f"{args.url}: cancel sent and answered")
+            return 0
+        print(f"fedtiny board: {args.url}: no answer to CANCEL", file=sys.stderr)
+        return 1
 
     try:
         client = BoardClient(args.url, timeout=args.timeout)

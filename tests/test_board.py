@@ -428,7 +428,6 @@ def test_a_long_training_request_can_be_cancelled(firmware, tmp_path):
     import threading
     import time
 
-    from fedtiny.devices.backend import cancel
     from fedtiny.devices.emulate import Fleet
 
     rng = np.random.default_rng(7)
@@ -455,7 +454,9 @@ def test_a_long_training_request_can_be_cancelled(firmware, tmp_path):
         worker.start()
         time.sleep(3.0)
         t0 = time.monotonic()
-        assert cancel(url)
+        proc = subprocess.run([sys.executable, "-m", "fedtiny", "board", "cancel", url], capture_output=True,
+                              text=True, timeout=60)  # as the README shows it
+        assert proc.returncode == 0 and "cancel sent and answered" in proc.stdout, proc.stderr
         worker.join(timeout=300)
         print(f"cancelled in {time.monotonic() - t0:.3f} s")
         client.close()

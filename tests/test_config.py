@@ -39,7 +39,7 @@ def test_every_experiment_composes(name):
     (["experiment=digits_quick", "dataset.num_client=3"], "unknown key 'dataset.num_client' ... did you mean num_clients?"),
     (["board.name=foo"], "board.name only renames the profile and keeps its figures; select a profile with board=foo"),
     (["board=esp32s3", "board.name=nrf52840"], "board.name only renames"),
-    (["client.lr=0"], "client.lr must be > 0"),
+    (["client.lr=0"], "client.lr must be in (0, 100], got 0.0"),
     (["client.momentum=1.5"], "client.momentum"),
     (["clients_per_round=50"], "exceeds the 12 devices"),
     (["dataset.pretrain_subjects=[1,2,3,4,5,6,7,8,9,10]"], "pretrain_subjects"),
