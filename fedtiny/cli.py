@@ -13,11 +13,13 @@
 
 Every subcommand answers ``--help``. Exit status: 0 for a run that aggregated updates; 2 for a
 configuration error (unknown group option or key, wrong type, impossible value), reported in
-one line before anything starts; 1 for a run that aggregated no update in any round (every
-client failed, was rejected or declined: ``summary.json`` says ``status: failed``) or that
-failed otherwise. In a multirun, a run that fails writes its reason to ``error.txt`` in its
-directory and the sweep goes on (``fedtiny report`` lists it); the sweep exits 1 when every run
-failed and prints how many failed otherwise.
+one line before anything starts; 1 for a run that aggregated no update in any round
+(``summary.json`` says ``status: failed`` when clients failed or were rejected, ``declined``
+when every device's energy budget afforded no epoch) or that failed otherwise. In a multirun, a
+run that fails writes its reason to ``error.txt`` in its directory and the sweep goes on
+(``fedtiny report`` lists it); a ``declined`` run is a budget sweep's data point and stays in the
+report's table, off the Pareto front. The sweep exits 1 when no run trained anything and prints
+how many failed otherwise.
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ def _run(cfg: DictConfig) -> None:
                 print(f"fedtiny: run failed: {err}", file=sys.stderr)
                 sys.exit(1)
             raise
+        if isinstance(err, RunFailed) and err.status == "declined":  # a budget sweep's point, not an error
+            print(f"fedtiny: run {out} trained nothing: {err}", file=sys.stderr)
+            _record_sweep_job("declined", out)
+            return
         out.mkdir(parents=True, exist_ok=True)
         if not (out / "config.yaml").exists():
             (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -200,9 +206,11 @@ def _sweep(argv: list[str]) -> int:
         os.unlink(path)
     ok = [ln for ln in lines if ln.startswith("ok ")]
     failed = [ln[len("failed "):] for ln in lines if ln.startswith("failed ")]
-    if failed and not ok:
-        print(f"fedtiny: every run of the sweep failed ({len(failed)}); reasons in error.txt under "
-              f"{Path(failed[0]).parent}", file=sys.stderr)
+    declined = [ln for ln in lines if ln.startswith("declined ")]
+    if (failed or declined) and not ok:
+        print(f"fedtiny: no run of the sweep trained anything ({len(failed)} failed, {len(declined)} declined by "
+              f"their energy budget)" + (f"; reasons in error.txt under {Path(failed[0]).parent}" if failed else ""),
+              file=sys.stderr)
         return 1
     if failed:
         print(f"fedtiny: {len(failed)} of {len(ok) + len(failed)} runs failed (error.txt in each); "

@@ -66,4 +66,10 @@ class ConfigError(FedtinyError, ValueError):
 
 class RunFailed(FedtinyError, RuntimeError):
     """A run finished without aggregating any update: its results would only show the
-    pretrained model. ``summary.json`` is still written, with ``status: failed``."""
+    pretrained model. ``summary.json`` is still written, with ``status`` ``failed`` (clients
+    failed or were rejected) or ``declined`` (every device declined: its energy budget affords
+    no epoch); ``status`` is that value."""
+
+    def __init__(self, message: str, status: str = "failed") -> None:
+        super().__init__(message)
+        self.status = status

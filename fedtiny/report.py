@@ -4,7 +4,9 @@ DIR is a Hydra multirun directory (``fedtiny -m ...`` writes ``multirun/<date>/<
 any directory holding run directories (each with the ``config.yaml`` a run writes first). A run
 with ``summary.json`` is reported; a run without one failed (its ``error.txt`` says why, when the
 sweep recorded it), and a run whose summary says ``status: failed`` (it aggregated no update) or
-cannot be read is listed as failed too: failed runs stay off the table and the Pareto front. Writes into DIR:
+cannot be read is listed as failed too: failed runs stay off the table and the Pareto front. A
+run in which every device declined (``status: declined``: its energy budget affords no epoch) is
+a row of the table (``trained`` False) but never on the Pareto front. Writes into DIR:
 
 * ``report.csv`` / ``report.md``: per run the swept settings, the memory (training arena of the
   scheme the budget chose, and the budget), epsilon, energy per device per round, uplink bytes, accuracy;
@@ -52,6 +54,7 @@ def _row(run: Path, root: Path, s: dict) -> dict:
         "declined": s.get("declined_total", 0), "bytes_up": s.get("bytes_up_total"), "rounds": s["rounds"],
         "initial_accuracy": s["initial_accuracy"], "final_accuracy": s["final_accuracy"],
         "best_accuracy": s["best_accuracy"], "failed_clients": s.get("failed_total", 0),
+        "trained": s.get("status", "ok") == "ok",  # False: every device declined (budget); off the front
     }
 
 
@@ -76,8 +79,9 @@ def build(root: Path) -> tuple[list[dict], list[dict]]:
                 summary = json.loads((run / "summary.json").read_text())
                 if not isinstance(summary, dict):
                     raise ValueError("not a JSON object")
-                if summary.get("status", "ok") != "ok":  # finished, but aggregated nothing
-                    failed.append({"run": name, "reason": summary.get("status_reason") or "status: failed"})
+                status = summary.get("status", "ok")
+                if status not in ("ok", "declined"):  # finished, but clients failed: nothing aggregated
+                    failed.append({"run": name, "reason": summary.get("status_reason") or f"status: {status}"})
                     continue
                 rows.append(_row(run, root, summary))
             except (ValueError, KeyError, TypeError, yaml.YAMLError) as exc:  # JSONDecodeError is a ValueError
@@ -118,9 +122,15 @@ def _objectives(rows: list[dict]) -> np.ndarray:
 
 
 def _pareto(rows: list[dict]) -> np.ndarray:
-    pts = _objectives(rows)
-    pts = np.where(np.isinf(pts), 1e300, pts)  # epsilon = inf (no DP) is the worst privacy
-    return pareto_front(pts, [True, False, False, False])
+    """Runs no other run beats; runs that trained nothing (every device declined) are left off
+    (their flat curve would sit on the front by its low energy alone)."""
+    trained = np.array([r.get("trained", True) for r in rows], bool)
+    mask = np.zeros(len(rows), bool)
+    if trained.any():
+        pts = _objectives([r for r, t in zip(rows, trained) if t])
+        pts = np.where(np.isinf(pts), 1e300, pts)  # epsilon = inf (no DP) is the worst privacy
+        mask[trained] = pareto_front(pts, [True, False, False, False])
+    return mask
 
 
 def _plots(root: Path, rows: list[dict], mask: np.ndarray) -> None:

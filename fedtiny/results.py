@@ -227,7 +227,11 @@ class RunRecorder:
         out.update(summary)
         out["status"], out["status_reason"] = "ok", ""
         if out["rounds"] > 0 and out["aggregated_total"] == 0:
-            out["status"], out["status_reason"] = "failed", failure_reason(out)
+            # every device declining is what an energy budget that affords no epoch does: a result
+            # of a budget sweep, not an error, but still nothing trained
+            declined_only = out["declined_total"] > 0 and out["failed_total"] == out["rejected_total"] == 0
+            out["status"] = "declined" if declined_only else "failed"
+            out["status_reason"] = failure_reason(out)
         (self.out_dir / "summary.json").write_text(json.dumps(out, indent=2))
         plot_accuracy(rows, self.out_dir / "accuracy.png", summary.get("title", ""))
         return out

@@ -6,6 +6,7 @@ below the cheapest round declines); the profile files themselves for sources."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -115,8 +116,19 @@ def test_pareto_front():
 def test_tiny_energy_budget_makes_every_device_decline(tmp_path, cache_dir):
     from tests.conftest import run
 
-    r = run(["experiment=digits_quick", "rounds=2", "energy.budget_mj=0.001"], tmp_path, cache_dir)
+    import csv
+    import json
+
+    from fedtiny.errors import RunFailed
+
+    with pytest.raises(RunFailed, match=r"no update was aggregated in 2 round\(s\) \(0 client failures, 0 rejected "
+                                        r"updates, 20 declined; most common: declined: energy budget") as info:
+        run(["experiment=digits_quick", "rounds=2", "energy.budget_mj=0.001"], tmp_path, cache_dir)
+    assert info.value.status == "declined"
+    r = {"summary": json.loads((tmp_path / "summary.json").read_text()),
+         "rows": list(csv.DictReader(open(tmp_path / "metrics.csv")))}
     s = r["summary"]
+    assert s["status"] == "declined" and s["aggregated_total"] == 0
     assert [int(row["declined"]) for row in r["rows"][1:]] == [s["clients"]] * 2
     assert [int(row["participating"]) for row in r["rows"][1:]] == [0, 0] and s["declined_total"] == 2 * s["clients"]
     assert s["final_accuracy"] == s["initial_accuracy"]  # nobody trained: the model did not move
@@ -138,7 +150,11 @@ def test_report_of_a_multirun_sweep(tmp_path, cache_dir):
                          capture_output=True, text=True, timeout=300)
     assert rep.returncode == 0, rep.stderr[-2000:]
     rows = (tmp_path / "sweep" / "report.csv").read_text().splitlines()
-    assert len(rows) == 3  # header + 2 runs
+    assert len(rows) == 3  # header + 2 runs: the one where every device declined is a data point
+    declined = [r for r in csv.DictReader(open(tmp_path / "sweep" / "report.csv")) if r["trained"] == "False"]
+    assert len(declined) == 1 and float(declined[0]["energy_budget_mj"]) == 0.001
+    table = [ln for ln in (tmp_path / "sweep" / "report.md").read_text().splitlines() if "| False |" in ln]
+    assert len(table) == 1 and table[0].rstrip().endswith("|  |")  # ... and not on the Pareto front
     md = (tmp_path / "sweep" / "report.md").read_text()
     assert "1 failed run" in md and "injected for the test" in md
     for name in ("memory", "epsilon", "energy", "pareto"):

@@ -117,7 +117,7 @@ def test_a_run_that_aggregated_nothing_exits_1_with_one_line(tmp_path, cache_dir
 def test_a_sweep_whose_every_run_failed_exits_1(tmp_path, cache_dir):
     r = fedtiny(["-m", *ALL_FAIL, "seed=0,1", "hydra.sweep.dir=sweep"], tmp_path, cache_dir, timeout=900)
     assert r.returncode == 1
-    assert r.stderr.strip().splitlines()[-1].startswith("fedtiny: every run of the sweep failed (2)")
+    assert r.stderr.strip().splitlines()[-1].startswith("fedtiny: no run of the sweep trained anything (2 failed, 0 declined")
     assert len(list((tmp_path / "sweep").rglob("error.txt"))) == 2
     rep = fedtiny(["report", "sweep"], tmp_path, cache_dir, timeout=120)
     assert "(no finished runs)" in (tmp_path / "sweep" / "report.md").read_text() and "0 runs reported, 2 failed" in rep.stdout

@@ -134,8 +134,8 @@ def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
                            for kb, (sc, need) in memory_schemes(cfg_json).items()},
         "title": f"{cfg.dataset.name} / {cfg.strategy.name}: {len(node_of)} devices, {cfg.rounds} rounds",
     })
-    if summary["status"] == "failed":  # summary.json is written; the run must not look like a result
-        raise RunFailed(f"{summary['status_reason']}; results in {out_dir}")
+    if summary["status"] != "ok":  # summary.json is written; the run must not look like a trained model
+        raise RunFailed(f"{summary['status_reason']}; results in {out_dir}", summary["status"])
     return summary
 
 

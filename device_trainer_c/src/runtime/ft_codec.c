@@ -357,39 +357,34 @@ static ft_status ft_check_norm(const ft_codec_tensor *t, int32_t count, int deco
                                float *scratch, ft_norm_check *out)
 {
     float amax = 0.0f;
-    for (int32_t k = 0; k < count; k++) { /* pass 1: the largest magnitude */
-        int32_t n = 0;
-        ft_status st;
-        const float *x = ft_values(&t[k], decoded, f, scratch, &n, &st);
-        if (st != FT_OK) {
-            return st;
-        }
-        for (int32_t i = 0; i < n; i++) {
-            const float a = x[i] < 0.0f ? -x[i] : x[i];
-            if (!(a <= 3.4028235e38f)) {
-                return FT_ERR_BAD_DATA; /* a non-finite update cannot be clipped */
-            }
-            amax = a > amax ? a : amax;
-        }
-    }
-    if (amax == 0.0f) {
-        *out = (ft_norm_check){1, 0.0f, 0.0f};
-        return FT_OK;
-    }
-    const int32_t k2 = ft_scale_exponent(amax);
     ft_sumsq acc;
-    acc.scale = ft_pow2(k2);
     acc.top = 0;
-    for (int32_t k = 0; k < count; k++) { /* pass 2: the scaled squares, summed pairwise */
-        int32_t n = 0;
-        ft_status st;
-        const float *x = ft_values(&t[k], decoded, f, scratch, &n, &st);
-        if (st != FT_OK) {
-            return st;
+    /* pass 0: the largest magnitude (and the power-of-two scale from it); pass 1: the scaled
+     * squares, summed pairwise */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int32_t k = 0; k < count; k++) {
+            int32_t n = 0;
+            ft_status st;
+            const float *x = ft_values(&t[k], decoded, f, scratch, &n, &st);
+            if (st != FT_OK) {
+                return st;
+            }
+            for (int32_t i = 0; pass == 0 && i < n; i++) {
+                const float a = x[i] < 0.0f ? -x[i] : x[i];
+                if (!(a <= 3.4028235e38f)) {
+                    return FT_ERR_BAD_DATA; /* a non-finite update cannot be clipped */
+                }
+                amax = a > amax ? a : amax;
+            }
+            for (int32_t i = 0; pass == 1 && i < n; i++) {
+                ft_sumsq_add(&acc, x[i]);
+            }
         }
-        for (int32_t i = 0; i < n; i++) {
-            ft_sumsq_add(&acc, x[i]);
+        if (pass == 0 && amax == 0.0f) {
+            *out = (ft_norm_check){1, 0.0f, 0.0f};
+            return FT_OK;
         }
+        acc.scale = ft_pow2(ft_scale_exponent(amax));
     }
     const float total = ft_sumsq_total(&acc);
     const float bound = total * (1.0f + 1.0f / 16384.0f);
