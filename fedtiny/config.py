@@ -440,9 +440,9 @@ def explain(err: BaseException) -> str:
     import re
 
     text = str(err).strip()
-    m = re.match(r"In '[^']*': Could not find '([^'/]+)/([^']+)'", text)
+    m = re.match(r"In '[^']*': Could not find '([^']+/[^'/]+)'", text)
     if m:
-        group, option = m.groups()
+        group, option = m.group(1).rsplit("/", 1)
         options = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml")) if (conf_dir() / group).is_dir() else []
         return (f"{group}={option}: no such {group} option (available: {', '.join(options) or 'none'})"
                 f"{_nearest(option, options)}")

@@ -30,6 +30,7 @@ def test_every_experiment_composes(name):
     (["rounds=-1"], "rounds must be >= 1"),
     (["rounds=0"], "rounds must be >= 1"),
     (["dataset=nope"], "dataset=nope: no such dataset option (available: digits, fashion, watch)"),
+    (["budget/memory=foo"], "budget/memory=foo: no such budget/memory option (available: fleet, none)"),
     (["strategy=fedadm"], "strategy=fedadm: no such strategy option (available: fedadam, fedavg, fedprox); did you mean fedadam?"),
     (["client.lr=abc"], "could not be converted"),
     (["+client.foo=1"], "unknown key 'client.foo' (client has: batch_size, epochs, lr"),
