@@ -38,7 +38,7 @@ from fedtiny.errors import ConfigError, RunFailed
 
 USAGE = __doc__.split("\n\n")[1]
 _HELP = {"-h", "--help"}
-_SWEEP_LOG = "FEDTINY_SWEEP_LOG"  # a file each multirun job appends "ok DIR" or "failed DIR" to
+_SWEEP_LOG = "FEDTINY_SWEEP_LOG"  # a file each multirun job appends "ok|failed|declined DIR" to
 _INFO_FLAGS = {"-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--version", "--shell-completion", "-sc"}
 
 

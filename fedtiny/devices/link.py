@@ -9,6 +9,7 @@ waits for the matching reply, and retries on timeout; a board error reply raises
 from __future__ import annotations
 
 import struct
+import threading
 import time
 
 import numpy as np
@@ -27,8 +28,6 @@ class BoardClient:
     def __init__(self, url: str, timeout: float = 5.0, retries: int = 3, train_timeout: float = 300.0) -> None:
         import serial
 
-        import threading
-
         self.port = serial.serial_for_url(url, baudrate=115200, timeout=0.05)
         self._wlock = threading.Lock()  # whole frames: a CANCEL may be written from another thread
         self.timeout, self.retries, self.train_timeout = timeout, retries, train_timeout
@@ -44,10 +43,13 @@ class BoardClient:
         with self._wlock:
             self.port.write(data)
 
-    def send_cancel(self) -> None:
+    def send_cancel(self) -> int:
         """Write a CANCEL frame without waiting for anything (safe while another thread is in
-        :meth:`exchange` on this link: that exchange then gets the TRAIN's ERROR CANCELLED)."""
-        self.send_raw(P.frame(P.CANCEL, (self.seq + 0x80) & 0xFF))
+        :meth:`exchange` on this link: that exchange then gets the TRAIN's ERROR CANCELLED).
+        Its sequence number (outside the exchanges' own) is returned."""
+        seq = (self.seq + 0x80) & 0xFF
+        self.send_raw(P.frame(P.CANCEL, seq))
+        return seq
 
     def _frames(self) -> list[P.Frame]:
         """Frames completed by what the link has now; a partial frame followed by
@@ -71,8 +73,7 @@ class BoardClient:
     def cancel(self) -> bool:
         """Ask the board to stop a TRAIN in progress (its reply becomes ERROR CANCELLED); True if
         the board (or bridge) answered. Sent outside any exchange: a separate sequence number."""
-        seq = (self.seq + 0x80) & 0xFF
-        self.send_raw(P.frame(P.CANCEL, seq))
+        seq = self.send_cancel()
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             for f in self._frames():
