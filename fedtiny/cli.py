@@ -32,8 +32,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fedtiny.config import compose, conf_dir, validate
-from fedtiny.devices.emulate import SERIAL_MODES
+from fedtiny.config import SERIAL_MODES, compose, conf_dir, validate
 from fedtiny.errors import ConfigError, RunFailed
 
 USAGE = __doc__.split("\n\n")[1]

@@ -15,7 +15,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from fedtiny.devices.emulate import SERIAL_MODES
 from fedtiny.errors import ConfigError
 from fedtiny.trainer.runtime import PRECISIONS, ROUNDINGS
 
@@ -65,6 +64,8 @@ class FashionData:
     max_samples_per_client: int = 0
     seed: int = 0
 
+
+SERIAL_MODES = ("tcp", "pty")  # how a bridge reaches an emulated board's UART (devices.serial, Fleet)
 
 # The trainer's bounds (device_trainer_c/include/fedtiny/ft_trainer.h, FT_MAX_*): a board refuses
 # a TRAIN outside them, so a config outside them is refused before a run (a test keeps them equal).

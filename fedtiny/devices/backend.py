@@ -31,6 +31,7 @@ from flwr.app import Array, ArrayRecord
 
 from fedtiny.devices.link import BoardClient, BoardError
 from fedtiny.fl.records import record_to_params
+from fedtiny.fl.rounds import RoundResult, partial_update
 from fedtiny.trainer import Model, TrainConfig, Trainer
 
 
@@ -50,9 +51,7 @@ def cancel(url: str) -> bool:
 def board_round(url: str, model: Model, tc: TrainConfig, received: dict[str, np.ndarray], epochs: int, seed: int,
                 codec_cfg, key: tuple[int, int, int], dp: tuple[float, float] | None, timeout_s: float):
     """One training round on the board behind `url` (a bridge, or the board's own port); returns
-    a :class:`fedtiny.fl.client_app.RoundResult`."""
-    from fedtiny.fl.client_app import RoundResult, partial_update
-
+    a :class:`fedtiny.fl.rounds.RoundResult`."""
     if bool(codec_cfg.error_feedback):
         raise BoardError("error feedback keeps a residual between rounds, which the board firmware does not")
     trainer = Trainer(model, tc)

@@ -23,10 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+from fedtiny.config import SERIAL_MODES
+
 ROOT = Path(__file__).resolve().parents[2] / "device_trainer_c"
 DATA_ADDR = 0x21000000
 TOOLS = ("arm-none-eabi-gcc", "qemu-system-arm", "cmake")
-SERIAL_MODES = ("tcp", "pty")  # how a bridge reaches a board's UART (Fleet, devices.serial)
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

@@ -13,7 +13,7 @@ With error feedback the device keeps the rounding residual in its node state bet
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -26,6 +26,7 @@ from fedtiny.budgets.energy import (Board, affordable_epochs, compute_mj, comput
 from fedtiny.fl import codec
 from fedtiny.fl.aggregate import channel_axes
 from fedtiny.fl.records import expected_shapes, record_to_params
+from fedtiny.fl.rounds import RoundResult, partial_update
 from fedtiny.fl.state import client_state, device_budget_kb, device_scheme, experiment_state, train_config_for
 from fedtiny.trainer import TrainConfig, Trainer
 
@@ -95,18 +96,6 @@ def train(msg: Message, context: Context) -> Message:
     subset["scheme"] = scheme.name if scheme is not None else "all"
     record = ArrayRecord({k: Array(b) for k, b in blobs.items()})
     return Message(RecordDict({"arrays": record, "metrics": metrics, "subset": ConfigRecord(subset)}), reply_to=msg)
-
-
-@dataclass
-class RoundResult:
-    """What a device sends back from a training round (simulated or on a board)."""
-
-    blobs: dict[str, np.ndarray]  # encoded change per tensor (ft_codec blobs)
-    subset: dict  # channels.<tensor>: the output channels a compact tensor carries
-    loss: float  # last epoch's mean training loss
-    accuracy: float  # last epoch's training accuracy
-    arena_bytes: int  # arena high-water mark of the trainer
-    residual_norm: float = 0.0  # error-feedback residual carried into this update
 
 
 def simulated_round(model, tc: TrainConfig, received: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
@@ -198,24 +187,6 @@ def received_arrays(msg: Message, trainer: Trainer) -> dict[str, np.ndarray]:
             raise ValueError(f"broadcast {key}: {_core.status_name(status)} ({n} values, {params[2]} channels)")
         out[key] = values[:n].reshape(shape)
     return out
-
-
-def partial_update(trainer: Trainer) -> tuple[dict[str, np.ndarray], dict]:
-    """The tensors the scheme updated; channel subsets travel compact, listed in the subset record."""
-    arrays, subset = {}, {}
-    model = trainer.model
-    for k, (w, b) in enumerate(trainer.get_params()):
-        kind, bias_on, channels = trainer.layer_update(k)
-        layer = model.spec.layers[model.first_trainable + k]
-        if kind == "all":
-            arrays[f"layer{k}.weight"] = np.ascontiguousarray(w)
-        elif kind == "channels":
-            axis = 2 if layer.type == "dwconv2d" else 0
-            arrays[f"layer{k}.weight"] = np.ascontiguousarray(np.take(w, channels, axis=axis))
-            subset[f"channels.layer{k}.weight"] = [int(c) for c in channels]
-        if bias_on:
-            arrays[f"layer{k}.bias"] = np.ascontiguousarray(b)
-    return arrays, subset
 
 
 def encode_update(deltas: dict[str, np.ndarray], axes: dict[str, int], codec_cfg, key_parts: tuple[int, int, int],

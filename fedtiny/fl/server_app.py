@@ -23,7 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedtiny.budgets.energy import Board
 from fedtiny.config import num_devices
 from fedtiny.errors import ConfigError, RunFailed
-from fedtiny.experiment import int8_warning, memory_schemes, prepare_output
+from fedtiny.fl.prepare import int8_warning, memory_schemes, prepare_output
 from fedtiny.fl.aggregate import channel_axes
 from fedtiny.fl.client_app import settings
 from fedtiny.fl.records import expected_shapes, params_to_record, record_to_params
