@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from fedtiny.errors import ConfigError
-from fedtiny.trainer.runtime import PRECISIONS, ROUNDINGS
+from fedtiny.trainer.runtime import (MAX_BATCH, MAX_EPOCHS, MAX_LR, MAX_PROX_MU, MAX_WEIGHT_DECAY, PRECISIONS,
+                                     ROUNDINGS)
 
 
 def conf_dir() -> Path:
@@ -66,10 +67,6 @@ class FashionData:
 
 
 SERIAL_MODES = ("tcp", "pty")  # how a bridge reaches an emulated board's UART (devices.serial, Fleet)
-
-# The trainer's bounds (device_trainer_c/include/fedtiny/ft_trainer.h, FT_MAX_*): a board refuses
-# a TRAIN outside them, so a config outside them is refused before a run (a test keeps them equal).
-MAX_EPOCHS, MAX_BATCH, MAX_LR, MAX_WEIGHT_DECAY, MAX_PROX_MU = 1000, 4096, 100.0, 1.0, 1000.0
 
 DATASETS: dict[str, type] = {"watch": WatchData, "digits": DigitsData, "fashion": FashionData}
 
@@ -256,10 +253,7 @@ def _typed(schema: type, node: Any, where: str) -> DictConfig:
             parent = OmegaConf.select(root, ".".join(path[:-1])) if len(path) > 1 else root
             if isinstance(parent, DictConfig):
                 prefix = [] if where == "config" else [where]
-                keys = sorted(str(k) for k in parent.keys())
-                owner = ".".join(prefix + path[:-1]) or "the config"
-                raise ConfigError(f"unknown key '{'.'.join(prefix + path)}' ({owner} has: {', '.join(keys)})"
-                                  f"{_nearest(path[-1], keys)}") from None
+                raise ConfigError(_unknown_key(prefix + path, parent)) from None
         raise ConfigError(f"{where}: {msg}" + (f" (key '{key}')" if key and key not in msg else "")) from None
 
 
@@ -428,6 +422,14 @@ def board_profiles() -> list[str]:
     return sorted(p.stem for p in (conf_dir() / "board").glob("*.yaml"))
 
 
+def _unknown_key(path: list[str], parent: DictConfig) -> str:
+    """`path` (dotted from the top) is not a key of `parent`: name the keys it has, and the
+    nearest spelling."""
+    keys = sorted(str(k) for k in parent.keys())
+    owner = ".".join(path[:-1]) or "the config"
+    return f"unknown key '{'.'.join(path)}' ({owner} has: {', '.join(keys)}){_nearest(path[-1], keys)}"
+
+
 def _nearest(word: str, choices) -> str:
     import difflib
 
@@ -460,10 +462,7 @@ def explain(err: BaseException) -> str:
         for part in path[:-1]:
             node = node.get(part) if isinstance(node, DictConfig) and part in node else None
         if isinstance(node, DictConfig):
-            keys = sorted(str(k) for k in node.keys())
-            where = ".".join(path[:-1]) or "the config"
-            return (f"unknown key '{'.'.join(path)}' ({where} has: {', '.join(keys)})"
-                    f"{_nearest(path[-1], keys)}")
+            return _unknown_key(path, node)
     return first_line(err)
 
 

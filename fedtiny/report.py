@@ -69,9 +69,9 @@ def build(root: Path) -> tuple[list[dict], list[dict]]:
     rows, failed = [], []
     for run in runs:
         name = str(run.relative_to(root))
-        err = run / "error.txt"
-        if err.exists() and err.read_text().strip():
-            failed.append({"run": name, "reason": err.read_text().strip().splitlines()[-1]})
+        err = (run / "error.txt").read_text().strip() if (run / "error.txt").exists() else ""
+        if err:
+            failed.append({"run": name, "reason": err.splitlines()[-1]})
         elif not (run / "summary.json").exists():
             failed.append({"run": name, "reason": "no summary.json (the run did not finish)"})
         else:

@@ -9,6 +9,7 @@ int8 and differentially private updates. The link survives garbage and corrupted
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import zlib
@@ -319,12 +320,15 @@ def test_a_repeated_request_is_answered_without_running_again(fleet):
     assert bridge.requests == before + 1
 
 
-def _on_the_board_link(bridge, data: bytes) -> None:
-    """Bytes straight onto the board's UART, past the bridge (a host that died mid-write)."""
+@contextlib.contextmanager
+def _board_link(bridge):
+    """The bridge's own link to its board's UART, held under the bridge's lock (nothing else
+    reaches the board meanwhile): bytes written here bypass the bridge (a host that died
+    mid-write), and replies are read raw."""
     with bridge.lock:
         if bridge.board is None:
             bridge.board = BoardClient(bridge.board_url, timeout=bridge.timeout, retries=bridge.retries)
-        bridge.board.send_raw(data)
+        yield bridge.board
 
 
 @pytest.mark.parametrize("stale", [bytes.fromhex("a55a01090004"), b"\xa5", b"\xa5\x5a", b"\xa5\x5a\x03\x01\xff",
@@ -336,8 +340,8 @@ def test_a_partial_frame_does_not_make_the_board_deaf(fleet, stale):
     retry, because the board expires the stale start after 50 ms of silence."""
     import time
 
-    bridge = fleet.bridges[0]
-    _on_the_board_link(bridge, stale)
+    with _board_link(fleet.bridges[0]) as raw:
+        raw.send_raw(stale)
     client = BoardClient(fleet.urls[0], timeout=10.0, retries=1)
     t0 = time.monotonic()
     try:
@@ -350,11 +354,7 @@ def test_a_partial_frame_does_not_make_the_board_deaf(fleet, stale):
 def test_the_board_expires_a_stale_header_between_requests(fleet):
     """Directly on the UART (no bridge retries): stale bytes, then a HELLO right behind them,
     which the stale header swallows; the board still answers it once the line goes idle."""
-    bridge = fleet.bridges[0]
-    with bridge.lock:
-        if bridge.board is None:
-            bridge.board = BoardClient(bridge.board_url, timeout=bridge.timeout, retries=bridge.retries)
-        raw = bridge.board
+    with _board_link(fleet.bridges[0]) as raw:
         raw.send_raw(bytes.fromhex("a55a01090004"))
         reply = raw.exchange(P.HELLO, b"", timeout=5.0)  # one try of 5 s; retries=3 would hide a miss
         assert reply.type == P.HELLO | P.REPLY
@@ -364,11 +364,7 @@ def test_spin_is_acknowledged_as_the_header_says(fleet):
     """ft_proto.h: ACK for TRAIN, PROFILE and SPIN. Read raw from the board's UART."""
     import time
 
-    bridge = fleet.bridges[0]
-    with bridge.lock:
-        if bridge.board is None:
-            bridge.board = BoardClient(bridge.board_url, timeout=bridge.timeout, retries=bridge.retries)
-        raw = bridge.board
+    with _board_link(fleet.bridges[0]) as raw:
         raw.send_raw(P.frame(P.SPIN, 201, (1000).to_bytes(4, "little")))
         got, deadline = [], time.monotonic() + 10
         while len(got) < 2 and time.monotonic() < deadline:

@@ -47,9 +47,14 @@ def prepare_output(cfg: DictConfig, out_dir: Path, log=print) -> str:
     return cfg_json
 
 
+def int8_drop(report: dict) -> float:
+    """Field accuracy the backbone lost to int8 (float minus int8, from its pretraining report)."""
+    return float(report["float_field_accuracy"]) - float(report["int8_field_accuracy"])
+
+
 def int8_warning(report: dict, max_drop: float) -> str:
     """A warning when quantizing the backbone cost more field accuracy than `max_drop`, else ''."""
-    drop = float(report["float_field_accuracy"]) - float(report["int8_field_accuracy"])
+    drop = int8_drop(report)
     if drop <= max_drop:
         return ""
     return (f"the int8 backbone scores {drop:.3f} below float on field data ({report['int8_field_accuracy']:.3f} vs "

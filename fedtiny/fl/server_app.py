@@ -23,7 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedtiny.budgets.energy import Board
 from fedtiny.config import num_devices
 from fedtiny.errors import ConfigError, RunFailed
-from fedtiny.fl.prepare import int8_warning, memory_schemes, prepare_output
+from fedtiny.fl.prepare import int8_drop, int8_warning, memory_schemes, prepare_output
 from fedtiny.fl.aggregate import channel_axes
 from fedtiny.fl.client_app import settings
 from fedtiny.fl.records import expected_shapes, params_to_record, record_to_params
@@ -121,8 +121,7 @@ def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
                                                       batch_size=int(cfg.client.batch_size),
                                                       prox_mu=float(cfg.strategy.get("proximal_mu", 0.0)))).arena_bytes,
         "backbone": state.backbone.report,
-        "int8_drop": round(float(state.backbone.report["float_field_accuracy"])
-                           - float(state.backbone.report["int8_field_accuracy"]), 6),
+        "int8_drop": round(int8_drop(state.backbone.report), 6),
         "int8_warning": int8_warning(state.backbone.report, float(cfg.model.int8_max_drop)),
         "codec": {"bits": int(cfg.codec.bits), "per_channel": bool(cfg.codec.per_channel),
                   "error_feedback": bool(cfg.codec.error_feedback), "rounding": str(cfg.codec.rounding),

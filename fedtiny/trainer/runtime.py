@@ -185,6 +185,9 @@ class LayerUpdate:
 
 PRECISIONS = ("float32", "int8")  # index = ft_precision
 ROUNDINGS = ("stochastic", "nearest")  # index = ft_rounding
+# the trainer's bounds (FT_MAX_* in ft_trainer.h): ft_trainer_plan and a board's TRAIN refuse more
+MAX_EPOCHS, MAX_BATCH = int(_core.MAX_EPOCHS), int(_core.MAX_BATCH)
+MAX_LR, MAX_WEIGHT_DECAY, MAX_PROX_MU = float(_core.MAX_LR), float(_core.MAX_WEIGHT_DECAY), float(_core.MAX_PROX_MU)
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,12 @@ PYBIND11_MODULE(_core, m) {
     m.attr("TRAINER_VERSION") = FT_TRAINER_VERSION;
     m.attr("MAX_LAYERS") = FT_MAX_LAYERS;
     m.attr("ARENA_ALIGN") = FT_ARENA_ALIGN;
+    // the bounds every training configuration respects (a board refuses a TRAIN outside them)
+    m.attr("MAX_EPOCHS") = FT_MAX_EPOCHS;
+    m.attr("MAX_BATCH") = FT_MAX_BATCH;
+    m.attr("MAX_LR") = FT_MAX_LR;
+    m.attr("MAX_WEIGHT_DECAY") = FT_MAX_WEIGHT_DECAY;
+    m.attr("MAX_PROX_MU") = FT_MAX_PROX_MU;
     m.attr("TRAINER_STRUCT_BYTES") = sizeof(ft_trainer);
     m.def("status_name", [](int s) { return std::string(ft_status_name(static_cast<ft_status>(s))); });
     m.def("crc32", [](const arr<uint8_t> &b) { return ft_crc32(b.data(), static_cast<uint32_t>(b.size())); });

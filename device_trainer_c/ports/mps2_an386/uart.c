@@ -48,13 +48,23 @@ void ft_hal_init(void)
     FT_NVIC_ISER0 = 1u << 0;
 }
 
+/* Take a received byte from the ring (interrupts masked by the caller): 1 with *byte, else 0. */
+static int ring_take(uint8_t *byte)
+{
+    if (head == tail) {
+        return 0;
+    }
+    *byte = ring[tail % sizeof ring];
+    tail = tail + 1u;
+    return 1;
+}
+
 uint8_t ft_hal_getc(void)
 {
+    uint8_t b;
     for (;;) {
         __asm volatile("cpsid i" ::: "memory");
-        if (head != tail) {
-            const uint8_t b = ring[tail % sizeof ring];
-            tail = tail + 1u;
+        if (ring_take(&b)) {
             __asm volatile("cpsie i" ::: "memory");
             return b;
         }
@@ -69,9 +79,7 @@ int ft_hal_getc_timeout(uint8_t *byte, uint32_t ms)
     int timing = 0;
     for (;;) {
         __asm volatile("cpsid i" ::: "memory");
-        if (head != tail) {
-            *byte = ring[tail % sizeof ring];
-            tail = tail + 1u;
+        if (ring_take(byte)) {
             __asm volatile("cpsie i" ::: "memory");
             FT_SYST_CSR = 0u;
             return 1;
@@ -94,11 +102,7 @@ int ft_hal_getc_timeout(uint8_t *byte, uint32_t ms)
 int ft_hal_poll(uint8_t *byte)
 {
     __asm volatile("cpsid i" ::: "memory");
-    const int got = head != tail;
-    if (got) {
-        *byte = ring[tail % sizeof ring];
-        tail = tail + 1u;
-    }
+    const int got = ring_take(byte);
     __asm volatile("cpsie i" ::: "memory");
     return got;
 }

@@ -481,9 +481,9 @@ ft_status ft_codec_encode_update(ft_codec_tensor *tensors, int32_t count, float 
             f = tries < FT_CLIP_TRIES ? ft_shrink(f, chk.ratio, tries) : 0.0f; /* f = 0 sends zeros: within */
         }
     }
-    if (st == FT_OK) {
+    if (st == FT_OK && noise_std > 0.0f) { /* central DP's loop ended on the sent blobs' check */
         st = ft_check_norm(tensors, count, 1, 1.0f, clip, scratch, &chk);
-        *norm_sent = chk.norm;
     }
+    *norm_sent = chk.norm;
     return st;
 }
