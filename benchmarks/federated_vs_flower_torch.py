@@ -26,8 +26,9 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 
 from fedtiny.config import compose, num_devices
-from fedtiny.experiment import prepare_output, run_experiment
-from fedtiny.fl.state import experiment_state
+from fedtiny.client.context import run_context
+from fedtiny.engine.simulation import run_experiment
+from fedtiny.server.prepare import prepare_output
 from fedtiny.models.nets import to_nchw
 
 HEAD = 3  # Linear, ReLU, Linear: the two trainable layers of the default model
@@ -39,7 +40,7 @@ def plain_apps(cfg_json: str, result: dict) -> tuple[ServerApp, ClientApp]:
     @client.train()
     def train(msg: Message, context: Context) -> Message:
         torch.set_num_threads(1)
-        st = experiment_state(cfg_json)
+        st = run_context(cfg_json)
         c = st.cfg.client
         data = st.task.clients[int(context.node_config["partition-id"])].train
         net = copy.deepcopy(st.backbone.net)
@@ -66,7 +67,7 @@ def plain_apps(cfg_json: str, result: dict) -> tuple[ServerApp, ClientApp]:
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        st = experiment_state(cfg_json)
+        st = run_context(cfg_json)
         net = copy.deepcopy(st.backbone.net).eval()
         xt, yt = to_nchw(st.task.server_test.x), st.task.server_test.y
         accuracy = {}
@@ -92,7 +93,7 @@ def main() -> None:
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg_json = prepare_output(cfg, Path(tmp) / "prepare", log=quiet)  # backbone cached before timing
+        cfg_json = prepare_output(cfg, Path(tmp) / "prepare", log=quiet).config_json  # backbone cached before timing
         t0 = time.perf_counter()
         summary = run_experiment(cfg, Path(tmp) / "fedtiny", log=quiet)
         t_fedtiny = time.perf_counter() - t0

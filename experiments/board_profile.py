@@ -44,11 +44,11 @@ def measure(overrides: list[str], out: Path, schemes=SCHEMES, epochs: int = 1, l
     from fedtiny.config import compose
     from fedtiny.devices.emulate import Fleet, cached_firmware
     from fedtiny.devices.link import BoardClient, data_block
-    from fedtiny.fl.state import client_train_config, config_json, experiment_state, features
+    from fedtiny.client.context import RunContext, features, train_config
     from fedtiny.trainer import Trainer
 
     cfg = compose(["progress=false", *overrides])
-    st = experiment_state(config_json(cfg))
+    st = RunContext(cfg)
     model, c = st.model, st.task.clients[0]
     layers = model.spec.layers
     first = model.first_trainable
@@ -72,7 +72,7 @@ def measure(overrides: list[str], out: Path, schemes=SCHEMES, epochs: int = 1, l
         int8_macs = sum(layer_macs(layer) for layer in layers[:first])
         int8_instr = sum(prof["prefix"][:first]) * ipt
         by_name = {s.name: s for s in candidate_schemes(model, ("float32", "int8"))}
-        base = client_train_config(cfg)
+        base = train_config(cfg)
         scheme_rows = []
         deepest = [n for n in schemes if n in by_name and "+full" in n and "/" not in n][-1:]
         for name in schemes:

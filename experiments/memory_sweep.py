@@ -34,8 +34,8 @@ import torch
 
 from fedtiny.config import compose
 from fedtiny.errors import ConfigError
-from fedtiny.experiment import run_experiment
-from fedtiny.fl.state import config_json, device_scheme, experiment_state
+from fedtiny.engine.simulation import run_experiment
+from fedtiny.client.context import RunContext
 from fedtiny.models.nets import to_nchw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -92,11 +92,11 @@ def run_one(kb: float, pset: str, rounds: int, overrides: list[str], out: Path) 
     ov = ["model.trainable_layers=6", f"rounds={rounds}", "budget.memory.reserve_kb=0",
           f"budget.memory.sram_kb=[{kb}]", f"budget.memory.precisions=[{pset}]", "progress=false", *overrides]
     cfg = compose(ov)
-    state = experiment_state(config_json(cfg), log=print)
+    state = RunContext(cfg, log=print)
     row = {"budget_kib": kb, "precisions": pset, "scheme": "none fits", "precision": "", "arena_bytes": "",
            "torch_bytes": "", "torch_ratio": "", "initial_accuracy": "", "final_accuracy": "", "best_accuracy": ""}
     try:
-        scheme, arena = device_scheme(config_json(cfg), float(kb))
+        scheme, arena = state.scheme(float(kb))
     except ConfigError as err:
         print(f"{kb:g} KiB [{pset}]: {err}")
         return row

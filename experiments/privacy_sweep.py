@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from fedtiny.config import compose
-from fedtiny.experiment import run_experiment
+from fedtiny.engine.simulation import run_experiment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _table import write_table  # noqa: E402

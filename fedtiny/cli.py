@@ -48,7 +48,7 @@ def _fail(err: Exception) -> None:
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def _run(cfg: DictConfig) -> None:
-    from fedtiny.experiment import run_experiment
+    from fedtiny.engine.simulation import run_experiment
 
     from hydra.types import RunMode
     from omegaconf import OmegaConf
@@ -112,13 +112,14 @@ def _emulate(argv: list[str]) -> int:
                                               f"devices.serial={args.serial}"])
     except ConfigError as err:
         _fail(err)
+    from fedtiny.client.context import RunContext
     from fedtiny.devices.emulate import fleet_for_experiment
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with tempfile.TemporaryDirectory(prefix="fedtiny-emulate-") as work:
-        fleet = fleet_for_experiment(cfg, Path(work))
+        fleet = fleet_for_experiment(RunContext(cfg), Path(work))
         try:
             parts = list(cfg.devices.partitions) or list(range(args.boards))
             for pid, url, uart in zip(parts, fleet.urls, fleet.board_urls):
@@ -218,7 +219,7 @@ def _sweep(argv: list[str]) -> int:
 
 
 def _flower(argv: list[str]) -> int:
-    from fedtiny.flower_local import main as flower_main
+    from fedtiny.engine.flower_local import main as flower_main
 
     return flower_main(argv)
 

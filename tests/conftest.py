@@ -20,7 +20,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 def run(overrides: list[str], out_dir: Path, cache_dir: Path) -> dict:
     from fedtiny.config import compose
-    from fedtiny.experiment import run_experiment
+    from fedtiny.engine.simulation import run_experiment
 
     cfg = compose([*overrides, f"cache_dir={cache_dir}", "progress=false"])
     run_experiment(cfg, out_dir, log=lambda *_: None)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedtiny.fl.aggregate import masked_mean, parse_update
+from fedtiny.server.aggregate import masked_mean
+from fedtiny.trainer.updates import parse_update
 
 SHAPES = {"layer0.weight": (3, 2, 2, 4), "layer1.weight": (2, 2, 4), "layer1.bias": (4,)}
 AXES = {"layer0.weight": 0, "layer1.weight": 2, "layer1.bias": 0}

@@ -3,8 +3,8 @@ emulated Cortex-M4 (mps2-an386), reached through its bridge (fedtiny.devices.bri
 pyserial's socket:// link to QEMU's UART0.
 
 Digital twin: for the same model bytes, data, seed and settings, the board's round
-(fedtiny.devices.backend.board_round) sends the same bytes as the simulated client's round
-(fedtiny.fl.client_app.simulated_round), for whole-model, sparse (channel subset, bias only),
+(fedtiny.devices.backend.BoardBackend) sends the same bytes as the simulated backend
+(fedtiny.client.simulated.SimulatedBackend), for whole-model, sparse (channel subset, bias only),
 int8 and differentially private updates. The link survives garbage and corrupted frames."""
 
 from __future__ import annotations
@@ -103,16 +103,17 @@ CASES = {  # name: (train config, codec overrides, dp (clip, noise std) or None)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_board_round_equals_the_simulated_round_byte_for_byte(fleet, task, case):
     from fedtiny.config import compose
-    from fedtiny.devices.backend import board_round
-    from fedtiny.fl.client_app import simulated_round
+    from fedtiny.devices.backend import BoardBackend
+    from fedtiny.client.backend import RoundTask
+    from fedtiny.client.simulated import SimulatedBackend
 
     model, feats, y = task
     tc, overrides, dp = CASES[case]
     codec_cfg = compose(overrides).codec
     received = _received(model, 8)
     key = (3, 2, 5)  # (seed, round, device)
-    sim = simulated_round(model, tc, received, feats, y, 2, 11, codec_cfg, key, dp, None)
-    dev = board_round(fleet.urls[0], model, tc, received, 2, 11, codec_cfg, key, dp, 120.0)
+    sim = SimulatedBackend(feats, y).train(RoundTask(model, tc, received, 2, 11, codec_cfg, key, dp))
+    dev = BoardBackend(fleet.urls[0], 120.0).train(RoundTask(model, tc, received, 2, 11, codec_cfg, key, dp))
     assert sorted(dev.blobs) == sorted(sim.blobs) and sim.blobs
     for name in sim.blobs:
         assert dev.blobs[name].tobytes() == sim.blobs[name].tobytes(), name
@@ -123,13 +124,15 @@ def test_board_round_equals_the_simulated_round_byte_for_byte(fleet, task, case)
 
 def test_board_keeps_its_model_between_rounds(fleet, board, task):
     """The backend loads the model only when the board's CRC differs (as a flashed board)."""
+    from fedtiny.client.backend import RoundTask
     from fedtiny.config import compose
-    from fedtiny.devices.backend import board_round
+    from fedtiny.devices.backend import BoardBackend
 
     model, feats, y = task
     board.request(P.RESET)
     assert board.hello()["model_crc32"] == 0
-    board_round(fleet.urls[0], model, BASE, _received(model, 1), 1, 1, compose([]).codec, (0, 1, 0), None, 120.0)
+    task = RoundTask(model, BASE, _received(model, 1), 1, 1, compose([]).codec, (0, 1, 0), None)
+    BoardBackend(fleet.urls[0], 120.0).train(task)
     assert board.hello()["model_crc32"] == zlib.crc32(model.to_bytes())
 
 
@@ -212,9 +215,10 @@ def test_damaged_link_in_both_directions(firmware, task, tmp_path):
     """An injector between the bridge and QEMU flips, drops and inserts bytes both ways; the
     board and the bridge resynchronise and retry, and the round's bytes are still the twin's."""
     from fedtiny.config import compose
-    from fedtiny.devices.backend import board_round
+    from fedtiny.devices.backend import BoardBackend
     from fedtiny.devices.emulate import Fleet
-    from fedtiny.fl.client_app import simulated_round
+    from fedtiny.client.backend import RoundTask
+    from fedtiny.client.simulated import SimulatedBackend
 
     model, feats, y = task
     codec_cfg = compose(["codec.bits=8"]).codec
@@ -222,8 +226,8 @@ def test_damaged_link_in_both_directions(firmware, task, tmp_path):
     with Fleet(firmware, [data_block(feats, y)], tmp_path, damage=0.0, damage_every=800, seed=7,
                in_process_bridges=True) as f:
         for rnd in (1, 2, 3, 4):
-            dev = board_round(f.urls[0], model, BASE, received, 1, rnd, codec_cfg, (1, rnd, 0), None, 120.0)
-            sim = simulated_round(model, BASE, received, feats, y, 1, rnd, codec_cfg, (1, rnd, 0), None, None)
+            dev = BoardBackend(f.urls[0], 120.0).train(RoundTask(model, BASE, received, 1, rnd, codec_cfg, (1, rnd, 0), None))
+            sim = SimulatedBackend(feats, y).train(RoundTask(model, BASE, received, 1, rnd, codec_cfg, (1, rnd, 0), None))
             assert {k: v.tobytes() for k, v in dev.blobs.items()} == {k: v.tobytes() for k, v in sim.blobs.items()}
         damaged = dict(f.injectors[0].damaged)
         bridge = f.bridges[0]
@@ -241,9 +245,10 @@ def test_a_board_on_a_pseudo_terminal(firmware, task, tmp_path):
     import stat
 
     from fedtiny.config import compose
-    from fedtiny.devices.backend import board_round
+    from fedtiny.devices.backend import BoardBackend
     from fedtiny.devices.emulate import Fleet
-    from fedtiny.fl.client_app import simulated_round
+    from fedtiny.client.backend import RoundTask
+    from fedtiny.client.simulated import SimulatedBackend
 
     model, feats, y = task
     tc, overrides, _ = CASES["channels+bias-f32-4bit"]
@@ -252,8 +257,8 @@ def test_a_board_on_a_pseudo_terminal(firmware, task, tmp_path):
     with Fleet(firmware, [data_block(feats, y)], tmp_path, serial="pty") as f:
         tty = f.board_urls[0]
         assert tty.startswith("/dev/pts/") and stat.S_ISCHR(os.stat(tty).st_mode)
-        dev = board_round(f.urls[0], model, tc, received, 2, 4, codec_cfg, (2, 4, 1), None, 120.0)
-        sim = simulated_round(model, tc, received, feats, y, 2, 4, codec_cfg, (2, 4, 1), None, None)
+        dev = BoardBackend(f.urls[0], 120.0).train(RoundTask(model, tc, received, 2, 4, codec_cfg, (2, 4, 1), None))
+        sim = SimulatedBackend(feats, y).train(RoundTask(model, tc, received, 2, 4, codec_cfg, (2, 4, 1), None))
         assert {k: v.tobytes() for k, v in dev.blobs.items()} == {k: v.tobytes() for k, v in sim.blobs.items()}
         assert dev.subset == sim.subset and dev.accuracy == sim.accuracy
         qemu = f.qemu[0]
@@ -472,9 +477,10 @@ def _every_candidate_on_the_board(model, x, y, firmware, workdir, codec_override
     the scheme starts; returns [(scheme, planned, board arena, simulated arena)]."""
     from fedtiny.budgets.memory import candidate_schemes, scheme_config
     from fedtiny.config import compose
-    from fedtiny.devices.backend import board_round
+    from fedtiny.devices.backend import BoardBackend
     from fedtiny.devices.emulate import Fleet
-    from fedtiny.fl.client_app import simulated_round
+    from fedtiny.client.backend import RoundTask
+    from fedtiny.client.simulated import SimulatedBackend
     from fedtiny.trainer import plan
 
     base = TrainConfig(lr=0.05, momentum=0.9, batch_size=8)
@@ -488,8 +494,8 @@ def _every_candidate_on_the_board(model, x, y, firmware, workdir, codec_override
     with Fleet(firmware, [data_block(feats[k], y, k) for k in starts], workdir, in_process_bridges=True) as fleet:
         for s, tc in configs:
             url = fleet.urls[starts.index(tc.start_layer)]
-            sim = simulated_round(model, tc, received, feats[tc.start_layer], y, 1, 5, codec_cfg, (1, 1, 1), None, None)
-            dev = board_round(url, model, tc, received, 1, 5, codec_cfg, (1, 1, 1), None, 120.0)
+            job = RoundTask(model, tc, received, 1, 5, codec_cfg, (1, 1, 1), None)
+            sim, dev = SimulatedBackend(feats[tc.start_layer], y).train(job), BoardBackend(url, 120.0).train(job)
             assert {k: b.tobytes() for k, b in dev.blobs.items()} == {k: b.tobytes() for k, b in sim.blobs.items()}
             out.append((s.name, plan(model, tc).arena_bytes, dev.arena_bytes, sim.arena_bytes))
     return out
@@ -512,18 +518,17 @@ def test_the_audit_budget_and_every_candidate_of_the_real_models(firmware, tmp_p
     """The audit's case (digits_quick, budget.memory.sram_kb=[9.7] with float32 and int8: the
     planner picks head/int8 at 1,680 B; the board used 1,808 B) and the default IMU model: every
     candidate uses on the board exactly the planned arena, and sends the simulated bytes."""
+    from fedtiny.client.context import RunContext
     from fedtiny.config import compose
-    from fedtiny.experiment import memory_schemes
-    from fedtiny.fl.state import config_json, experiment_state
 
     budget = ["budget.memory.sram_kb=[9.7]", "budget.memory.precisions=[float32,int8]"]
     cfg = compose([preset, f"cache_dir={cache_dir}"] + (budget if "digits" in preset else []))
-    st = experiment_state(config_json(cfg))
+    st = RunContext(cfg)
     c = st.task.clients[0]
     x = st.model.quantize_input(c.train.x[:48])
     rows = _every_candidate_on_the_board(st.model, x, c.train.y[:48].astype(np.uint8), firmware, tmp_path)
     if "digits" in preset:
-        (scheme, need), = memory_schemes(config_json(cfg)).values()
+        (scheme, need), = st.memory_schemes().values()
         assert (scheme.name, need) == ("head/int8", 1680)
         assert [r[2] for r in rows if r[0] == scheme.name] == [1680]  # measured on the board: 1,808 before
     for name, planned, board_arena, sim_arena in rows:

@@ -65,6 +65,7 @@ def test_a_run_with_boards_equals_the_simulated_run(with_boards, simulated):
 def killed(tmp_path_factory, cache_dir):
     """3 boards; board 2's emulator is killed as it acknowledges its second TRAIN request (round 2),
     i.e. while it trains."""
+    from fedtiny.client.context import RunContext
     from fedtiny.config import compose
     from fedtiny.devices.emulate import fleet_for_experiment
 
@@ -83,7 +84,7 @@ def killed(tmp_path_factory, cache_dir):
                 holder["fleet"].kill_board(2)  # before the ACK is passed on: the board is training
                 holder["killed"] = True
 
-    holder["fleet"] = fleet = fleet_for_experiment(cfg, tmp_path_factory.mktemp("fleet"), log=lambda *_: None,
+    holder["fleet"] = fleet = fleet_for_experiment(RunContext(cfg), tmp_path_factory.mktemp("fleet"), log=lambda *_: None,
                                                    watch=watch)
     try:
         urls = ",".join(f'"{u}"' for u in fleet.urls)

@@ -9,8 +9,8 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from fedtiny import _core
-from fedtiny.fl import codec
-from fedtiny.fl.codec import BITS, CodecError, Layout, blob_bytes, decode, encode, encode_reference
+from fedtiny.trainer import codec
+from fedtiny.trainer.codec import BITS, CodecError, Layout, blob_bytes, decode, encode, encode_reference
 
 
 def random_case(rng):
@@ -195,7 +195,7 @@ def test_random_corruptions_never_crash_either_decoder():
 def test_error_feedback_residual_lives_in_the_node_state():
     """The client keeps each tensor's residual in its Flower context between rounds."""
     from fedtiny.config import compose
-    from fedtiny.fl.client_app import encode_update
+    from fedtiny.client.simulated import encode_update
 
     cfg = compose(["codec.bits=2", "codec.error_feedback=true"])
     context = Context(run_id=1, node_id=2, node_config={}, state=RecordDict(), run_config={})

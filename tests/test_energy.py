@@ -173,7 +173,7 @@ def test_battery_drains_across_rounds_until_the_device_declines():
 
     from flwr.app import Context, RecordDict
 
-    from fedtiny.fl.client_app import _energy_plan
+    from fedtiny.client.round import _energy_plan
 
     model = _model()
     tc = TrainConfig(batch_size=8)

@@ -49,11 +49,11 @@ def test_bytes_are_counted_exactly(faulty_runs):
     device for training and for evaluation; up: every update that arrived, the rejected NaN
     update included, the raising client sent nothing); overhead = the rest of each serialized
     RecordDict; per-client rows in traffic.csv add up to the round's columns."""
-    from fedtiny.fl.state import config_json, experiment_state
+    from fedtiny.client.context import RunContext
     from fedtiny.trainer import TrainConfig, Trainer
 
     a, _ = faulty_runs
-    state = experiment_state(config_json(a["cfg"]))
+    state = RunContext(a["cfg"])
     values = sum(w.size + b.size for w, b in Trainer(state.model, TrainConfig()).get_params() if w.size)
     n = a["summary"]["clients"]
     traffic = list(csv.DictReader(open(a["dir"] / "traffic.csv")))
@@ -77,8 +77,8 @@ def test_bytes_are_counted_exactly(faulty_runs):
 def test_quantized_updates_and_malformed_blobs(codec_run):
     """4-bit updates with error feedback and an 8-bit downlink; in round 2 six devices send six
     kinds of malformed blobs: each is rejected with its reason and counted, and the run goes on."""
-    from fedtiny.fl.codec import blob_bytes, layout_of
-    from fedtiny.fl.state import config_json, experiment_state
+    from fedtiny.trainer.codec import blob_bytes, layout_of
+    from fedtiny.client.context import RunContext
     from fedtiny.trainer import TrainConfig, Trainer
 
     s, rows = codec_run["summary"], codec_run["rows"]
@@ -97,7 +97,7 @@ def test_quantized_updates_and_malformed_blobs(codec_run):
     # error feedback: nothing carried in round 1, a residual carried from round 2 on (node state persists)
     assert float(rows[1]["ef_residual_norm"]) == 0.0 and float(rows[2]["ef_residual_norm"]) > 0
     # uplink payload of a valid update, from the format: scales + packed 4-bit codes per tensor
-    state = experiment_state(config_json(codec_run["cfg"]))
+    state = RunContext(codec_run["cfg"])
     per_update, per_broadcast = 0, 0
     for w, b in Trainer(state.model, TrainConfig()).get_params():
         if w.size:
@@ -147,14 +147,14 @@ def fleet_run(tmp_path_factory, cache_dir):
     devices hold their updated weights in int8 (QAS steps)."""
     from fedtiny.budgets.memory import candidate_schemes, scheme_config
     from fedtiny.config import compose
-    from fedtiny.fl.state import client_train_config, config_json, experiment_state
+    from fedtiny.client.context import RunContext, train_config
     from fedtiny.trainer import plan
 
     base = ["experiment=digits_quick", "model.trainable_layers=5", "rounds=2", f"cache_dir={cache_dir}",
             "budget.memory.precisions=[int8]"]
     cfg = compose(base)
-    st = experiment_state(config_json(cfg))
-    needs = sorted({plan(st.model, scheme_config(st.model, client_train_config(cfg), s.update, s.precision)).arena_bytes
+    st = RunContext(cfg)
+    needs = sorted({plan(st.model, scheme_config(st.model, train_config(cfg), s.update, s.precision)).arena_bytes
                     for s in candidate_schemes(st.model, ("int8",))})
     kbs = [8 + (needs[i] + 1023) // 1024 for i in (0, len(needs) // 2, len(needs) - 1)]
     return run([*base[:3], base[4], f"budget.memory.sram_kb=[{','.join(map(str, kbs))}]"],
@@ -180,7 +180,7 @@ def test_impossible_budget_is_refused_before_the_contribution_analysis(tmp_path)
     contribution analysis (a second pretraining, minutes on the default task) runs first."""
     from fedtiny.config import compose
     from fedtiny.errors import ConfigError
-    from fedtiny.experiment import prepare_output
+    from fedtiny.server.prepare import prepare_output
 
     cache = tmp_path / "cache"
     cfg = compose(["experiment=digits_quick", "budget.memory.sram_kb=[1]", "budget.memory.reserve_kb=0",

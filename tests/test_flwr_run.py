@@ -37,7 +37,7 @@ def flwr_env(tmp_path_factory, cache_dir):
     env = dict(os.environ, FLWR_HOME=str(home), FEDTINY_CACHE=str(cache_dir), FLWR_TELEMETRY_ENABLED="0")
     env.pop("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", None)  # the README's export sets it
     yield home, env
-    from fedtiny.flower_local import stop
+    from fedtiny.engine.flower_local import stop
 
     stop(home)
 
@@ -49,7 +49,7 @@ def _runs(env) -> list[dict]:
 
 
 def test_flwr_run_as_the_readme_writes_it(flwr_env, tmp_path_factory):
-    from fedtiny.flower_local import local_superlink_pids
+    from fedtiny.engine.flower_local import local_superlink_pids
 
     home, env = flwr_env
     export, run, stop = readme_commands()

@@ -1,10 +1,14 @@
-"""fedtiny's modules import one another without cycles: every import (top-level or inside a
-function) is an edge, and the graph must have no strongly connected component of more than one
-module. A cycle means two modules each need the other: a sign that a piece belongs lower."""
+"""fedtiny's modules import one another without cycles and only downwards through its layers.
+
+Every import (top-level or inside a function) is an edge. The graph must have no strongly
+connected component of more than one module (a cycle means two modules each need the other: a
+sign that a piece belongs lower), and no edge may point to a later layer of the list in
+``fedtiny/__init__.py``'s docstring; each folder's own docstring states its layer."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fedtiny"
@@ -81,5 +85,48 @@ def test_the_checker_finds_a_cycle():
 
 def test_fedtiny_has_no_import_cycle():
     graph = import_graph()
-    assert len(graph) > 30 and "fedtiny.fl.client_app" in graph["fedtiny.fl.server_app"]  # the graph is read
+    assert len(graph) > 30 and "fedtiny.client.round" in graph["fedtiny.server.run"]  # the graph is read
     assert cycles(graph) == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles(graph))
+
+
+def layers() -> dict[str, int]:
+    """Top-level name (folder or module under fedtiny/) -> layer, from the package docstring."""
+    doc = ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text()))
+    out = {}
+    for number, names in re.findall(r"^(\d+)\. ([a-z_, ]+):", doc, re.M):
+        for name in names.split(","):
+            out[name.strip()] = int(number)
+    return out
+
+
+def layer_of(module: str, table: dict[str, int]) -> int | None:
+    parts = module.split(".")
+    return 0 if len(parts) == 1 else table.get(parts[1])  # the package root holds only __version__
+
+
+def test_every_module_has_a_layer_and_each_folder_states_it():
+    table = layers()
+    assert table["errors"] == 1 and table["cli"] == 9 and table["client"] < table["devices"] < table["server"]
+    unplaced = sorted(m for m in import_graph() if layer_of(m, table) is None)
+    assert unplaced == [], f"modules outside every layer of fedtiny/__init__.py: {unplaced}"
+    for init in PACKAGE.glob("*/__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        stated = re.search(r"Layer (\d+) \(", doc)
+        assert stated, f"{init.parent.name}/__init__.py does not state its layer"
+        assert int(stated.group(1)) == table[init.parent.name], f"{init.parent.name}: layer {stated.group(1)}"
+
+
+def upward(graph: dict[str, set[str]], table: dict[str, int]) -> list[str]:
+    return sorted(f"{m} (layer {layer_of(m, table)}) imports {t} (layer {layer_of(t, table)})"
+                  for m, targets in graph.items() for t in targets if layer_of(t, table) > layer_of(m, table))
+
+
+def test_imports_point_only_to_the_same_or_a_lower_layer():
+    bad = upward(import_graph(), layers())
+    assert bad == [], "imports against the layers:\n" + "\n".join(bad)
+
+
+def test_the_layer_check_sees_an_upward_import():
+    graph = import_graph()
+    graph["fedtiny.client.round"] = graph["fedtiny.client.round"] | {"fedtiny.devices.backend"}
+    assert upward(graph, layers()) == ["fedtiny.client.round (layer 5) imports fedtiny.devices.backend (layer 6)"]

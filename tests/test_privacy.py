@@ -16,7 +16,7 @@ from fedtiny import _core
 from fedtiny.budgets.privacy import Accounting, epsilon, noise_for_target, noisy_sum_mean
 from fedtiny.config import compose
 from fedtiny.errors import ConfigError
-from fedtiny.fl.codec import Layout, decode
+from fedtiny.trainer.codec import Layout, decode
 
 from tests.dp_oracle import gaussian_epsilon, wor_gaussian_epsilon
 
@@ -180,7 +180,7 @@ def test_invalid_privacy_settings_fail_with_a_clear_message(override, message):
 
 
 def test_unreachable_target_fails_before_the_run(tmp_path, cache_dir):
-    from fedtiny.experiment import prepare_output
+    from fedtiny.server.prepare import prepare_output
 
     cfg = compose(["experiment=digits_quick", "privacy=central", "privacy.target_epsilon=0.0001",
                    f"cache_dir={cache_dir}", "progress=false"])

@@ -71,7 +71,7 @@ def test_board_url_from_node_config_or_the_experiment():
     from flwr.app import Context, RecordDict
 
     from fedtiny.config import compose
-    from fedtiny.fl.client_app import board_url
+    from fedtiny.client.round import board_url
 
     cfg = compose(['devices.urls=["socket://127.0.0.1:7001","socket://127.0.0.1:7002"]', "devices.partitions=[4,7]"])
     ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 4}, state=RecordDict(), run_config={})

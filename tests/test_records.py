@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from fedtiny.fl.records import check_record, expected_shapes, params_to_record, record_to_params
+from fedtiny.client.records import check_record, expected_shapes, params_to_record, record_to_params
 
 TEMPLATE = [(np.zeros(0, np.float32), np.zeros(0, np.float32)), (np.ones((3, 4), np.float32), np.ones(3, np.float32))]
 SHAPES = expected_shapes(TEMPLATE)

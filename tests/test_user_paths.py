@@ -131,7 +131,7 @@ def test_a_task_with_another_device_count_than_the_config_is_refused(tmp_path, c
     from fedtiny.config import compose
     from fedtiny.data import build_task, register_task
     from fedtiny.errors import ConfigError
-    from fedtiny.experiment import prepare_output
+    from fedtiny.server.prepare import prepare_output
 
     @register_task("digits_minus_one")
     def _build(cfg):

@@ -70,7 +70,7 @@ def codec_bytes(model: Model, config: TrainConfig, bits: int = 32, per_channel: 
                 error_feedback: bool = False) -> dict[str, int]:
     """Device RAM the update codec needs besides the arena: the error-feedback residual (one
     float32 per value sent, kept between rounds) and the encoded update (the transmit buffer)."""
-    from fedtiny.fl.codec import Layout, blob_bytes
+    from fedtiny.trainer.codec import Layout, blob_bytes
 
     tensors = update_tensors(model, config)
     return {"ef_residual": 4 * sum(n for n, _, _ in tensors) if error_feedback else 0,

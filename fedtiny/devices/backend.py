@@ -1,4 +1,5 @@
-"""The board backend of fedtiny's ClientApp: a training round run on a real or emulated board.
+"""The board backend (:class:`BoardBackend`, a :class:`fedtiny.client.backend.Backend`): a
+device's training round run on a real or emulated board.
 
 The ClientApp reaches the board through its bridge (``fedtiny board serve``, one long-lived
 process per board that owns the serial link), so each Flower message opens only a local TCP
@@ -26,13 +27,12 @@ from __future__ import annotations
 
 import zlib
 
-import numpy as np
 from flwr.app import Array, ArrayRecord
 
+from fedtiny.client.backend import RoundResult, RoundTask, partial_update
+from fedtiny.client.records import record_to_params
 from fedtiny.devices.link import BoardClient, BoardError
-from fedtiny.fl.records import record_to_params
-from fedtiny.fl.rounds import RoundResult, partial_update
-from fedtiny.trainer import Model, TrainConfig, Trainer
+from fedtiny.trainer import Trainer
 
 
 def cancel(url: str) -> bool:
@@ -48,39 +48,45 @@ def cancel(url: str) -> bool:
         return False
 
 
-def board_round(url: str, model: Model, tc: TrainConfig, received: dict[str, np.ndarray], epochs: int, seed: int,
-                codec_cfg, key: tuple[int, int, int], dp: tuple[float, float] | None, timeout_s: float):
-    """One training round on the board behind `url` (a bridge, or the board's own port); returns
-    a :class:`fedtiny.fl.rounds.RoundResult`."""
-    if bool(codec_cfg.error_feedback):
-        raise BoardError("error feedback keeps a residual between rounds, which the board firmware does not")
-    trainer = Trainer(model, tc)
-    start = trainer.device_params(record_to_params(ArrayRecord({k: Array(v) for k, v in received.items()}),
-                                                   trainer.get_params()))
-    _, subset = partial_update(trainer)
-    # without error feedback the simulated client's rounding rule is the same with and without DP
-    nearest = codec_cfg.rounding == "nearest"
-    clip, noise = dp if dp is not None else (0.0, 0.0)
-    # a bridge retries on the board's link itself (up to retries x its timeout per request);
-    # towards the bridge (local TCP) one try, long enough for that
-    board = BoardClient(url, timeout=120.0, retries=1, train_timeout=timeout_s)
-    try:
-        blob = model.to_bytes()
-        info = board.hello()
-        if info["start_layer"] != tc.start_layer:  # the arena would not be the planner's
-            raise BoardError(f"the board's data enters trainable layer {info['start_layer']} but this device's "
-                             f"update scheme starts at layer {tc.start_layer}: give the board data cached there")
-        if info["model_crc32"] != zlib.crc32(blob):
-            board.load_model(blob)
-        board.set_params(start)
+class BoardBackend:
+    """The board behind `url` (a bridge, or the board's own port); a TRAIN slower than
+    `timeout_s` fails the round (and is cancelled on the board)."""
+
+    def __init__(self, url: str, timeout_s: float):
+        self.url, self.timeout_s = url, float(timeout_s)
+
+    def train(self, task: RoundTask) -> RoundResult:
+        """One training round on the board (the steps in the module docstring)."""
+        url, model, tc, codec_cfg = self.url, task.model, task.train_config, task.codec
+        if bool(codec_cfg.error_feedback):
+            raise BoardError("error feedback keeps a residual between rounds, which the board firmware does not")
+        trainer = Trainer(model, tc)
+        start = trainer.device_params(record_to_params(ArrayRecord({k: Array(v) for k, v in task.received.items()}),
+                                                       trainer.get_params()))
+        _, subset = partial_update(trainer)
+        # without error feedback the simulated client's rounding rule is the same with and without DP
+        nearest = codec_cfg.rounding == "nearest"
+        clip, noise = task.dp if task.dp is not None else (0.0, 0.0)
+        # a bridge retries on the board's link itself (up to retries x its timeout per request);
+        # towards the bridge (local TCP) one try, long enough for that
+        board = BoardClient(url, timeout=120.0, retries=1, train_timeout=self.timeout_s)
         try:
-            res = board.train(tc, epochs, seed, int(codec_cfg.bits), bool(codec_cfg.per_channel), nearest, key, clip,
-                              noise)
-        except BoardError:  # too slow (or the link failed): free the board for the next round
-            cancel(url)
-            raise
-        blobs = board.update(res["update_bytes"])
-    finally:
-        board.close()
-    accuracy = res["correct"] / res["count"] if res["count"] else 0.0
-    return RoundResult(blobs, subset, float(res["loss"]), accuracy, int(res["arena_bytes"]))
+            blob = model.to_bytes()
+            info = board.hello()
+            if info["start_layer"] != tc.start_layer:  # the arena would not be the planner's
+                raise BoardError(f"the board's data enters trainable layer {info['start_layer']} but this device's "
+                                 f"update scheme starts at layer {tc.start_layer}: give the board data cached there")
+            if info["model_crc32"] != zlib.crc32(blob):
+                board.load_model(blob)
+            board.set_params(start)
+            try:
+                res = board.train(tc, task.epochs, task.seed, int(codec_cfg.bits), bool(codec_cfg.per_channel), nearest,
+                                  task.key, clip, noise)
+            except BoardError:  # too slow (or the link failed): free the board for the next round
+                cancel(url)
+                raise
+            blobs = board.update(res["update_bytes"])
+        finally:
+            board.close()
+        accuracy = res["correct"] / res["count"] if res["count"] else 0.0
+        return RoundResult(blobs, subset, float(res["loss"]), accuracy, int(res["arena_bytes"]))

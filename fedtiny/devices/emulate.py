@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from fedtiny.client.context import RunContext
 from fedtiny.config import SERIAL_MODES
 
 ROOT = Path(__file__).resolve().parents[2] / "device_trainer_c"
@@ -227,19 +228,18 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> str:
     return proc.stdout.readline().strip()
 
 
-def fleet_for_experiment(cfg, workdir: Path, log=print, **fleet_options) -> Fleet:
-    """Start `devices.emulate` boards for an experiment: board i holds the training split of
-    partition ``devices.partitions[i]`` (default i) as the simulated device has it: int8
-    boundary features, or float32 features cached where its update scheme starts."""
+def fleet_for_experiment(run: RunContext, workdir: Path, log=print, **fleet_options) -> Fleet:
+    """Start `devices.emulate` boards for a run: board i holds the training split of partition
+    ``devices.partitions[i]`` (default i) as the simulated device has it: int8 boundary
+    features, or float32 features cached where its update scheme starts."""
     from fedtiny.devices.link import data_block
-    from fedtiny.fl.state import client_state, config_json
 
+    cfg = run.cfg
     n = int(cfg.devices.emulate)
     parts = list(cfg.devices.partitions) or list(range(n))
-    cfg_json = config_json(cfg)
     blocks = []
     for pid in parts[:n]:
-        c = client_state(cfg_json, pid)
+        c = run.device(pid)
         blocks.append(data_block(c.x_train, c.y_train, c.start_layer))
     firmware = Path(cfg.devices.firmware) if cfg.devices.firmware else cached_firmware(cfg.cache_dir)
     log(f"emulating {n} mps2-an386 boards (partitions {parts[:n]}) with {firmware}")

@@ -155,7 +155,7 @@ class BoardClient:
         """Train on the board's local data from the global values it holds (LOAD, PARAMS) with the
         settings and update scheme of `tc` (a :class:`fedtiny.trainer.TrainConfig`), then encode the
         change; with clip > 0 the update is clipped (and gets local noise of std noise_std) as
-        :func:`fedtiny.fl.client_app.encode_private` does."""
+        :func:`fedtiny.client.round.encode_private` does."""
         updates = [u._arg() for u in tc.update] if tc.update is not None else []
         payload = struct.pack("<IIffffIIIIIIIffIII", epochs, seed & 0xFFFFFFFF, tc.lr, tc.momentum, tc.weight_decay,
                               tc.prox_mu, tc.batch_size, bits, int(per_channel), int(nearest), *key, clip, noise_std,

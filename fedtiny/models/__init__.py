@@ -1,4 +1,7 @@
-"""PyTorch backbones, pretraining on vendor data, and int8 export to the trainer's format."""
+"""PyTorch backbones, pretraining on vendor data, and int8 export to the trainer's format.
+
+Layer 3 (config, data, models): may import errors, trainer, config, data.
+"""
 
 from fedtiny.models.export import export_int8
 from fedtiny.models.nets import build_net

@@ -1,4 +1,8 @@
-"""The on-device trainer (C) from Python: model files, the trainer, and int8 kernels."""
+"""The on-device trainer (C) from Python: model files, the trainer, int8 kernels, and the
+update codec (``codec``) with the shape of an update (``updates``).
+
+Layer 2 (trainer): may import errors.
+"""
 
 from fedtiny.trainer.model_format import LayerSpec, ModelSpec, from_bytes, to_bytes, validate
 from fedtiny.trainer.runtime import EpochStats, EvalResult, LayerUpdate, Model, Plan, TrainConfig, Trainer, plan

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from fedtiny.client.context import RunContext, config_json, run_context
 from fedtiny.config import num_devices
 from fedtiny.errors import RunFailed
-from fedtiny.fl.prepare import int8_warning, memory_schemes, prepare_output  # noqa: F401  (public here too)
+from fedtiny.server.prepare import prepare_output
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -22,8 +23,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path, log=print) -> dict:
     """Simulate the federation: ``num_devices`` virtual SuperNodes on Ray. Returns the summary."""
     from flwr.simulation import run_simulation
 
-    from fedtiny.fl.client_app import app as client_app
-    from fedtiny.fl.server_app import make_server_app
+    from fedtiny.engine.apps import make_server_app, simulation_client_app
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
@@ -31,11 +31,11 @@ def run_experiment(cfg: DictConfig, out_dir: Path, log=print) -> dict:
     if int(cfg.devices.emulate) > 0:  # QEMU boards and their bridges live as long as the run
         from fedtiny.devices.emulate import fleet_for_experiment
 
-        fleet = fleet_for_experiment(cfg, out_dir / "boards", log)
+        fleet = fleet_for_experiment(run_context(config_json(cfg)), out_dir / "boards", log)
         cfg = cfg.copy()
         cfg.devices.urls = list(fleet.urls)
     try:
-        cfg_json = prepare_output(cfg, out_dir, log)
+        run: RunContext = prepare_output(cfg, out_dir, log)
         n = num_devices(cfg)
         boards = len(cfg.devices.urls)
         log(f"simulating {n - boards} devices{f' beside {boards} boards' if boards else ''} x {cfg.rounds} rounds "
@@ -48,8 +48,9 @@ def run_experiment(cfg: DictConfig, out_dir: Path, log=print) -> dict:
         }
         for name in ("flwr", "ray"):
             logging.getLogger(name).setLevel(logging.ERROR)  # e.g. run_simulation's deprecation notice
-        run_simulation(server_app=make_server_app(cfg_json, out_dir, outcome), client_app=client_app,
-                       num_supernodes=n, backend_config=backend_config)
+        run_simulation(server_app=make_server_app(run, out_dir, outcome),
+                       client_app=simulation_client_app(run.config_json), num_supernodes=n,
+                       backend_config=backend_config)
     finally:
         if fleet is not None:
             fleet.stop()

@@ -1,13 +1,11 @@
-"""fedtiny's Flower ServerApp (Message API).
+"""The server's side of a run, on any Flower ``Grid``.
 
-The server waits for the configured number of devices (taken from the config, not from the
-first ``get_node_ids()``), asks each node which partition it holds, then runs the strategy
+:func:`run_server` waits for the configured number of devices (taken from the config, not from
+the first ``get_node_ids()``), asks each node which partition it holds, then runs the strategy
 for ``rounds`` rounds: server-side evaluation of the global model on held-out field data
 before the first round and after each round, federated evaluation on the clients' test
-splits, and one metrics row per round.
-
-For ``flwr run .`` the ServerApp reads ``overrides`` (space-separated Hydra overrides) and
-``output-dir`` from the run config (``[tool.flwr.app.config]`` in pyproject.toml).
+splits, and one metrics row per round. Every message names the run by its id; the training
+messages add the round's settings (:func:`fedtiny.client.round.settings`).
 """
 
 from __future__ import annotations
@@ -17,20 +15,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.serverapp import Grid, ServerApp
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
 
 from fedtiny.budgets.energy import Board
 from fedtiny.config import num_devices
 from fedtiny.errors import ConfigError, RunFailed
-from fedtiny.fl.prepare import int8_drop, int8_warning, memory_schemes, prepare_output
-from fedtiny.fl.aggregate import channel_axes
-from fedtiny.fl.client_app import settings
-from fedtiny.fl.records import expected_shapes, params_to_record, record_to_params
-from fedtiny.fl.state import dp_denominators, experiment_state, features, privacy_plan
-from fedtiny.fl.strategy import build_strategy
-from fedtiny.results import RunRecorder
+from fedtiny.client.context import RunContext, features
+from fedtiny.client.records import expected_shapes, params_to_record, record_to_params
+from fedtiny.client.round import settings
+from fedtiny.server.prepare import int8_drop, int8_warning
+from fedtiny.server.recorder import RunRecorder
+from fedtiny.server.strategies import build_strategy
 from fedtiny.trainer import TrainConfig, Trainer, plan
+from fedtiny.trainer.updates import channel_axes
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout_s: float) -> list[int]:
@@ -65,9 +63,9 @@ def _federation_size(grid: Grid, nodes: list[int]) -> int | None:
     return None
 
 
-def partition_map(grid: Grid, nodes: list[int], cfg_json: str, timeout_s: float) -> dict[int, int]:
+def partition_map(grid: Grid, nodes: list[int], run_id: str, timeout_s: float) -> dict[int, int]:
     """partition id -> node id, from a query to every node (nodes that do not answer are left out)."""
-    msgs = [Message(RecordDict({"config": ConfigRecord({"fedtiny-config": cfg_json})}), dst_node_id=n,
+    msgs = [Message(RecordDict({"config": ConfigRecord({"run-id": run_id})}), dst_node_id=n,
                     message_type=MessageType.QUERY) for n in nodes]
     out = {}
     for reply in grid.send_and_receive(msgs, timeout=timeout_s):
@@ -76,8 +74,8 @@ def partition_map(grid: Grid, nodes: list[int], cfg_json: str, timeout_s: float)
     return out
 
 
-def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
-    state = experiment_state(cfg_json)
+def run_server(grid: Grid, state: RunContext, out_dir: Path) -> dict:
+    """Run the federation on `grid` and write its results into `out_dir`; returns the summary."""
     cfg, model = state.cfg, state.model
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -96,10 +94,10 @@ def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
 
     try:
         nodes = wait_for_nodes(grid, num_devices(cfg), float(cfg.simulation.timeout_s))
-        node_of = partition_map(grid, nodes, cfg_json, float(cfg.simulation.timeout_s))
+        node_of = partition_map(grid, nodes, state.run_id, float(cfg.simulation.timeout_s))
         strategy = build_strategy(cfg)
-        privacy = privacy_plan(cfg_json)
-        denominators = dp_denominators(cfg_json, expected_shapes(template), channel_axes(model)) \
+        privacy = state.privacy_plan()
+        denominators = state.dp_denominators(expected_shapes(template), channel_axes(model)) \
             if privacy["mode"] == "central" else None
         recorder.epsilons = privacy.get("epsilon_per_round", [])
         recorder.energy = (Board.from_cfg(cfg.board), float(cfg.energy.round_period_s))
@@ -107,10 +105,10 @@ def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
                        int(cfg.clients_per_round), recorder.log, int(cfg.codec.max_update_bytes),
                        int(cfg.codec.downlink_bits), privacy, denominators)
         rounds = int(privacy.get("rounds_allowed", cfg.rounds))
-        train_config = ConfigRecord({"fedtiny-config": cfg_json, **settings(cfg)})
+        train_config = ConfigRecord({"run-id": state.run_id, **settings(cfg)})
         strategy.start(grid=grid, initial_arrays=params_to_record(template), num_rounds=rounds,
                        timeout=float(cfg.simulation.timeout_s), train_config=train_config,
-                       evaluate_config=ConfigRecord({"fedtiny-config": cfg_json}), evaluate_fn=evaluate_fn)
+                       evaluate_config=ConfigRecord({"run-id": state.run_id}), evaluate_fn=evaluate_fn)
     finally:
         recorder.close()
     summary = recorder.finish({
@@ -128,9 +126,9 @@ def run_server(grid: Grid, cfg_json: str, out_dir: Path) -> dict:
                   "downlink_bits": int(cfg.codec.downlink_bits)},
         "board": str(cfg.board.name),
         "energy_budget_mj": cfg.energy.budget_mj, "battery_mj": cfg.energy.battery_mj,
-        "privacy": _privacy_summary(privacy_plan(cfg_json), int(cfg.rounds)),
+        "privacy": _privacy_summary(state.privacy_plan(), int(cfg.rounds)),
         "memory_schemes": {f"{kb:g}": {"scheme": sc.name, "precision": sc.precision, "arena_bytes": need}
-                           for kb, (sc, need) in memory_schemes(cfg_json).items()},
+                           for kb, (sc, need) in state.memory_schemes().items()},
         "title": f"{cfg.dataset.name} / {cfg.strategy.name}: {len(node_of)} devices, {cfg.rounds} rounds",
     })
     if summary["status"] != "ok":  # summary.json is written; the run must not look like a trained model
@@ -149,33 +147,3 @@ def _privacy_summary(plan: dict, rounds: int) -> dict:
         out["stop_reason"] = (f"round {allowed + 1} would raise epsilon to {plan['epsilon_per_round'][allowed]:.3f}, "
                               f"above privacy.max_epsilon; the run stopped after {allowed} rounds")
     return out
-
-
-def make_server_app(cfg_json: str, out_dir: Path, outcome: dict) -> ServerApp:
-    """A ServerApp bound to one experiment; `outcome` receives the summary or the error."""
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        try:
-            outcome["summary"] = run_server(grid, cfg_json, out_dir)
-        except BaseException as err:  # reported by the runner after the simulation stops
-            outcome["error"] = err
-            raise
-
-    return app
-
-
-app = ServerApp()
-
-
-@app.main()
-def flwr_main(grid: Grid, context: Context) -> None:
-    """Entry point for ``flwr run .``: compose the config from the run config's overrides."""
-    from fedtiny.config import compose
-
-    overrides = str(context.run_config.get("overrides", "")).split()
-    cfg = compose(overrides)
-    out_dir = Path(str(context.run_config.get("output-dir", "outputs/flwr-run"))) / time.strftime("%Y-%m-%d_%H-%M-%S")
-    cfg_json = prepare_output(cfg, out_dir)
-    run_server(grid, cfg_json, out_dir)

@@ -33,7 +33,7 @@ def expected_shapes(template: Params) -> dict[str, tuple[int, ...]]:
 
 def check_record(record: ArrayRecord, shapes: dict[str, tuple[int, ...]]) -> str | None:
     """None if `record` carries exactly the expected float32 finite arrays, else the reason."""
-    from fedtiny.fl.aggregate import parse_update
+    from fedtiny.trainer.updates import parse_update
 
     keys = set(record.keys())
     if keys != set(shapes):

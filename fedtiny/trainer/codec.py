@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedtiny import _core
-from fedtiny.fl.aggregate import declared_subset
+from fedtiny.trainer.updates import declared_subset
 
 HEADER_BYTES = 16
 VERSION = 1

@@ -1,7 +1,5 @@
-"""fedtiny's strategies: Flower's FedAvg, FedAdam and FedProx with one step changed.
-
-``FedtinyStrategy`` (a mixin placed before the Flower class) overrides sampling and the
-handling of replies; the maths stay Flower's:
+"""What every fedtiny strategy changes in its Flower strategy: ``FedtinyStrategy``, a mixin placed
+before the Flower class, overrides sampling and the handling of replies; the maths stay Flower's:
 
 * clients are sampled by partition id with a seeded generator (node ids are random in
   simulation), so the same seed samples the same devices;
@@ -9,13 +7,13 @@ handling of replies; the maths stay Flower's:
 * every update is validated (keys, declared channel subsets, shapes, dtype, finite values,
   example count); failed replies and rejected updates are counted and left out, never fatal;
 * updates may be partial (sparse update schemes, heterogeneous fleets): fedtiny averages each
-  output channel over the clients that updated it (``fedtiny.fl.aggregate.masked_mean``), then
+  output channel over the clients that updated it (``fedtiny.server.aggregate.masked_mean``), then
   every valid reply carries that mean into Flower's own step, so FedAvg/FedProx return it and
   FedAdam applies its server optimizer to it;
 * with ``codec.downlink_bits < 32`` the broadcast model travels encoded too; devices start from
   the decoded model, so an update is rebuilt as decoded global + change, while channels nobody
   updated keep the server's exact values;
-* updates arrive encoded (``fedtiny.fl.codec``): each tensor blob is validated (header,
+* updates arrive encoded (``fedtiny.trainer.codec``): each tensor blob is validated (header,
   bits, lengths, declared subset, finite scales, size limit) and decoded before the checks
   above; a malformed blob rejects the reply with its reason;
 * with ``privacy.mode=central`` the per-channel weighted mean becomes DP-FedAvg's noisy sum over
@@ -34,12 +32,12 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from fedtiny.budgets.privacy import noisy_sum_mean, update_norm
-from fedtiny.fl.aggregate import masked_mean, parse_update
-from fedtiny.fl.codec import decode, decode_update, encode, layout_of, payload_bytes, tensor_key
-from fedtiny.results import RoundLog
+from fedtiny.server.aggregate import masked_mean
+from fedtiny.trainer.updates import parse_update
+from fedtiny.trainer.codec import decode, decode_update, encode, layout_of, payload_bytes, tensor_key
+from fedtiny.server.recorder import RoundLog
 
 
 def weighted_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -207,28 +205,8 @@ class FedtinyStrategy:
         return metrics
 
 
-class FedtinyFedAvg(FedtinyStrategy, FedAvg):
-    pass
 
-
-class FedtinyFedAdam(FedtinyStrategy, FedAdam):
-    pass
-
-
-class FedtinyFedProx(FedtinyStrategy, FedProx):
-    pass
-
-
-def build_strategy(cfg) -> FedtinyStrategy:
-    common = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1,
-                  min_available_nodes=1, train_metrics_aggr_fn=weighted_metrics,
-                  evaluate_metrics_aggr_fn=weighted_metrics)
-    s = cfg.strategy
-    if s.name == "fedavg":
-        return FedtinyFedAvg(**common)
-    if s.name == "fedadam":
-        return FedtinyFedAdam(eta=float(s.eta), eta_l=float(cfg.client.lr), beta_1=float(s.beta_1),
-                              beta_2=float(s.beta_2), tau=float(s.tau), **common)
-    if s.name == "fedprox":
-        return FedtinyFedProx(proximal_mu=float(s.proximal_mu), **common)
-    raise ValueError(f"unknown strategy {s.name}")
+def common_args() -> dict:
+    """Flower's arguments every fedtiny strategy shares: fedtiny samples and counts itself."""
+    return dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1,
+                min_available_nodes=1, train_metrics_aggr_fn=weighted_metrics, evaluate_metrics_aggr_fn=weighted_metrics)

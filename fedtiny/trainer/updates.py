@@ -1,11 +1,12 @@
-"""Partial (sparse) updates: parsing, validation, and the per-channel weighted mean.
+"""The shape of a (partial) update: tensor keys, channel axes, declared channel subsets, and
+the checks a decoded update passes before anyone uses it.
 
-A client sends only the tensors its update scheme changes. A weight tensor updated on a subset
-of output channels travels compact (only those channels, along the layer's channel axis) and
-the reply's ConfigRecord ``subset`` lists them under ``channels.<key>``. The server averages
-each output channel over the clients that updated it, weighted by their example counts; a
-channel nobody updated keeps the global value. Contributor counts per channel are returned
-for the metrics.
+A client sends only the tensors its update scheme changes, keyed ``layer<k>.weight`` /
+``layer<k>.bias`` for the k-th trainable layer with parameters. A weight tensor updated on a
+subset of output channels travels compact (only those channels, along the layer's channel axis)
+and the reply's ConfigRecord ``subset`` lists them under ``channels.<key>``. The client, the
+codec and the server all read an update through these functions; the server's mean over
+updates is :func:`fedtiny.server.aggregate.masked_mean`.
 """
 
 from __future__ import annotations
@@ -62,29 +63,3 @@ def parse_update(arrays: dict[str, np.ndarray], subset: dict, shapes: dict[str, 
             return None, f"{key}: non-finite values"
         parsed[key] = (values, channels)
     return parsed, None
-
-
-def masked_mean(global_arrays: dict[str, np.ndarray], updates: list[tuple[float, Parsed]], axes: dict[str, int]
-                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Per-channel weighted mean over the clients that updated each channel (in the given order).
-    Returns the new arrays and, per key, how many clients updated each channel."""
-    out, contributors = {}, {}
-    for key, g in global_arrays.items():
-        axis = axes[key]
-        moved = np.moveaxis(g.astype(np.float64), axis, 0)
-        num = np.zeros_like(moved)
-        den = np.zeros(moved.shape[0])
-        count = np.zeros(moved.shape[0], dtype=np.int64)
-        for weight, parsed in updates:
-            if key not in parsed:
-                continue
-            values, channels = parsed[key]
-            idx = np.arange(moved.shape[0]) if channels is None else np.asarray(channels)
-            num[idx] += weight * np.moveaxis(values.astype(np.float64), axis, 0)
-            den[idx] += weight
-            count[idx] += 1
-        shape = (-1,) + (1,) * (moved.ndim - 1)
-        mean = np.where(den.reshape(shape) > 0, num / np.maximum(den, 1e-300).reshape(shape), moved)
-        out[key] = np.moveaxis(mean, 0, axis).astype(np.float32)
-        contributors[key] = count
-    return out, contributors

@@ -1,7 +1,7 @@
-"""Before a run starts, in the process that starts it and in the ServerApp: write the resolved
-config, make sure the backbone exists, and refuse what cannot run (a task of another size, an
-unreachable privacy target, a memory budget that holds no scheme), saying what was chosen.
-``fedtiny.experiment`` (the engine) and ``fedtiny.fl.server_app`` both use it.
+"""Before a run starts, where the server runs: write the resolved config, build the run's
+context (the backbone is pretrained here if no cached one exists), and refuse what cannot run
+(a task of another size, an unreachable privacy target, a memory budget that holds no scheme),
+saying what was chosen. The engines (``fedtiny.engine``) call it before any client starts.
 """
 
 from __future__ import annotations
@@ -12,15 +12,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedtiny.config import num_devices
 from fedtiny.errors import ConfigError
-from fedtiny.fl.state import config_json, experiment_state
+from fedtiny.client.context import RunContext, config_json, run_context
 
 
-def prepare_output(cfg: DictConfig, out_dir: Path, log=print) -> str:
-    """Write the resolved config and make sure the pretrained backbone exists (before Ray)."""
+def prepare_output(cfg: DictConfig, out_dir: Path, log=print) -> RunContext:
+    """Write the resolved config and build the run's context (before any client starts)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    cfg_json = config_json(cfg)
-    state = experiment_state(cfg_json, log=log)
+    state = run_context(config_json(cfg), log=log)
     if len(state.task.clients) != num_devices(cfg):  # the federation is sized from the config
         raise ConfigError(f"the {cfg.dataset.name} task holds {len(state.task.clients)} devices but the config asks "
                           f"for {num_devices(cfg)} (dataset.num_clients); set dataset.num_clients="
@@ -32,19 +31,17 @@ def prepare_output(cfg: DictConfig, out_dir: Path, log=print) -> str:
     warning = int8_warning(r, float(cfg.model.int8_max_drop))
     if warning:
         log(f"warning: {warning}")
-    from fedtiny.fl.state import privacy_plan
-
-    dp = privacy_plan(cfg_json)  # an unreachable privacy target fails here
+    dp = state.privacy_plan()  # an unreachable privacy target fails here
     if dp["mode"] != "off":
         log(f"privacy {dp['mode']}: clip {dp['clip']:g}, noise multiplier {dp['noise_multiplier']:.3f}, q {dp['q']:.3g}, "
             f"epsilon after {dp['rounds_allowed']} rounds {dp['epsilon_per_round'][dp['rounds_allowed'] - 1]:.3f} "
             f"(delta {dp['delta']:g}, {dp['accountant']})")
         if dp["rounds_allowed"] < int(cfg.rounds):
             log(f"privacy.max_epsilon allows {dp['rounds_allowed']} of {cfg.rounds} rounds: the run will stop there")
-    for kb, (scheme, need) in memory_schemes(cfg_json).items():  # an impossible budget fails here
+    for kb, (scheme, need) in state.memory_schemes().items():  # an impossible budget fails here
         log(f"memory budget {kb:g} KiB (minus {cfg.budget.memory.reserve_kb:g} reserved): scheme {scheme.name}, "
             f"arena {need:,} B")
-    return cfg_json
+    return state
 
 
 def int8_drop(report: dict) -> float:
@@ -60,11 +57,3 @@ def int8_warning(report: dict, max_drop: float) -> str:
     return (f"the int8 backbone scores {drop:.3f} below float on field data ({report['int8_field_accuracy']:.3f} vs "
             f"{report['float_field_accuracy']:.3f}; model.int8_max_drop={max_drop:g}): more calibration samples "
             f"(model.calibration_samples) or a wider model may help")
-
-
-def memory_schemes(cfg_json: str) -> dict:
-    """The update scheme and arena bytes of every distinct memory budget of the run."""
-    from fedtiny.fl.state import device_scheme
-
-    cfg = experiment_state(cfg_json).cfg
-    return {float(kb): device_scheme(cfg_json, float(kb)) for kb in sorted(set(cfg.budget.memory.sram_kb))}

@@ -1,36 +1,39 @@
-"""fedtiny's Flower ClientApp (Message API): a simulated MCU client running the C trainer.
+"""One device's part in a round, as fedtiny's Flower ClientApp plays it (Message API).
 
-The server's ConfigRecord carries the experiment config (``fedtiny-config``, JSON) and the
-round's training settings; the client trains its float suffix on cached frozen-prefix
-features and replies with its update and metrics (``num-examples``, ``train-loss``,
-``train-accuracy``, ``partition-id``, ``arena-bytes``, ``ef-residual-norm``).
+A training message carries the run's identifier (``run-id``, see
+:mod:`fedtiny.client.context`) and the round's settings (``server-round``, ``lr``,
+``momentum``, ``weight-decay``, ``batch-size``, ``epochs``, and when they apply
+``proximal-mu``, ``dp-clip``, ``dp-noise-std``, ``downlink-bits``): what a device needs to
+receive for the round, not the experiment's config. The device decodes the broadcast, plans
+its epochs under its energy budget, has a backend train (:class:`~fedtiny.client.simulated.SimulatedBackend`,
+or a board's backend when the node holds a board) and replies with its update and metrics
+(``num-examples``, ``train-loss``, ``train-accuracy``, ``partition-id``, ``arena-bytes``,
+``ef-residual-norm``, energy and compute figures).
 
-The update is what a board would send: for every tensor the scheme trained, the change
-``w_local - w_global`` (channel subsets compact, listed in the ``subset`` ConfigRecord),
-encoded by the C encoder (``fedtiny.fl.codec``, ``ft_codec.h``) into one uint8 blob per tensor.
-With error feedback the device keeps the rounding residual in its node state between rounds.
+These functions take the run's :class:`~fedtiny.client.context.RunContext` explicitly; the
+ClientApp (``fedtiny.engine.apps``) finds it and passes the board backend in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
 from flwr.common.serde import recorddict_to_proto
 
 from fedtiny import _core
 from fedtiny.budgets.energy import (Board, affordable_epochs, compute_mj, compute_seconds, round_energy,
                                     training_macs)
-from fedtiny.fl import codec
-from fedtiny.fl.aggregate import channel_axes
-from fedtiny.fl.records import expected_shapes, record_to_params
-from fedtiny.fl.rounds import RoundResult, partial_update
-from fedtiny.fl.state import client_state, device_budget_kb, device_scheme, experiment_state, train_config_for
-from fedtiny.trainer import TrainConfig, Trainer
+from fedtiny.client.backend import Backend, RoundTask
+from fedtiny.client.context import RunContext
+from fedtiny.client.records import expected_shapes, record_to_params
+from fedtiny.client.simulated import SimulatedBackend
+from fedtiny.trainer import TrainConfig, Trainer, codec
+from fedtiny.trainer.updates import channel_axes
 
-app = ClientApp()
+BoardBackends = Callable[[str, float], Backend]  # (bridge URL, timeout in s) -> the board's backend
 
 
 def _partition(context: Context) -> int:
@@ -41,7 +44,14 @@ def train_seed(seed: int, server_round: int, partition_id: int) -> int:
     return (seed * 1_000_003 + server_round * 7_919 + partition_id) & 0xFFFFFFFF
 
 
-@app.query()
+def check_run(msg: Message, run: RunContext) -> None:
+    """Refuse a message of another run: this process's config is not the server's."""
+    sent = str(msg.content["config"].get("run-id", ""))
+    if sent != run.run_id:
+        raise ValueError(f"the server's run is {sent or 'unnamed'} but this node's config makes run {run.run_id}: "
+                         f"start the node with the server's config (the same overrides and fedtiny version)")
+
+
 def query(msg: Message, context: Context) -> Message:
     """Tell the server which partition (device) this node holds."""
     answer = {"partition-id": _partition(context)}
@@ -50,20 +60,21 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": MetricRecord(answer)}), reply_to=msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
+def train(msg: Message, context: Context, run: RunContext, boards: BoardBackends | None = None) -> Message:
+    """A training round of the device this node holds; `boards` makes the backend of a node
+    that holds a board (None: every device is simulated)."""
+    check_run(msg, run)
     conf: ConfigRecord = msg.content["config"]
-    cfg_json = str(conf["fedtiny-config"])
     pid, rnd = _partition(context), int(conf["server-round"])
-    cfg = experiment_state(cfg_json).cfg
+    cfg = run.cfg
     if _fault(cfg.faults.raise_partitions, cfg.faults.raise_rounds, pid, rnd):
         raise RuntimeError(f"injected fault: partition {pid} raises in round {rnd}")
-    data = client_state(cfg_json, pid)
-    scheme, _ = device_scheme(cfg_json, device_budget_kb(cfg, pid))
-    tc = replace(train_config_for(cfg_json, pid), lr=float(conf["lr"]), momentum=float(conf["momentum"]),
+    data = run.device(pid)
+    scheme, _ = run.device_scheme(pid)
+    tc = replace(run.train_config(pid), lr=float(conf["lr"]), momentum=float(conf["momentum"]),
                  weight_decay=float(conf["weight-decay"]), batch_size=int(conf["batch-size"]),
                  prox_mu=float(conf.get("proximal-mu", 0.0)))
-    model = experiment_state(cfg_json).model
+    model = run.model
     epochs, energy = _energy_plan(cfg, model, tc, len(data.y_train), int(conf["epochs"]), msg, context)
     if epochs == 0:  # the device cannot afford a single epoch this round: it declines
         return Message(RecordDict({"metrics": MetricRecord({"declined": 1, "partition-id": pid,
@@ -74,13 +85,15 @@ def train(msg: Message, context: Context) -> Message:
     dp = (float(conf["dp-clip"]), float(conf["dp-noise-std"])) if "dp-clip" in conf else None
     seed = train_seed(int(cfg.seed), rnd, pid)
     url = board_url(cfg, pid, context)
+    backend: Backend
     if url is not None:  # a real or emulated board behind its bridge trains this partition
-        from fedtiny.devices.backend import board_round
-
-        res = board_round(url, model, tc, received, epochs, seed, cfg.codec, key, dp, float(cfg.devices.timeout_s))
+        if boards is None:
+            raise RuntimeError(f"partition {pid} is a board ({url}) but this ClientApp has no board backend")
+        backend = boards(url, float(cfg.devices.timeout_s))
     else:
-        res = simulated_round(model, tc, received, data.x_train, data.y_train, epochs, seed, cfg.codec, key, dp,
-                              context, nan=_fault(cfg.faults.nan_partitions, cfg.faults.nan_rounds, pid, rnd))
+        backend = SimulatedBackend(data.x_train, data.y_train, context,
+                                   nan=_fault(cfg.faults.nan_partitions, cfg.faults.nan_rounds, pid, rnd))
+    res = backend.train(RoundTask(model, tc, received, epochs, seed, cfg.codec, key, dp))
     blobs, subset = res.blobs, res.subset
     macs = training_macs(model, tc, len(data.y_train), epochs)
     if _fault(cfg.faults.malformed_partitions, cfg.faults.malformed_rounds, pid, rnd):
@@ -96,34 +109,6 @@ def train(msg: Message, context: Context) -> Message:
     subset["scheme"] = scheme.name if scheme is not None else "all"
     record = ArrayRecord({k: Array(b) for k, b in blobs.items()})
     return Message(RecordDict({"arrays": record, "metrics": metrics, "subset": ConfigRecord(subset)}), reply_to=msg)
-
-
-def simulated_round(model, tc: TrainConfig, received: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
-                    epochs: int, seed: int, codec_cfg, key: tuple[int, int, int], dp: tuple[float, float] | None,
-                    context: Context | None, nan: bool = False) -> RoundResult:
-    """One device's round in simulation: load the broadcast values of the tensors the scheme
-    trains (the others stay as in its model file, its flash), train, and encode the change
-    w_local - w_global with the C encoder (or the DP encoder when dp = (clip, noise std))."""
-    trainer = Trainer(model, tc)
-    trainer.set_params(record_to_params(ArrayRecord({k: Array(v) for k, v in received.items()}), trainer.get_params()),
-                       only_updated=True)
-    stats = trainer.train_epochs(x, y, epochs=epochs, seed=seed)
-    arrays, subset = partial_update(trainer)
-    axes = channel_axes(trainer.model)
-    deltas = {}
-    for name, local in arrays.items():
-        g = received[name]
-        channels = subset.get(f"channels.{name}")
-        if channels is not None:
-            g = np.take(g, channels, axis=axes[name])
-        deltas[name] = (local - g).astype(np.float32)
-    if nan:
-        deltas = {k: np.full_like(d, np.nan) for k, d in deltas.items()}
-    if dp is not None:  # differential privacy: clip the quantized update (and add local noise) in C
-        return RoundResult(encode_private(deltas, axes, codec_cfg, key, *dp), subset, stats.loss, stats.accuracy,
-                           trainer.arena_hwm)
-    blobs, residual_norm = encode_update(deltas, axes, codec_cfg, key, context)
-    return RoundResult(blobs, subset, stats.loss, stats.accuracy, trainer.arena_hwm, residual_norm)
 
 
 def board_url(cfg, pid: int, context: Context | None) -> str | None:
@@ -189,58 +174,6 @@ def received_arrays(msg: Message, trainer: Trainer) -> dict[str, np.ndarray]:
     return out
 
 
-def encode_update(deltas: dict[str, np.ndarray], axes: dict[str, int], codec_cfg, key_parts: tuple[int, int, int],
-                  context: Context | None) -> tuple[dict[str, np.ndarray], float]:
-    """Encode each tensor's change with the device's C encoder. Weights use per-channel scales
-    if configured, biases one scale per tensor; rounding is deterministic with error feedback
-    (``codec.rounding=auto``) or as configured. With error feedback the residual of each tensor
-    lives in ``context.state['ef-residual']`` between rounds. Returns the blobs and the norm of
-    the residual carried into this update (0 without error feedback or in a device's first round)."""
-    bits, ef = int(codec_cfg.bits), bool(codec_cfg.error_feedback)
-    nearest = codec_cfg.rounding == "nearest" or (codec_cfg.rounding == "auto" and ef)
-    stored = {}
-    if ef and context is not None and "ef-residual" in context.state.array_records:
-        stored = {k: a.numpy() for k, a in context.state.array_records["ef-residual"].items()}
-    blobs, kept, carried = {}, {}, 0.0
-    for index, key in enumerate(sorted(deltas)):
-        d = deltas[key]
-        residual = None
-        if ef:
-            r = stored.get(key)
-            residual = np.array(r, np.float32).reshape(-1) if r is not None and r.shape == d.shape else \
-                np.zeros(d.size, np.float32)
-            carried += float(np.sum(residual.astype(np.float64) ** 2))
-        per_channel = bool(codec_cfg.per_channel) and key.endswith(".weight")
-        blobs[key] = codec.encode(d, bits, per_channel, codec.layout_of(d.shape, axes[key]),
-                                  codec.tensor_key(*key_parts, index), residual, nearest)
-        if residual is not None:
-            kept[key] = residual.reshape(d.shape)
-    if ef and context is not None:
-        context.state["ef-residual"] = ArrayRecord({k: Array(v) for k, v in kept.items()})
-    return blobs, float(np.sqrt(carried))
-
-
-def encode_private(deltas: dict[str, np.ndarray], axes: dict[str, int], codec_cfg, key_parts: tuple[int, int, int],
-                   clip: float, noise_std: float) -> dict[str, np.ndarray]:
-    """Encode the whole update with the device's C routine for DP (``ft_codec_encode_update``):
-    clip to L2 norm `clip` over all tensors so that the *decoded* update stays within it, after
-    adding N(0, noise_std^2) per value when noise_std > 0 (local DP)."""
-    bits = int(codec_cfg.bits)
-    nearest = codec_cfg.rounding == "nearest"
-    keys = sorted(deltas)
-    tensors = []
-    for index, key in enumerate(keys):
-        d = np.ascontiguousarray(deltas[key], np.float32).reshape(-1)
-        layout = codec.layout_of(deltas[key].shape, axes[key])
-        per_channel = bool(codec_cfg.per_channel) and key.endswith(".weight")
-        tensors.append((bits, int(per_channel), layout.channels, int(layout.channel_last), int(nearest), d,
-                        codec.tensor_key(*key_parts, index)))
-    status, blobs, _, _ = _core.codec_encode_update(tensors, clip, noise_std, codec.tensor_key(*key_parts, 0xD9))
-    if status != 0:
-        raise ValueError(f"DP encoding failed: {_core.status_name(status)}")
-    return dict(zip(keys, blobs))
-
-
 def malform(blobs: dict[str, np.ndarray], subset: dict, kind: str, max_bytes: int) -> tuple[dict, dict]:
     """A deliberately broken update (faults.malformed_*), to exercise the server's checks."""
     key = sorted(blobs)[-1]
@@ -269,13 +202,12 @@ def _fault(partitions, rounds, pid: int, rnd: int) -> bool:
     return pid in partitions and (not rounds or rnd in rounds)
 
 
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    conf: ConfigRecord = msg.content["config"]
-    cfg_json = str(conf["fedtiny-config"])
+def evaluate(msg: Message, context: Context, run: RunContext) -> Message:
+    """Evaluate the broadcast model on the test split of the device this node holds."""
+    check_run(msg, run)
     pid = _partition(context)
-    data = client_state(cfg_json, pid)
-    trainer = Trainer(experiment_state(cfg_json).model, TrainConfig())
+    data = run.device(pid)
+    trainer = Trainer(run.model, TrainConfig())
     received = received_arrays(msg, trainer)
     trainer.set_params(record_to_params(ArrayRecord({k: Array(v) for k, v in received.items()}), trainer.get_params()))
     res = trainer.evaluate(data.x_test, data.y_test)
@@ -285,10 +217,10 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def settings(cfg) -> dict:
-    """The per-round training settings the server sends (besides the config JSON)."""
+    """The per-round training settings the server sends (besides the run id)."""
     c = cfg.client
     return {"lr": float(c.lr), "momentum": float(c.momentum), "weight-decay": float(c.weight_decay),
             "batch-size": int(c.batch_size), "epochs": int(c.epochs)}
 
 
-__all__ = ["app", "settings", "train_seed"]
+__all__ = ["evaluate", "query", "settings", "train", "train_seed"]
