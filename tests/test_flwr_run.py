@@ -1,4 +1,4 @@
-"""`flwr run .` exactly as the README writes it, on a fresh FLWR_HOME: the run completes, a
+"""`flwr run .` exactly as the user guide (docs/user-guide.md) writes it, on a fresh FLWR_HOME: the run completes, a
 federation too small for the experiment fails at once naming the fix, and `fedtiny flower stop`
 stops the local SuperLink that flwr started and no other process."""
 
@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("### With Flower's CLI"):]
+    text = (ROOT / "docs" / "user-guide.md").read_text()
+    section = text[text.index("## With Flower's CLI"):]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     return [ln for ln in block.splitlines() if ln.strip()]
 
@@ -35,7 +35,7 @@ def _decoy(home: Path) -> subprocess.Popen:
 def flwr_env(tmp_path_factory, cache_dir):
     home = tmp_path_factory.mktemp("flwr-home")
     env = dict(os.environ, FLWR_HOME=str(home), FEDTINY_CACHE=str(cache_dir), FLWR_TELEMETRY_ENABLED="0")
-    env.pop("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", None)  # the README's export sets it
+    env.pop("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", None)  # the guide's export sets it
     yield home, env
     from fedtiny.engine.flower_local import stop
 
@@ -48,7 +48,7 @@ def _runs(env) -> list[dict]:
     return json.loads(out[out.index("{"):])["runs"]
 
 
-def test_flwr_run_as_the_readme_writes_it(flwr_env, tmp_path_factory):
+def test_flwr_run_as_the_user_guide_writes_it(flwr_env, tmp_path_factory):
     from fedtiny.engine.flower_local import local_superlink_pids
 
     home, env = flwr_env
