@@ -74,6 +74,62 @@ def test_bytes_are_counted_exactly(faulty_runs):
         assert a["summary"][f"{k}_total"] == sum(int(r[k]) for r in a["rows"])
 
 
+def test_a_message_carries_the_run_id_and_the_round_settings_only(faulty_runs):
+    """What a device receives is the model plus what it needs for the round: every training and
+    evaluation message has exactly the size of a RecordDict built here from the parameters, the
+    run id and the round's settings, serialized by Flower's own protobuf code. The experiment's
+    config (about 1.9 KB of JSON) is not in it."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+    from flwr.common.serde import recorddict_to_proto
+
+    from fedtiny.client.context import RunContext
+    from fedtiny.trainer import TrainConfig, Trainer
+
+    a, _ = faulty_runs
+    state = RunContext(a["cfg"])
+    assert len(state.run_id) == 16 and int(state.run_id, 16) >= 0
+    params = Trainer(state.model, TrainConfig()).get_params()
+    arrays = ArrayRecord({f"layer{k}.{n}": Array(np.zeros(t.shape, np.float32))
+                          for k, (w, b) in enumerate(params) if w.size for n, t in (("weight", w), ("bias", b))})
+    c = a["cfg"].client
+    traffic = list(csv.DictReader(open(a["dir"] / "traffic.csv")))
+    for rnd in (1, 2, 3):
+        config = {"run-id": state.run_id, "server-round": rnd}
+        expected = {"evaluate": recorddict_to_proto(RecordDict({"arrays": arrays, "config": ConfigRecord(config)})),
+                    "train": recorddict_to_proto(RecordDict({"arrays": arrays, "config": ConfigRecord({
+                        **config, "lr": float(c.lr), "momentum": float(c.momentum),
+                        "weight-decay": float(c.weight_decay), "batch-size": int(c.batch_size),
+                        "epochs": int(c.epochs)})}))}
+        for stage, proto in expected.items():
+            sizes = {int(t["payload_bytes"]) + int(t["overhead_bytes"]) for t in traffic
+                     if t["round"] == str(rnd) and t["direction"] == "down" and t["stage"] == stage}
+            assert sizes == {proto.ByteSize()}, (stage, rnd)
+            assert proto.ByteSize() < 4 * sum(w.size + b.size for w, b in params) + 1000  # no config inside
+
+
+def test_a_node_with_another_config_refuses_the_message(faulty_runs):
+    """A client whose config makes another run id (here: another seed) refuses the message,
+    naming both runs, instead of training another experiment."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from fedtiny.client.context import RunContext, run_id_of, config_json
+    from fedtiny.client.round import check_run
+
+    a, _ = faulty_runs
+    mine = RunContext(a["cfg"])
+    other = a["cfg"].copy()
+    other.seed = int(other.seed) + 1
+    theirs = run_id_of(config_json(other))
+    msg = Message(RecordDict({"config": ConfigRecord({"run-id": theirs})}), dst_node_id=1, message_type="train")
+    with pytest.raises(ValueError, match=f"server's run is {theirs} but this node's config makes run {mine.run_id}"):
+        check_run(msg, mine)
+    check_run(Message(RecordDict({"config": ConfigRecord({"run-id": mine.run_id})}), dst_node_id=1,
+                      message_type="train"), mine)
+    moved = a["cfg"].copy()
+    moved.cache_dir, moved.progress = "/elsewhere", not moved.progress  # where files live: not the run's identity
+    assert run_id_of(config_json(moved)) == mine.run_id
+
+
 def test_quantized_updates_and_malformed_blobs(codec_run):
     """4-bit updates with error feedback and an 8-bit downlink; in round 2 six devices send six
     kinds of malformed blobs: each is rejected with its reason and counted, and the run goes on."""

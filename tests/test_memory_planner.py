@@ -88,7 +88,7 @@ def test_codec_items_match_a_real_encoded_update(model, bits):
     """ef_residual = one float per value the update sends (the C plan's update_count); tx_buffer =
     the bytes of the blobs the client really encodes for this scheme."""
     from fedtiny.trainer.updates import channel_axes
-    from fedtiny.client.round import partial_update
+    from fedtiny.client.backend import partial_update
     from fedtiny.trainer.codec import encode, layout_of
     from fedtiny.trainer import Trainer, plan
 
