@@ -31,6 +31,21 @@ def conf_dir() -> Path:
 
 
 @dataclass
+class ImuShift:  # fedtiny.data.shift: per-device mounting rotation (degrees), gain (log-uniform), offset (std)
+    rotation: float = 0.0
+    gain: float = 0.0
+    offset: float = 0.0
+
+
+@dataclass
+class ImageShift:  # fedtiny.data.shift: per-device ranges [lo, hi] of exposure, log contrast, rotation (deg), noise
+    exposure: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    contrast: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    rotation: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    noise: list[float] = field(default_factory=lambda: [0.0, 0.0])
+
+
+@dataclass
 class WatchData:
     name: str = "watch"
     pretrain_subjects: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
@@ -39,6 +54,7 @@ class WatchData:
     overlap: float = 0.5
     test_fraction: float = 0.2
     holdout_fraction: float = 0.2
+    field_shift: ImuShift = field(default_factory=ImuShift)
     seed: int = 0
 
 
@@ -63,6 +79,7 @@ class FashionData:
     test_fraction: float = 0.2
     server_test_size: int = 2000
     max_samples_per_client: int = 0
+    field_shift: ImageShift = field(default_factory=ImageShift)
     seed: int = 0
 
 
@@ -117,10 +134,16 @@ class ClientCfg:
     rounding: str = "stochastic"  # int8 steps: stochastic or nearest
 
 
+SIM_BACKENDS = ("inprocess", "ray")
+
+
 @dataclass
 class SimulationCfg:
+    backend: str = "inprocess"
+    workers: int | None = None
     num_cpus: int = 2
     client_cpus: float = 1.0
+    address: str | None = None
     timeout_s: float = 600.0
 
 
@@ -278,6 +301,15 @@ def validate(cfg: DictConfig) -> DictConfig:
     from fedtiny.models.nets import ARCHITECTURES
 
     _check(top.rounds >= 1, f"rounds must be >= 1, got {top.rounds}")
+    shift = getattr(top.dataset, "field_shift", None)
+    if shift is not None and "exposure" in shift:
+        for key in ("exposure", "contrast", "rotation", "noise"):
+            r = list(getattr(shift, key))
+            _check(len(r) == 2 and r[0] <= r[1], f"dataset.field_shift.{key} must be a range [lo, hi] with lo <= hi, got {r}")
+        _check(shift.noise[0] >= 0, f"dataset.field_shift.noise must be >= 0, got {list(shift.noise)}")
+    elif shift is not None:
+        for key in ("rotation", "gain", "offset"):
+            _check(getattr(shift, key) >= 0, f"dataset.field_shift.{key} must be >= 0, got {getattr(shift, key)}")
     _check(top.clients_per_round >= 0, f"clients_per_round must be >= 0 (0 = all), got {top.clients_per_round}")
     _check(top.model.arch in ARCHITECTURES,
            f"model.arch: unknown architecture '{top.model.arch}' (known: {', '.join(sorted(ARCHITECTURES))})")
@@ -298,6 +330,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(s.num_cpus >= 1 and 0 < s.client_cpus <= s.num_cpus,
            f"simulation: need num_cpus >= 1 and 0 < client_cpus <= num_cpus, got {s.num_cpus} and {s.client_cpus}")
     _check(s.timeout_s > 0, f"simulation.timeout_s must be > 0, got {s.timeout_s}")
+    _check(s.backend in SIM_BACKENDS, f"simulation.backend must be one of {list(SIM_BACKENDS)}, got {s.backend!r}")
+    _check(s.workers is None or s.workers >= 0, f"simulation.workers must be >= 0 (0: in the server's process), got {s.workers}")
     mem = top.budget.memory
     _check(mem.reserve_kb >= 0 and all(kb > mem.reserve_kb for kb in mem.sram_kb),
            f"budget.memory: every sram_kb must exceed reserve_kb={mem.reserve_kb}, got {list(mem.sram_kb)}")
@@ -397,7 +431,13 @@ def num_devices(cfg: DictConfig) -> int:
 
 
 def dataset_dict(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg.dataset, resolve=True)
+    """The dataset group as a dict (what a backbone's cache key hashes); a field shift that is
+    all zeros is left out, so it names the same backbone as no shift."""
+    out = OmegaConf.to_container(cfg.dataset, resolve=True)
+    values = [float(x) for v in (out.get("field_shift") or {}).values() for x in (v if isinstance(v, list) else [v])]
+    if not any(values):
+        out.pop("field_shift", None)
+    return out
 
 
 def compose(overrides: list[str]) -> DictConfig:

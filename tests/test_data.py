@@ -83,3 +83,62 @@ def test_idx_reader_rejects_bad_files(tmp_path):
         fh.write(b"\x00\x00\x0d\x01" + (1).to_bytes(4, "big") + b"abcd")
     with pytest.raises(ConfigError, match="not an unsigned-byte IDX"):
         read_idx(wrong)
+
+
+def test_image_sensor_by_hand():
+    """No rotation, no noise: the sensor is contrast * x + exposure, clipped to the pixel range."""
+    from fedtiny.data.shift import ImageSensor
+
+    x = np.linspace(-0.5, 0.5, 2 * 4 * 4).reshape(2, 4, 4, 1).astype(np.float32)
+    s = ImageSensor(exposure=-0.2, contrast=0.5, angle=0.0, noise=0.0)
+    assert np.allclose(s.apply(x, np.random.default_rng(0)), np.clip(0.5 * x - 0.2, -0.5, 0.5))
+    turned = ImageSensor(0.0, 1.0, 90.0, 0.0).apply(x, np.random.default_rng(0))
+    assert np.allclose(turned[..., 0], np.rot90(x[..., 0], k=1, axes=(1, 2)), atol=1e-6)  # a quarter turn
+    noisy = ImageSensor(0.0, 1.0, 0.0, 0.05).apply(np.zeros((50, 8, 8, 1), np.float32), np.random.default_rng(0))
+    assert abs(float(noisy.std()) - 0.05) < 0.005
+
+
+def test_imu_sensor_rotates_both_sensors_alike():
+    """Gain 1 and offset 0: each accelerometer and gyroscope vector keeps its length, and the two
+    turn by the same proper rotation."""
+    from fedtiny.data.shift import ImuSensor
+
+    rng = np.random.default_rng(1)
+    s = ImuSensor.draw(rng, rotation=40.0, gain=0.0, offset=0.0)
+    r = s.rotation
+    assert np.allclose(r @ r.T, np.eye(3)) and np.isclose(np.linalg.det(r), 1.0)
+    angle = np.degrees(np.arccos((np.trace(r) - 1) / 2))
+    assert 0 < angle <= 40.0 + 1e-9
+    x = rng.normal(size=(5, 100, 6)).astype(np.float32)
+    y = s.apply(x)
+    assert np.allclose(np.linalg.norm(y[..., :3], axis=-1), np.linalg.norm(x[..., :3], axis=-1), atol=1e-5)
+    assert np.allclose(y[..., 3:], x[..., 3:] @ r.T, atol=1e-5) and np.allclose(y[..., :3], x[..., :3] @ r.T, atol=1e-5)
+    g = ImuSensor.draw(np.random.default_rng(2), rotation=0.0, gain=0.3, offset=0.5)
+    assert np.allclose(g.apply(x), x * g.gain + g.offset, atol=1e-5) and np.all(np.abs(np.log(g.gain)) <= 0.3)
+
+
+def test_field_shift_is_per_device_and_off_by_default():
+    """A shifted fashion task keeps labels and sizes, moves every device's pixels, differently per
+    device, the same on every build; with the default (all zero) nothing moves, and watch with a
+    mounting shift keeps its windows' shapes but changes their values."""
+    base = ["dataset=fashion", "dataset.num_clients=20", "dataset.max_samples_per_client=40",
+            "dataset.server_test_size=100"]
+    plain = build_task("fashion", compose(base).dataset)
+    shift = base + ["dataset.field_shift.exposure=[-0.3,-0.1]", "dataset.field_shift.contrast=[-0.9,-0.3]",
+                    "dataset.field_shift.rotation=[-5,5]", "dataset.field_shift.noise=[0,0.05]"]
+    a, b = build_task("fashion", compose(shift).dataset), build_task("fashion", compose(shift).dataset)
+    for c0, c1, c2 in zip(plain.clients, a.clients, b.clients):
+        assert np.array_equal(c0.train.y, c1.train.y) and c1.train.x.shape == c0.train.x.shape
+        assert np.array_equal(c1.train.x, c2.train.x) and not np.allclose(c1.train.x, c0.train.x)
+        assert np.std(c1.train.x) < np.std(c0.train.x)  # flatter than the vendor's camera
+    gains = [np.std(c1.train.x) / np.std(c0.train.x) for c0, c1 in zip(plain.clients, a.clients)]
+    assert np.ptp(gains) > 0.05  # each device its own contrast
+    assert not np.allclose(a.server_test.x, plain.server_test.x) and np.array_equal(a.server_test.y, plain.server_test.y)
+    from fedtiny.config import dataset_dict
+
+    assert "field_shift" not in dataset_dict(compose(base)) and "field_shift" in dataset_dict(compose(shift))
+    w0 = build_task("watch", compose([]).dataset)
+    w1 = build_task("watch", compose(["dataset.field_shift.rotation=30"]).dataset)
+    assert [len(c.train) for c in w0.clients] == [len(c.train) for c in w1.clients]
+    assert not np.allclose(w0.clients[0].train.x, w1.clients[0].train.x)
+    assert np.array_equal(w0.pretrain.x, w1.pretrain.x)  # the vendor's data stay clean

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from fedtiny.client.features import cached_features
 from fedtiny.config import dataset_dict
 from fedtiny.data import FederatedTask, build_task
 from fedtiny.models.pretrain import Backbone, get_backbone
@@ -55,7 +56,7 @@ def run_id_of(cfg_json: str) -> str:
 
 
 def features(model: Model, x: np.ndarray) -> np.ndarray:
-    """Int8 features at the model's trainable boundary (the frozen prefix run once)."""
+    """Int8 features at the model's trainable boundary (the frozen prefix run once), in memory."""
     return model.prefix_features(model.quantize_input(x))
 
 
@@ -131,11 +132,15 @@ class RunContext:
             c = self.task.clients[partition_id]
             scheme, _ = self.device_scheme(partition_id)
             start = self.train_config(partition_id).start_layer if scheme is not None else 0
-            m = self.model
-            x_train = m.features_at(m.quantize_input(c.train.x), start) if start else features(m, c.train.x)
-            self._devices[partition_id] = DeviceData(x_train, c.train.y.astype(np.uint8), features(m, c.test.x),
-                                                     c.test.y.astype(np.uint8), start)
+            self._devices[partition_id] = DeviceData(self.features(c.train.x, start), c.train.y.astype(np.uint8),
+                                                     self.features(c.test.x), c.test.y.astype(np.uint8), start)
         return self._devices[partition_id]
+
+    def features(self, x: np.ndarray, start_layer: int = 0) -> np.ndarray:
+        """Features of samples `x` where trainable layer `start_layer` begins, computed once per
+        (model, data) on this machine: mapped read-only from the on-disk cache
+        (:mod:`fedtiny.client.features`) by every process and run that needs them."""
+        return cached_features(self.cfg.cache_dir, self.model, x, start_layer, self.backbone.model_bytes)
 
     # -- scheme choice ---------------------------------------------------------------------------
 

@@ -1,9 +1,12 @@
 """Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (IDX files, no download), for scale:
-Dirichlet label-skewed partitions over ``num_clients`` (100+) devices.
+Dirichlet label-skewed partitions over ``num_clients`` (100 to 1,000+) devices.
 
-The vendor pretrains on ``pretrain_size`` images of the training file; the other training
-images are partitioned over the devices (local train/test split per device); the server
-evaluates on ``server_test_size`` images of the official test file.
+The vendor pretrains on ``pretrain_size`` clean images of the training file; the other
+training images are partitioned over the devices (local train/test split per device); the
+server evaluates on ``server_test_size`` images of the official test file. With
+``field_shift`` (:mod:`fedtiny.data.shift`) every device sees its images through its own camera
+(exposure, contrast, rotation, noise) and so does the server's field data, each image through
+a device drawn at random.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedtiny.data.base import FederatedTask, Split, register_task
+from fedtiny.data.base import ClientData, FederatedTask, Split, register_task
 from fedtiny.data.digits import _client_splits
 from fedtiny.data.partition import dirichlet_partitions
+from fedtiny.data.shift import image_shift, shift_images
 from fedtiny.errors import ConfigError
 
 CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
@@ -60,7 +64,17 @@ def build(cfg) -> FederatedTask:
     clients = _client_splits(field_split, parts, cfg.test_fraction, cfg.seed, "device")
     n_val = max(1, cfg.pretrain_size // 10)
     test_idx = rng.permutation(len(y_te))[: cfg.server_test_size]
+    server_test = Split(x_te[test_idx], y_te[test_idx])
+    shift = image_shift(cfg)
+    if shift is not None:
+        seed = int(cfg.seed)
+        clients = [ClientData(c.name, Split(shift_images(c.train.x, np.full(len(c.train), i), shift, seed), c.train.y),
+                              Split(shift_images(c.test.x, np.full(len(c.test), i), shift, seed), c.test.y))
+                   for i, c in enumerate(clients)]
+        owners = np.random.default_rng([seed, 0x7E57]).integers(0, len(clients), len(server_test))
+        server_test = Split(shift_images(server_test.x, owners, shift, seed), server_test.y)
     return FederatedTask(
         name="fashion", input_shape=(28, 28, 1), class_names=CLASSES, pretrain=full.take(vendor[n_val:]),
-        pretrain_val=full.take(vendor[:n_val]), clients=clients, server_test=Split(x_te[test_idx], y_te[test_idx]),
+        pretrain_val=full.take(vendor[:n_val]), clients=clients, server_test=server_test,
+        info={"field_shift": shift} if shift else {},
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedtiny.data.base import ClientData, FederatedTask, Split, register_task, temporal_split
+from fedtiny.data.shift import ImuSensor, imu_shift
 from fedtiny.data.partition import natural_partitions
 from fedtiny.errors import ConfigError
 
@@ -47,6 +48,7 @@ def build(cfg) -> FederatedTask:
     step = max(1, int(round(length * (1.0 - cfg.overlap))))
     gap = int(np.ceil(length / step)) - 1
 
+    shift, sensors = imu_shift(cfg), {}
     # windows per recording, split in time
     train_x, train_y, test_x, test_y, train_dev, test_dev, vendor_x, vendor_y, hold_x, hold_y, vendor_g = (
         [] for _ in range(11))
@@ -59,6 +61,10 @@ def build(cfg) -> FederatedTask:
             vendor_g.append(np.full(len(win), subj))
             continue
         device = f"subject{subj:02d}" + (f"-{SIDES[int(side)]}" if cfg.device == "subject_side" else "")
+        if shift is not None:  # the device's own mounting, gain and offset (the server's field data too)
+            if device not in sensors:
+                sensors[device] = ImuSensor.draw(np.random.default_rng([int(cfg.seed), 0x1A0, subj, int(side)]), **shift)
+            win = sensors[device].apply(win)
         tr, te, ho = temporal_split(len(win), (cfg.test_fraction, cfg.holdout_fraction), gap)
         hold_x.append(win[ho]); hold_y.append(np.full(len(ho), int(label)))
         train_x.append(win[tr]); train_y.append(np.full(len(tr), int(label))); train_dev += [device] * len(tr)
@@ -83,6 +89,7 @@ def build(cfg) -> FederatedTask:
         name="watch", input_shape=(1, length, 6), class_names=list(data["y_labels"]),
         pretrain=vendor_split.take(order[n_val:]), pretrain_val=vendor_split.take(order[:n_val]),
         clients=clients, server_test=Split(shape(np.concatenate(hold_x)), np.concatenate(hold_y)),
-        info={"vendor_subjects": vendor, "field_subjects": field, "window": length, "step": step},
+        info={"vendor_subjects": vendor, "field_subjects": field, "window": length, "step": step,
+              **({"field_shift": shift} if shift else {})},
         pretrain_groups=vg[order[n_val:]],
     )

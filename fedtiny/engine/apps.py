@@ -54,14 +54,15 @@ def simulation_client_app(cfg_json: str) -> ClientApp:
     return make_client_app(lambda _node: run_context(cfg_json))
 
 
-def make_server_app(run: RunContext, out_dir: Path, outcome: dict) -> ServerApp:
-    """A ServerApp bound to one prepared run; `outcome` receives the summary or the error."""
+def make_server_app(run: RunContext, out_dir: Path, outcome: dict, engine: dict | None = None) -> ServerApp:
+    """A ServerApp bound to one prepared run; `outcome` receives the summary or the error, and
+    the summary records `engine` (backend, workers)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            outcome["summary"] = run_server(grid, run, out_dir)
+            outcome["summary"] = run_server(grid, run, out_dir, engine)
         except BaseException as err:  # reported by the runner after the simulation stops
             outcome["error"] = err
             raise
@@ -92,4 +93,4 @@ def flwr_main(grid: Grid, context: Context) -> None:
 
     cfg = compose(str(context.run_config.get("overrides", "")).split())
     out_dir = Path(str(context.run_config.get("output-dir", "outputs/flwr-run"))) / time.strftime("%Y-%m-%d_%H-%M-%S")
-    run_server(grid, prepare_output(cfg, out_dir), out_dir)
+    run_server(grid, prepare_output(cfg, out_dir), out_dir, {"backend": "flower"})

@@ -1,4 +1,18 @@
-"""Run one federated experiment in Flower's simulation engine and write its results."""
+"""Run one federated experiment on one machine (or a Ray cluster) and write its results.
+
+``simulation.backend`` picks the engine:
+
+* ``inprocess`` (default): :class:`fedtiny.engine.inprocess.InProcessGrid`, the ServerApp in
+  this process and the ClientApp in ``simulation.workers`` forked workers (default: one per CPU;
+  0 runs every client in this process). No Ray, no polling.
+* ``ray``: Flower's simulation engine on Ray (``run_simulation``), for a cluster: start one with
+  ``ray start --head`` (and ``ray start --address=HEAD:6379`` on the others), then run with
+  ``simulation.backend=ray simulation.address=auto``; without an address Ray starts a local
+  instance with ``simulation.num_cpus`` CPUs, ``simulation.client_cpus`` per client.
+
+Both run the same ServerApp, ClientApp and strategies, and give the same ``metrics.csv`` for the
+same seed (wall time aside; tested).
+"""
 
 from __future__ import annotations
 
@@ -19,10 +33,20 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs here; silences Ray's tip
 
 
-def run_experiment(cfg: DictConfig, out_dir: Path, log=print) -> dict:
-    """Simulate the federation: ``num_devices`` virtual SuperNodes on Ray. Returns the summary."""
-    from flwr.simulation import run_simulation
+def engine_settings(cfg: DictConfig) -> dict:
+    """The engine a run uses, as its summary records it."""
+    from fedtiny.engine.inprocess import default_workers
 
+    s = cfg.simulation
+    if s.backend == "ray":
+        return {"backend": "ray", "workers": int(s.num_cpus // s.client_cpus), "address": s.address}
+    workers = default_workers() if s.workers is None else int(s.workers)
+    return {"backend": "inprocess", "workers": min(workers, num_devices(cfg))}
+
+
+def run_experiment(cfg: DictConfig, out_dir: Path, log=print) -> dict:
+    """Simulate the federation of ``num_devices`` devices with the configured engine; returns the
+    summary (also written to ``out_dir/summary.json``)."""
     from fedtiny.engine.apps import make_server_app, simulation_client_app
 
     out_dir = Path(out_dir)
@@ -34,23 +58,21 @@ def run_experiment(cfg: DictConfig, out_dir: Path, log=print) -> dict:
         fleet = fleet_for_experiment(run_context(config_json(cfg)), out_dir / "boards", log)
         cfg = cfg.copy()
         cfg.devices.urls = list(fleet.urls)
+    outcome: dict = {}
     try:
         run: RunContext = prepare_output(cfg, out_dir, log)
         n = num_devices(cfg)
         boards = len(cfg.devices.urls)
+        engine = engine_settings(cfg)
         log(f"simulating {n - boards} devices{f' beside {boards} boards' if boards else ''} x {cfg.rounds} rounds "
-            f"({cfg.strategy.name}); results in {out_dir}")
-        outcome: dict = {}
-        backend_config = {
-            "client_resources": {"num_cpus": float(cfg.simulation.client_cpus), "num_gpus": 0.0},
-            "init_args": {"num_cpus": int(cfg.simulation.num_cpus), "num_gpus": 0, "include_dashboard": False,
-                          "log_to_driver": False, "logging_level": "ERROR"},
-        }
+            f"({cfg.strategy.name}; {engine['backend']}, {engine['workers']} workers); results in {out_dir}")
+        server_app = make_server_app(run, out_dir, outcome, engine)
         for name in ("flwr", "ray"):
-            logging.getLogger(name).setLevel(logging.ERROR)  # e.g. run_simulation's deprecation notice
-        run_simulation(server_app=make_server_app(run, out_dir, outcome),
-                       client_app=simulation_client_app(run.config_json), num_supernodes=n,
-                       backend_config=backend_config)
+            logging.getLogger(name).setLevel(logging.ERROR)  # e.g. the strategy's INFO banner, run_simulation's notices
+        if engine["backend"] == "inprocess":
+            _run_inprocess(server_app, simulation_client_app(run.config_json), n, engine["workers"])
+        else:
+            _run_ray(cfg, server_app, simulation_client_app(run.config_json), n)
     finally:
         if fleet is not None:
             fleet.stop()
@@ -64,5 +86,35 @@ def run_experiment(cfg: DictConfig, out_dir: Path, log=print) -> dict:
     summary["total_wall_s"] = round(time.perf_counter() - t0, 3)
     log(f"accuracy {summary['initial_accuracy']:.3f} -> {summary['final_accuracy']:.3f} over {summary['rounds']} rounds; "
         f"{summary['failed_total']} failed, {summary['rejected_total']} rejected; "
-        f"up {summary['bytes_up_total']:,} B, down {summary['bytes_down_total']:,} B; {summary['wall_s']:.1f} s")
+        f"up {summary['bytes_up_total']:,} B, down {summary['bytes_down_total']:,} B; {summary['wall_s']:.1f} s "
+        f"({summary['client_rounds_per_s']:,.1f} client-rounds/s)")
     return summary
+
+
+def _run_inprocess(server_app, client_app, n: int, workers: int) -> None:
+    from flwr.app import Context, RecordDict
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedtiny.engine.inprocess import InProcessGrid
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    with InProcessGrid(client_app, n, workers, lambda k: {"partition-id": k, "num-partitions": n}) as grid:
+        try:
+            server_app(grid, Context(run_id=1, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(),
+                                     run_config={}))
+        except Exception:  # noqa: BLE001  (the ServerApp put the error into the outcome)
+            pass
+
+
+def _run_ray(cfg: DictConfig, server_app, client_app, n: int) -> None:
+    from flwr.simulation import run_simulation
+
+    s = cfg.simulation
+    init_args = {"num_gpus": 0, "include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+    if s.address:
+        init_args["address"] = str(s.address)
+    else:
+        init_args["num_cpus"] = int(s.num_cpus)
+    backend_config = {"client_resources": {"num_cpus": float(s.client_cpus), "num_gpus": 0.0}, "init_args": init_args}
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n, backend_config=backend_config)

@@ -122,6 +122,7 @@ class RunRecorder:
         self.energy_totals: list[float] = []
         self.epsilons: list[float] = []  # cumulative privacy epsilon after each round (DP runs)
         self.t0 = self.t_round = time.perf_counter()
+        self.client_rounds = 0  # training messages answered (aggregated, failed, rejected or declined)
         self.csv_path = self.out_dir / "metrics.csv"
         with open(self.csv_path, "w", newline="") as fh:
             csv.writer(fh).writerow(COLUMNS)
@@ -164,8 +165,11 @@ class RunRecorder:
                 f"round {server_round}/{self.rounds}: accuracy {accuracy:.4f}, {row['participating']} aggregated, "
                 f"{row['failed']} failed, {row['rejected']} rejected, up {row['bytes_up']:,} B, down "
                 f"{row['bytes_down']:,} B, {row['wall_s']:.2f} s")
+        if server_round > 0:
+            self.client_rounds += sum(int(row[k] or 0) for k in ("participating", "failed", "rejected", "declined"))
         if self._progress is not None:
-            status = f"accuracy {accuracy:.3f}  failed {row['failed']}"
+            rate = self.client_rounds / max(now - self.t0, 1e-9)
+            status = f"accuracy {accuracy:.3f}  failed {row['failed']}  {rate:,.1f} client-rounds/s"
             self._progress.update(self._task, completed=server_round, description=status)
 
     def _append(self, name: str, header: list[str], rows: list[list]) -> None:
@@ -219,6 +223,7 @@ class RunRecorder:
             "rejected_total": int(sum(int(r["rejected"] or 0) for r in rows)),
             "aggregated_total": int(sum(int(r["participating"] or 0) for r in rows[1:])),
             "wall_s": round(time.perf_counter() - self.t0, 3),
+            "client_rounds_per_s": round(self.client_rounds / max(time.perf_counter() - self.t0, 1e-9), 2),
             "failures": self.log.failures,
             "declined_total": int(sum(int(r["declined"] or 0) for r in rows)),
             "energy_total_mj": round(sum(self.energy_totals), 3),

@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 from fedtiny.budgets.energy import Board
 from fedtiny.config import num_devices
 from fedtiny.errors import ConfigError, RunFailed
-from fedtiny.client.context import RunContext, features
+from fedtiny.client.context import RunContext
 from fedtiny.client.records import expected_shapes, params_to_record, record_to_params
 from fedtiny.client.round import settings
 from fedtiny.server.prepare import int8_drop, int8_warning
@@ -74,12 +74,13 @@ def partition_map(grid: Grid, nodes: list[int], run_id: str, timeout_s: float) -
     return out
 
 
-def run_server(grid: Grid, state: RunContext, out_dir: Path) -> dict:
-    """Run the federation on `grid` and write its results into `out_dir`; returns the summary."""
+def run_server(grid: Grid, state: RunContext, out_dir: Path, engine: dict | None = None) -> dict:
+    """Run the federation on `grid` and write its results into `out_dir`; returns the summary.
+    `engine` (backend, workers) goes into the summary as it is."""
     cfg, model = state.cfg, state.model
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    x_test = features(model, state.task.server_test.x)
+    x_test = state.features(state.task.server_test.x)
     y_test = state.task.server_test.y.astype(np.uint8)
     evaluator = Trainer(model, TrainConfig())
     template = evaluator.get_params()
@@ -129,6 +130,7 @@ def run_server(grid: Grid, state: RunContext, out_dir: Path) -> dict:
         "privacy": _privacy_summary(state.privacy_plan(), int(cfg.rounds)),
         "memory_schemes": {f"{kb:g}": {"scheme": sc.name, "precision": sc.precision, "arena_bytes": need}
                            for kb, (sc, need) in state.memory_schemes().items()},
+        "engine": dict(engine or {"backend": "flower"}),
         "title": f"{cfg.dataset.name} / {cfg.strategy.name}: {len(node_of)} devices, {cfg.rounds} rounds",
     })
     if summary["status"] != "ok":  # summary.json is written; the run must not look like a trained model
