@@ -146,6 +146,7 @@ class InProcessGrid(Grid):
                  node_config: Callable[[int], dict], run_config: dict | None = None, run_id: int = 1):
         self.app, self.workers_wanted = app, int(workers)
         self.node_ids = [FIRST_NODE_ID + k for k in range(num_nodes)]
+        self._known = set(self.node_ids)
         self._node_config, self._run_config = node_config, dict(run_config or {})
         self._run = Run.create_empty(run_id)
         self._replies: dict[str, Message] = {}
@@ -213,7 +214,7 @@ class InProcessGrid(Grid):
             ids.append(msg.metadata.message_id)
             self.messages += 1
             node = msg.metadata.dst_node_id
-            if node not in self.node_ids:
+            if node not in self._known:
                 self.deliver(Message(Error(code=ErrorCode.UNKNOWN, reason=f"no node {node}"), reply_to=msg))
             elif not self.workers:
                 reply = handle(self.app, msg, self._contexts[node])
