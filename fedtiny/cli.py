@@ -33,7 +33,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from fedtiny.config import SERIAL_MODES, compose, conf_dir, validate
-from fedtiny.errors import ConfigError, RunFailed
+from fedtiny.errors import ConfigError, RunFailed, Stopped
 
 USAGE = __doc__.split("\n\n")[1]
 _HELP = {"-h", "--help"}
@@ -233,10 +233,28 @@ def _report(argv: list[str]) -> int:
 SUBCOMMANDS = {"pretrain": _pretrain, "board": _board, "emulate": _emulate, "report": _report, "flower": _flower}
 
 
+def _stopped(signum, _frame) -> None:
+    raise Stopped()
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] and argv[0] in SUBCOMMANDS:
         sys.exit(SUBCOMMANDS[argv[0]](argv[1:]))
+    import signal
+
+    signal.signal(signal.SIGTERM, _stopped)  # a run (or sweep) stops like on Ctrl-C: its workers and boards too
+    try:
+        _experiment(argv)
+    except (KeyboardInterrupt, Stopped) as err:
+        how, code = ("SIGTERM", 143) if isinstance(err, Stopped) else ("Ctrl-C", 130)
+        print(f"fedtiny: stopped by {how}; the rounds that finished are in the run directory's metrics.csv",
+              file=sys.stderr)
+        sys.exit(code)
+
+
+def _experiment(argv: list[str]) -> None:
+    """One run or a sweep (Hydra)."""
     if argv and set(argv) <= _HELP:  # the subcommands first, then Hydra's own help
         import textwrap
 

@@ -73,3 +73,9 @@ class RunFailed(FedtinyError, RuntimeError):
     def __init__(self, message: str, status: str = "failed") -> None:
         super().__init__(message)
         self.status = status
+
+
+class Stopped(BaseException):
+    """The process was asked to stop (SIGTERM). A BaseException like KeyboardInterrupt (Ctrl-C),
+    so no ``except Exception`` on the way swallows it: every ``finally`` and context manager
+    between the signal and the command line runs, and the run's processes stop with it."""

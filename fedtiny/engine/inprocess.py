@@ -63,7 +63,8 @@ def handle(app: ClientApp, msg: Message, context: Context) -> Message:
 
 def _serve(conn: Connection, app: ClientApp, contexts: dict[int, Context], inherited: list[Connection]) -> None:
     """A worker's loop: one message in, its reply out, until the pipe closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM are the parent's to handle: it stops
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the workers by closing their pipes (and so does its death)
     for other in inherited:  # the parent's ends of the other workers' pipes: only the parent may hold them,
         other.close()  # or those workers would never see their pipe close
     while True:
