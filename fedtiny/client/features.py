@@ -10,7 +10,7 @@ evaluation data. Pages are shared by the OS, not copied per process.
 The file name is a SHA-256 over everything the result depends on: a format tag, the trainer
 version, the model file's bytes, the start layer and the samples' dtype, shape and bytes. A file
 is written to a temporary name, flushed and renamed, so a reader never sees half of one; a file
-whose header does not match the expected shape and dtype (a damaged cache) is computed again.
+that cannot be mapped (truncated, a bad header) or holds another number of rows is computed again.
 """
 
 from __future__ import annotations
