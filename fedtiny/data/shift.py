@@ -61,7 +61,7 @@ def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
 class ImuSensor:
     rotation: np.ndarray  # 3x3, applied to the accelerometer and the gyroscope alike
     gain: np.ndarray  # (6,)
-    offset: np.ndarray  # (6,), in units of the standardised channels
+    offset: np.ndarray  # (6,), raw sensor units (added before the task standardises the channels)
 
     @staticmethod
     def draw(rng: np.random.Generator, rotation: float, gain: float, offset: float) -> ImuSensor:
