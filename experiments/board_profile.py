@@ -44,7 +44,7 @@ def measure(overrides: list[str], out: Path, schemes=SCHEMES, epochs: int = 1, l
     from fedtiny.config import compose
     from fedtiny.devices.emulate import Fleet, cached_firmware
     from fedtiny.devices.link import BoardClient, data_block
-    from fedtiny.client.context import RunContext, features, train_config
+    from fedtiny.client.context import RunContext, train_config
     from fedtiny.trainer import Trainer
 
     cfg = compose(["progress=false", *overrides])
@@ -54,7 +54,7 @@ def measure(overrides: list[str], out: Path, schemes=SCHEMES, epochs: int = 1, l
     first = model.first_trainable
     firmware = cached_firmware(cfg.cache_dir)
     with tempfile.TemporaryDirectory() as work, \
-            Fleet(firmware, [data_block(features(model, c.train.x), c.train.y)], work, icount=True,
+            Fleet(firmware, [data_block(st.features(c.train.x), c.train.y)], work, icount=True,
                   in_process_bridges=True) as fleet:
         board = BoardClient(fleet.urls[0], timeout=60.0, retries=1, train_timeout=1800.0)
         board.load_model(model.to_bytes())

@@ -55,11 +55,6 @@ def run_id_of(cfg_json: str) -> str:
     return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def features(model: Model, x: np.ndarray) -> np.ndarray:
-    """Int8 features at the model's trainable boundary (the frozen prefix run once), in memory."""
-    return model.prefix_features(model.quantize_input(x))
-
-
 def train_config(cfg: DictConfig, update=None, prox_mu: float = 0.0) -> TrainConfig:
     """The run's base training settings (``client`` group), before a device's scheme."""
     c = cfg.client
