@@ -2,6 +2,8 @@
 
     fedtiny [overrides...]            run one experiment (default: conf/config.yaml)
     fedtiny -m key=a,b [overrides]    sweep with Hydra multirun
+    fedtiny resume DIR [overrides...]  continue a stopped run after its last complete round (or every
+                                      unfinished run of a sweep directory); a changed setting is refused
     fedtiny pretrain [overrides...]   pretrain, quantize and cache the backbone only
     fedtiny report DIR                table and budget/Pareto plots of a sweep directory
     fedtiny board info URL            ask a board (serial port or socket://host:port) who it is
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fedtiny.config import SERIAL_MODES, compose, conf_dir, validate
@@ -38,6 +41,8 @@ from fedtiny.errors import ConfigError, RunFailed, Stopped
 USAGE = __doc__.split("\n\n")[1]
 _HELP = {"-h", "--help"}
 _SWEEP_LOG = "FEDTINY_SWEEP_LOG"  # a file each multirun job appends "ok|failed|declined DIR" to
+_RESUME = "FEDTINY_RESUME"  # set by `fedtiny resume SWEEP_DIR`: each job skips, continues or starts its run
+_CURRENT: dict = {}  # the run or sweep directory in progress (named when a signal stops it)
 _INFO_FLAGS = {"-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--version", "--shell-completion", "-sc"}
 
 
@@ -50,16 +55,24 @@ def _fail(err: Exception) -> None:
 def _run(cfg: DictConfig) -> None:
     from fedtiny.engine.simulation import run_experiment
 
-    from hydra.types import RunMode
     from omegaconf import OmegaConf
+
+    import os
 
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    _CURRENT["dir"] = Path(hc.sweep.dir) if multirun else out
+    resume = bool(os.environ.get(_RESUME))
+    if resume and multirun and _finished(out):
+        print(f"fedtiny: {out} finished already ({_finished(out)})", file=sys.stderr)
+        _record_sweep_job(_finished(out), out)
+        return
     try:
         typed = validate(cfg)
-        run_experiment(typed, out, log=logging.getLogger("fedtiny").info)
+        run_experiment(typed, out, log=logging.getLogger("fedtiny").info, resume=resume)
     except Exception as err:  # noqa: BLE001 - a sweep records the failure and goes on
-        if hc.mode != RunMode.MULTIRUN:
+        if not multirun:
             if isinstance(err, ConfigError):  # e.g. a memory budget that holds no update scheme
                 _fail(err)
             if isinstance(err, RunFailed):
@@ -78,8 +91,91 @@ def _run(cfg: DictConfig) -> None:
         print(f"fedtiny: run {out} failed: {type(err).__name__}: {err}", file=sys.stderr)
         _record_sweep_job("failed", out)
         return
-    if hc.mode == RunMode.MULTIRUN:
+    if multirun:
         _record_sweep_job("ok", out)
+
+
+def _finished(out: Path) -> str | None:
+    """How a run directory ended (ok, failed, declined), or None if it did not."""
+    import json
+
+    if (out / "summary.json").exists():
+        try:
+            return str(json.loads((out / "summary.json").read_text()).get("status", "ok"))
+        except ValueError:
+            return None
+    return "failed" if (out / "error.txt").exists() else None
+
+
+def _resume(argv: list[str]) -> int:
+    """``fedtiny resume DIR [overrides...]``: a run directory continues after its newest usable
+    checkpoint; a sweep directory reruns its sweep, each job skipping a finished run,
+    continuing a stopped one or starting one that never started."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="fedtiny resume", description="continue a stopped run after its last complete "
+                                 "round, or every unfinished run of a sweep directory")
+    ap.add_argument("dir", help="a run directory (config.yaml, checkpoints/) or a sweep directory (multirun.yaml)")
+    ap.add_argument("overrides", nargs="*", help="only settings that do not change results (progress=false, "
+                    "simulation.workers=4, ...); any other change is refused, naming the keys")
+    args = ap.parse_args(argv)
+    d = Path(args.dir)
+    if (d / "multirun.yaml").exists():
+        return _resume_sweep(d, args.overrides)
+    if not (d / "config.yaml").exists():
+        print(f"fedtiny resume: {d} is neither a run directory (config.yaml) nor a sweep directory (multirun.yaml)",
+              file=sys.stderr)
+        return 2
+    if _finished(d):
+        print(f"fedtiny resume: {d} finished already ({_finished(d)}; summary.json): nothing to resume", file=sys.stderr)
+        return 1
+    from omegaconf import OmegaConf
+
+    from fedtiny.engine.simulation import run_experiment
+
+    _CURRENT["dir"] = d
+    try:
+        cfg = OmegaConf.merge(OmegaConf.load(d / "config.yaml"), OmegaConf.from_dotlist(list(args.overrides)))
+        typed = validate(cfg)
+    except Exception as err:  # noqa: BLE001 - a bad override or a damaged config.yaml
+        _fail(err)
+    log = _run_log(d)
+    try:
+        run_experiment(typed, d, log=log.info, resume=True)
+    except ConfigError as err:  # e.g. a changed setting
+        _fail(err)
+    except RunFailed as err:
+        print(f"fedtiny: run failed: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_log(d: Path) -> logging.Logger:
+    """fedtiny's loggers as a Hydra run has them: lines on the console and in ``run.log``."""
+    stamped = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s")
+    file = logging.FileHandler(d / "run.log")
+    file.setFormatter(stamped)
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    for name, handlers in (("fedtiny", [console, file]), ("fedtiny.file", [file])):
+        logger = logging.getLogger(name)
+        logger.handlers, logger.propagate = handlers, False
+        logger.setLevel(logging.INFO)
+    return logging.getLogger("fedtiny")
+
+
+def _resume_sweep(d: Path, extra: list[str]) -> int:
+    import os
+
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.load(d / "multirun.yaml").hydra.overrides
+    kept = [o for o in saved.hydra if not o.startswith(("hydra.mode=", "hydra.sweep.dir="))]
+    os.environ[_RESUME] = "1"
+    try:
+        return _sweep(["-m", *saved.task, *kept, f"hydra.sweep.dir={d}", *extra])
+    finally:
+        os.environ.pop(_RESUME, None)
 
 
 def _record_sweep_job(outcome: str, out: Path) -> None:
@@ -119,7 +215,7 @@ def _emulate(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with tempfile.TemporaryDirectory(prefix="fedtiny-emulate-") as work:
-        fleet = fleet_for_experiment(RunContext(cfg), Path(work))
+        fleet = fleet_for_experiment(RunContext(cfg), Path(work), supervise=True)  # dead boards come back
         try:
             parts = list(cfg.devices.partitions) or list(range(args.boards))
             for pid, url, uart in zip(parts, fleet.urls, fleet.board_urls):
@@ -129,8 +225,10 @@ def _emulate(argv: list[str]) -> int:
                   flush=True)
             stop.wait(args.seconds or None)
         finally:
+            restarts = fleet.restarts()
             fleet.stop()
-            print("stopped", flush=True)
+            print(f"stopped ({restarts['board_restarts']} board and {restarts['bridge_restarts']} bridge restarts)",
+                  flush=True)
     return 0
 
 
@@ -245,11 +343,14 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, _stopped)  # a run (or sweep) stops like on Ctrl-C: its workers and boards too
     try:
+        if argv[:1] == ["resume"]:
+            sys.exit(_resume(argv[1:]))
         _experiment(argv)
     except (KeyboardInterrupt, Stopped) as err:
         how, code = ("SIGTERM", 143) if isinstance(err, Stopped) else ("Ctrl-C", 130)
-        print(f"fedtiny: stopped by {how}; the rounds that finished are in the run directory's metrics.csv",
-              file=sys.stderr)
+        where = _CURRENT.get("dir")
+        then = f"fedtiny resume {where} continues it" if where else "nothing had started"
+        print(f"fedtiny: stopped by {how}; {then}", file=sys.stderr)
         sys.exit(code)
 
 

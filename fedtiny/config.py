@@ -156,6 +156,8 @@ class FaultsCfg:
     malformed_partitions: list[int] = field(default_factory=list)
     malformed_rounds: list[int] = field(default_factory=list)
     malformed_kinds: list[str] = field(default_factory=lambda: ["truncated"])
+    crash_partitions: list[int] = field(default_factory=list)
+    crash_rounds: list[int] = field(default_factory=list)
 
 
 MALFORMED_KINDS = ("truncated", "bits", "nan_scale", "inf_scale", "subset", "oversize")
@@ -417,9 +419,12 @@ def validate(cfg: DictConfig) -> DictConfig:
            "devices: damage needs devices.serial=tcp (the injector is a TCP proxy between bridge and board)")
     _check(not (boards and q.error_feedback),
            "devices: the board firmware keeps no error-feedback residual between rounds; set codec.error_feedback=false")
-    for key in ("raise_partitions", "nan_partitions", "malformed_partitions"):
+    for key in ("raise_partitions", "nan_partitions", "malformed_partitions", "crash_partitions"):
         bad = [p for p in top.faults[key] if not 0 <= p < devices]
         _check(not bad, f"faults.{key}: {bad} are not partition ids in [0, {devices})")
+    _check(not (top.faults.crash_partitions and top.simulation.backend == "inprocess" and top.simulation.workers == 0),
+           "faults.crash_partitions kill the process that runs the client: with simulation.workers=0 that is the "
+           "server; use simulation.workers >= 1")
     return top
 
 

@@ -63,11 +63,14 @@ def test_a_signal_stops_the_run_and_every_process_it_started(tmp_path, cache_dir
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == code, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert lines[-1] == (f"fedtiny: stopped by {how}; the rounds that finished are in the run directory's "
-                         f"metrics.csv"), err
+    assert lines[-1] == f"fedtiny: stopped by {how}; fedtiny resume {run_dir} continues it", err
     deadline = time.monotonic() + 10
     while any(alive(p) for p in started) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in started if alive(p)], "processes of the run outlived it"
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert len(rows) >= 4 and all(r.count(",") == rows[0].count(",") for r in rows)  # whole rows only
+    from fedtiny.server.checkpoint import latest
+
+    kept = latest(run_dir)  # the checkpoint of the last complete round (or of the one before, if
+    assert kept is not None and kept.round in (len(rows) - 2, len(rows) - 3)  # the signal cut its write)

@@ -21,7 +21,8 @@ from dataclasses import replace
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.common.serde import recorddict_to_proto
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as RecordDictProto  # pylint: disable=no-name-in-module
 
 from fedtiny import _core
 from fedtiny.budgets.energy import (Board, affordable_epochs, compute_mj, compute_seconds, round_energy,
@@ -53,8 +54,24 @@ def check_run(msg: Message, run: RunContext) -> None:
 
 
 def query(msg: Message, context: Context) -> Message:
-    """Tell the server which partition (device) this node holds."""
+    """Tell the server which partition (device) this node holds; with ``node-state`` in the
+    config, also hand over (``get``) or take back (``set``) the node's state (its error-feedback
+    residual, its battery): how a server's checkpoint keeps simulated devices' state, and how a
+    resumed run gives it back (a real device keeps its own in flash)."""
+    conf = msg.content.config_records.get("config") or ConfigRecord({})
     answer = {"partition-id": _partition(context)}
+    op = conf.get("node-state")
+    if op == "get":
+        state = recorddict_to_proto(context.state).SerializeToString()
+        return Message(RecordDict({"metrics": MetricRecord(answer), "node-state": ConfigRecord({"state": state})}),
+                       reply_to=msg)
+    if op == "set":
+        restored = recorddict_from_proto(RecordDictProto.FromString(bytes(conf["state"])))
+        for key in list(context.state.keys()):
+            del context.state[key]
+        for key, record in restored.items():
+            context.state[key] = record
+        return Message(RecordDict({"metrics": MetricRecord(answer)}), reply_to=msg)
     if "num-partitions" in context.node_config:  # simulated nodes: the size of the federation
         answer["num-partitions"] = int(context.node_config["num-partitions"])
     return Message(RecordDict({"metrics": MetricRecord(answer)}), reply_to=msg)
@@ -69,6 +86,11 @@ def train(msg: Message, context: Context, run: RunContext, boards: BoardBackends
     cfg = run.cfg
     if _fault(cfg.faults.raise_partitions, cfg.faults.raise_rounds, pid, rnd):
         raise RuntimeError(f"injected fault: partition {pid} raises in round {rnd}")
+    if _fault(cfg.faults.crash_partitions, cfg.faults.crash_rounds, pid, rnd):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)  # injected fault: the client's process dies (as on a segfault)
     data = run.device(pid)
     scheme, _ = run.device_scheme(pid)
     tc = replace(run.train_config(pid), lr=float(conf["lr"]), momentum=float(conf["momentum"]),

@@ -17,7 +17,9 @@ board's port. The bridge serves the same framed protocol on a local TCP port
   (re)opening it leaves the line idle past the board's inter-byte timeout, so a partial frame a
   dead host left behind is expired before the first request (resynchronisation);
 * a CANCEL from any client reaches the board at once, past the lock, and stops a TRAIN in
-  progress (whose client then gets ERROR CANCELLED); the bridge answers the CANCEL itself.
+  progress (whose client then gets ERROR CANCELLED); the bridge answers the CANCEL itself;
+* a BRIDGE request is answered by the bridge itself with its counters (JSON: requests, link
+  failures, reconnects, cancels): how a run counts its boards' reconnects.
 
 Run it as ``fedtiny board serve URL [--port P] [--host H]``; it prints
 ``bridge <board url> on socket://<host>:<port>`` when it is ready and stops on SIGINT or SIGTERM.
@@ -25,6 +27,7 @@ Run it as ``fedtiny board serve URL [--port P] [--host H]``; it prints
 
 from __future__ import annotations
 
+import json
 import signal
 import socketserver
 import struct
@@ -41,7 +44,7 @@ class Bridge:
         self.board_url, self.timeout, self.retries, self.train_timeout = board_url, timeout, retries, train_timeout
         self.board: BoardClient | None = None
         self.lock = threading.Lock()
-        self.requests = self.link_failures = self.cancels = 0
+        self.requests = self.link_failures = self.cancels = self.opens = 0
         bridge = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -58,6 +61,9 @@ class Bridge:
                     for f in rx.feed(data):
                         if f.type == P.CANCEL:  # not behind the lock: it must reach a busy board
                             self.request.sendall(bridge.cancel(f))
+                            continue
+                        if f.type == P.BRIDGE:
+                            self.request.sendall(P.frame(P.BRIDGE | P.REPLY, f.seq, json.dumps(bridge.stats()).encode()))
                             continue
                         if last is not None and last[0] == (f.type, f.seq, f.payload):
                             self.request.sendall(last[1])  # a client's repeat (it polls or lost the reply)
@@ -85,6 +91,10 @@ class Bridge:
                     self.board = BoardClient(self.board_url, timeout=self.timeout, retries=self.retries,
                                              train_timeout=self.train_timeout)
                     self.board.resync()
+                    self.opens += 1
+                    if self.opens > 1:
+                        print(f"fedtiny bridge {self.board_url}: link reopened (reconnect {self.opens - 1})",
+                              file=sys.stderr, flush=True)
                 reply = self.board.exchange(f.type, f.payload)
                 return P.frame(reply.type, f.seq, reply.payload)
             except Exception as err:  # noqa: BLE001 - any link failure becomes the client's error reply
@@ -98,6 +108,10 @@ class Bridge:
                 reason = str(err) if isinstance(err, BoardError) else f"{type(err).__name__}: {err}"
                 print(f"fedtiny bridge {self.board_url}: {reason}", file=sys.stderr, flush=True)
                 return P.frame(P.ERROR, f.seq, struct.pack("<I", P.LINK_DOWN) + reason.encode()[:512])
+
+    def stats(self) -> dict:
+        return {"requests": self.requests, "link_failures": self.link_failures,
+                "reconnects": max(0, self.opens - 1), "cancels": self.cancels}
 
     def cancel(self, f: P.Frame) -> bytes:
         """Pass a CANCEL to the board now (a TRAIN may hold the lock) and answer it."""
@@ -155,6 +169,6 @@ def serve_main(argv: list[str]) -> int:
     bridge.server.server_close()
     if bridge.board is not None:
         bridge.board.close()
-    print(f"bridge {args.url}: stopped after {bridge.requests} requests, {bridge.link_failures} link failures",
-          flush=True)
+    print(f"bridge {args.url}: stopped after {bridge.requests} requests, {bridge.link_failures} link failures, "
+          f"{max(0, bridge.opens - 1)} reconnects", flush=True)
     return 0

@@ -7,7 +7,10 @@ bridge process (``fedtiny board serve``), optionally with a damaging proxy on th
 Each board gets its local data placed in PSRAM at boot by QEMU's ``-device loader`` (as a
 board's flash would hold it). QEMU and the bridges die with the process that started them
 (Linux parent-death signal), and :meth:`Fleet.stop` terminates them with timeouts, killing
-what does not exit, so no emulator is left running.
+what does not exit, so no emulator is left running. With ``supervise=True`` (what a run's fleet
+uses) a thread restarts an emulator or a bridge that dies: the board boots again with its data
+on the same UART port, its bridge keeps its URL, and the board rejoins at its next round with
+its model reloaded (the host sees the board's model CRC change). Restarts are counted.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -79,11 +83,12 @@ class Fleet:
     `icount` runs QEMU with ``-icount shift=0`` (one instruction per virtual nanosecond, for
     instruction counts). `serial` is how a bridge reaches its board's UART: "tcp" (a
     ``socket://`` URL) or "pty" (a pseudo-terminal, ``/dev/pts/N``, opened by pyserial as the
-    port of a board on USB would be; no injector then)."""
+    port of a board on USB would be; no injector then). `supervise` restarts emulators and
+    bridges that die (counted in :meth:`restarts`)."""
 
     def __init__(self, firmware: str | Path, data_blocks: list[bytes], workdir: str | Path, damage: float = 0.0,
                  icount: bool = False, seed: int = 0, in_process_bridges: bool = False, retries: int = 0, damage_every: int = 0,
-                 watch=None, serial: str = "tcp") -> None:
+                 watch=None, serial: str = "tcp", supervise: bool = False) -> None:
         if serial not in SERIAL_MODES:
             raise ValueError(f"serial must be one of {SERIAL_MODES}, got {serial!r}")
         if serial == "pty" and (damage > 0 or damage_every or watch is not None):
@@ -94,8 +99,16 @@ class Fleet:
         # a damaged link loses more frames: the bridges try more often (default 3, 10 with damage)
         self.retries = retries or (10 if damage > 0 or damage_every else 3)
         self.damage_every, self.watch = damage_every, watch  # watch(i, direction, bytes) on board i's link
-        self.qemu: list[subprocess.Popen] = []
+        self.qemu: list[subprocess.Popen | None] = []
         self.bridges: list = []  # subprocesses, or Bridge objects in process
+        self.ports: list[int] = []  # each board's UART port (tcp), kept when it is restarted
+        self.supervise, self.supervise_interval = supervise, 0.5
+        self.board_restarts = [0] * len(self.blocks)
+        self.bridge_restarts = [0] * len(self.blocks)
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.timeout = 30.0
         self.injectors: list = []
         self.urls: list[str] = []
         self.board_urls: list[str] = []  # where each bridge reaches its board
@@ -107,78 +120,138 @@ class Fleet:
         self.stop()
 
     def start(self, timeout: float = 30.0) -> Fleet:
-        from fedtiny.devices.bridge import Bridge
-        from fedtiny.devices.injector import Injector
-
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.timeout = timeout
         try:
             for i, block in enumerate(self.blocks):
-                data = self.workdir / f"board{i}.data"
-                data.write_bytes(block)
-                port = _free_port()
-                uart = f"tcp:127.0.0.1:{port},server=on,wait=off" if self.serial == "tcp" else "pty"
-                cmd = ["qemu-system-arm", "-M", "mps2-an386", "-display", "none", "-monitor", "none",
-                       "-serial", uart, "-semihosting-config",
-                       "enable=on,target=native", "-kernel", str(self.firmware),
-                       "-device", f"loader,file={data},addr={DATA_ADDR:#x}"]
-                if self.icount:
-                    cmd[1:1] = ["-icount", "shift=0"]
-                log_path = self.workdir / f"board{i}.qemu.log"
-                log = open(log_path, "wb")
-                self.qemu.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                  preexec_fn=_die_with_parent))
-                log.close()
-                if self.serial == "pty":
-                    url = _wait_pty(log_path, self.qemu[-1], timeout)
-                else:
-                    url = f"socket://127.0.0.1:{port}"
-                    _wait_listening(port, self.qemu[-1], timeout)
+                (self.workdir / f"board{i}.data").write_bytes(block)
+                self.ports.append(_free_port())
+                self.qemu.append(None)
+                url = self._start_board(i)
                 if self.damage > 0 or self.damage_every or self.watch is not None:
+                    from fedtiny.devices.injector import Injector
+
                     watch = (lambda way, data, i=i: self.watch(i, way, data)) if self.watch is not None else None
-                    inj = Injector(("127.0.0.1", port), self.damage, seed=self.seed + i, every=self.damage_every,
-                                   watch=watch).start()
+                    inj = Injector(("127.0.0.1", self.ports[i]), self.damage, seed=self.seed + i,
+                                   every=self.damage_every, watch=watch).start()
                     self.injectors.append(inj)
                     url = inj.url
                 self.board_urls.append(url)
-                if self.in_process:
-                    bridge = Bridge(url, retries=self.retries).start()
-                    self.bridges.append(bridge)
-                    self.urls.append(bridge.url)
-                else:
-                    with open(self.workdir / f"board{i}.bridge.log", "wb") as err:
-                        self.bridges.append(subprocess.Popen(
-                            [sys.executable, "-m", "fedtiny", "board", "serve", url, "--retries", str(self.retries)],
-                            stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
-                            preexec_fn=_die_with_parent))
-            for proc in [] if self.in_process else self.bridges:
-                line = _read_line(proc, timeout)
-                if not line.startswith("bridge "):
-                    raise RuntimeError(f"a bridge did not start: {line!r}")
-                self.urls.append(line.split(" on ")[-1])
+                self.bridges.append(None)
+                self._start_bridge(i, 0)
+            for i, b in enumerate(self.bridges):
+                self.urls.append(b.url if self.in_process else self._bridge_ready(i))
         except BaseException:
             self.stop()
             raise
+        if self.supervise:
+            self._thread = threading.Thread(target=self._supervise, daemon=True, name="fleet-supervisor")
+            self._thread.start()
         return self
+
+    def _start_board(self, i: int) -> str:
+        """Boot board i's emulator (on its UART port, kept across restarts); its UART's URL."""
+        port = self.ports[i]
+        uart = f"tcp:127.0.0.1:{port},server=on,wait=off" if self.serial == "tcp" else "pty"
+        cmd = ["qemu-system-arm", "-M", "mps2-an386", "-display", "none", "-monitor", "none",
+               "-serial", uart, "-semihosting-config",
+               "enable=on,target=native", "-kernel", str(self.firmware),
+               "-device", f"loader,file={self.workdir / f'board{i}.data'},addr={DATA_ADDR:#x}"]
+        if self.icount:
+            cmd[1:1] = ["-icount", "shift=0"]
+        log_path = self.workdir / f"board{i}.qemu.log"
+        with open(log_path, "wb") as log:
+            self.qemu[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            preexec_fn=_die_with_parent)
+        if self.serial == "pty":
+            return _wait_pty(log_path, self.qemu[i], self.timeout)
+        _wait_listening(port, self.qemu[i], self.timeout)
+        return f"socket://127.0.0.1:{port}"
+
+    def _start_bridge(self, i: int, port: int) -> None:
+        """Start board i's bridge (serving on `port`, 0: any free one)."""
+        from fedtiny.devices.bridge import Bridge
+
+        if self.in_process:
+            self.bridges[i] = Bridge(self.board_urls[i], port=port, retries=self.retries).start()
+            return
+        with open(self.workdir / f"board{i}.bridge.log", "ab") as err:
+            self.bridges[i] = subprocess.Popen(
+                [sys.executable, "-m", "fedtiny", "board", "serve", self.board_urls[i], "--retries", str(self.retries),
+                 "--port", str(port)],
+                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True, preexec_fn=_die_with_parent)
+
+    def _bridge_ready(self, i: int) -> str:
+        line = _read_line(self.bridges[i], self.timeout)
+        if not line.startswith("bridge "):
+            raise RuntimeError(f"a bridge did not start: {line!r}")
+        return line.split(" on ")[-1]
+
+    # -- supervision -----------------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        """Restart every emulator or bridge process that died, until :meth:`stop`: a board boots
+        again with its data (its model is reloaded at its next round: the host sees its model
+        CRC change) and its bridge keeps its URL."""
+        # what this thread starts gets the parent-death signal when this thread ends: in stop(),
+        # which ends those processes anyway
+        while not self._stopping.wait(self.supervise_interval):
+            with self._lock:
+                for i in range(len(self.qemu)):
+                    if self._stopping.is_set():
+                        return
+                    try:
+                        self._revive(i)
+                    except Exception as err:  # noqa: BLE001 - try again at the next look
+                        print(f"fedtiny fleet: board {i} could not be restarted: {err}", file=sys.stderr, flush=True)
+
+    def _revive(self, i: int) -> None:
+        q, b = self.qemu[i], self.bridges[i]
+        bridge_dead = isinstance(b, subprocess.Popen) and b.poll() is not None
+        if q is not None and q.poll() is not None:
+            self.board_restarts[i] += 1
+            url = self._start_board(i)  # a TCP UART keeps its port (and the injector in front of it)
+            if self.serial == "pty" and url != self.board_urls[i]:  # a new pseudo-terminal: the bridge opens it
+                self.board_urls[i] = url
+                if isinstance(b, subprocess.Popen):
+                    _end(b)
+                    self._start_bridge(i, int(self.urls[i].rsplit(":", 1)[1]))
+                    self._bridge_ready(i)
+                else:
+                    b.board_url = url
+        if bridge_dead:
+            self.bridge_restarts[i] += 1
+            self._start_bridge(i, int(self.urls[i].rsplit(":", 1)[1]))
+            self._bridge_ready(i)
+
+    def restarts(self) -> dict:
+        """Emulator and bridge restarts so far (the supervisor's), summed over the boards."""
+        return {"board_restarts": sum(self.board_restarts), "bridge_restarts": sum(self.bridge_restarts)}
 
     def kill_board(self, i: int) -> None:
         """Kill board i's emulator outright (SIGKILL), as pulling a board's power would."""
-        self.qemu[i].kill()
-        self.qemu[i].wait(timeout=10)
+        with self._lock:
+            self.qemu[i].kill()
+            self.qemu[i].wait(timeout=10)
 
     def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout + 30)
+            self._thread = None
         for b in self.bridges:
             if isinstance(b, subprocess.Popen):
                 if b.poll() is None:
                     b.send_signal(signal.SIGTERM)
-            else:
+            elif b is not None:
                 b.close()
         for inj in self.injectors:
             inj.close()
         for q in self.qemu:
-            if q.poll() is None:
+            if q is not None and q.poll() is None:
                 q.terminate()
         deadline = time.monotonic() + timeout
-        for proc in [b for b in self.bridges if isinstance(b, subprocess.Popen)] + self.qemu:
+        for proc in [b for b in self.bridges if isinstance(b, subprocess.Popen)] + [q for q in self.qemu if q]:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -186,7 +259,18 @@ class Fleet:
                 proc.wait(timeout=5)
             if proc.stdout is not None:
                 proc.stdout.close()
-        self.qemu, self.bridges, self.injectors, self.urls, self.board_urls = [], [], [], [], []
+        self.qemu, self.bridges, self.injectors, self.urls, self.board_urls, self.ports = [], [], [], [], [], []
+
+
+def _end(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def _wait_listening(port: int, proc: subprocess.Popen, timeout: float) -> None:

@@ -217,6 +217,24 @@ class BoardClient:
         return {"loss": loss, "correct": correct, "count": count}
 
 
+def bridge_stats(url: str, timeout: float = 2.0) -> dict | None:
+    """A bridge's counters (requests, link_failures, reconnects, cancels), or None when `url`
+    is not a bridge that answers (a board's own port says UNSUPPORTED)."""
+    import json
+
+    try:
+        client = BoardClient(url, timeout=timeout, retries=1)
+    except (OSError, ValueError):
+        return None
+    try:
+        f = client.exchange(P.BRIDGE)
+        return json.loads(f.payload) if f.type == P.BRIDGE | P.REPLY else None
+    except (BoardError, OSError, ValueError):
+        return None
+    finally:
+        client.close()
+
+
 def data_block(x: np.ndarray, y: np.ndarray, start_layer: int = 0) -> bytes:
     """Local data as a board's flash holds it (an "FTDS" block, board_main.c): int8 features at
     the model boundary (version 1), or with `start_layer` k > 0 float32 features entering

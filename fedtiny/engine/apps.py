@@ -54,15 +54,17 @@ def simulation_client_app(cfg_json: str) -> ClientApp:
     return make_client_app(lambda _node: run_context(cfg_json))
 
 
-def make_server_app(run: RunContext, out_dir: Path, outcome: dict, engine: dict | None = None) -> ServerApp:
+def make_server_app(run: RunContext, out_dir: Path, outcome: dict, engine: dict | None = None, resume=None,
+                    counters=None, log=print) -> ServerApp:
     """A ServerApp bound to one prepared run; `outcome` receives the summary or the error, and
-    the summary records `engine` (backend, workers)."""
+    the summary records `engine` (backend, workers) and `counters()` (restarts, reconnects).
+    With `resume` (a checkpoint) the run continues after its round."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            outcome["summary"] = run_server(grid, run, out_dir, engine)
+            outcome["summary"] = run_server(grid, run, out_dir, engine, resume, counters, log)
         except BaseException as err:  # reported by the runner after the simulation stops
             outcome["error"] = err
             raise

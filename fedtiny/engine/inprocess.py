@@ -75,7 +75,10 @@ def _serve(conn: Connection, app: ClientApp, contexts: dict[int, Context], inher
         msg = _decode(data)
         reply = handle(app, msg, contexts[msg.metadata.dst_node_id])
         reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())
-        conn.send_bytes(_encode(reply))
+        try:
+            conn.send_bytes(_encode(reply))
+        except OSError:  # the parent is gone (stopped or killed): so is the run
+            return
 
 
 class _Worker:

@@ -16,6 +16,7 @@ same seed (wall time aside; tested).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -25,7 +26,7 @@ from omegaconf import DictConfig
 
 from fedtiny.client.context import RunContext, config_json, run_context
 from fedtiny.config import num_devices
-from fedtiny.errors import RunFailed
+from fedtiny.errors import ConfigError, RunFailed
 from fedtiny.server.prepare import prepare_output
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -44,18 +45,38 @@ def engine_settings(cfg: DictConfig) -> dict:
     return {"backend": "inprocess", "workers": min(workers, num_devices(cfg))}
 
 
-def run_experiment(cfg: DictConfig, out_dir: Path, log=print) -> dict:
+def resume_point(cfg: DictConfig, out_dir: Path, log=print):
+    """The checkpoint a resumed run continues from (None: start from round 0), after checking
+    that `cfg` is the config the run was started with (a changed key is refused, named)."""
+    from fedtiny.server import checkpoint as ckpt
+
+    found = ckpt.latest(out_dir, log)
+    if found is None:
+        return None
+    ignore = ckpt.RESUMABLE_KEYS + (("devices.urls",) if int(cfg.devices.emulate) > 0 else ())  # a new fleet's ports
+    diff = ckpt.config_diff(found.meta["config"], json.loads(config_json(cfg)), ignore)
+    if diff:
+        raise ConfigError(f"{out_dir} was started with another config; resuming it with this one is refused "
+                          f"(differing keys: {'; '.join(diff)})")
+    return found
+
+
+def run_experiment(cfg: DictConfig, out_dir: Path, log=print, resume: bool = False) -> dict:
     """Simulate the federation of ``num_devices`` devices with the configured engine; returns the
-    summary (also written to ``out_dir/summary.json``)."""
+    summary (also written to ``out_dir/summary.json``). With `resume` the run continues after
+    the newest usable checkpoint in `out_dir` (from the start if there is none)."""
     from fedtiny.engine.apps import make_server_app, simulation_client_app
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
+    checkpoint = resume_point(cfg, out_dir, log) if resume else None
     fleet = None
+    live: dict = {}  # the engine's grid and the fleet, for their restart counters
     if int(cfg.devices.emulate) > 0:  # QEMU boards and their bridges live as long as the run
         from fedtiny.devices.emulate import fleet_for_experiment
 
-        fleet = fleet_for_experiment(run_context(config_json(cfg)), out_dir / "boards", log)
+        fleet = fleet_for_experiment(run_context(config_json(cfg)), out_dir / "boards", log, supervise=True)
+        live["fleet"] = fleet
         cfg = cfg.copy()
         cfg.devices.urls = list(fleet.urls)
     outcome: dict = {}
@@ -66,17 +87,19 @@ def run_experiment(cfg: DictConfig, out_dir: Path, log=print) -> dict:
         engine = engine_settings(cfg)
         log(f"simulating {n - boards} devices{f' beside {boards} boards' if boards else ''} x {cfg.rounds} rounds "
             f"({cfg.strategy.name}; {engine['backend']}, {engine['workers']} workers); results in {out_dir}")
-        server_app = make_server_app(run, out_dir, outcome, engine)
+        links = _link_counters(list(cfg.devices.urls))
+        server_app = make_server_app(run, out_dir, outcome, engine, checkpoint,
+                                     lambda: _counters(live, links), log)
         for name in ("flwr", "ray"):
             logging.getLogger(name).setLevel(logging.ERROR)  # e.g. the strategy's INFO banner, run_simulation's notices
         if engine["backend"] == "inprocess":
-            _run_inprocess(server_app, simulation_client_app(run.config_json), n, engine["workers"])
+            _run_inprocess(server_app, simulation_client_app(run.config_json), n, engine["workers"], live)
         else:
             _run_ray(cfg, server_app, simulation_client_app(run.config_json), n)
     finally:
         if fleet is not None:
             fleet.stop()
-    if isinstance(outcome.get("error"), RunFailed):
+    if isinstance(outcome.get("error"), (RunFailed, ConfigError)):
         raise outcome["error"]
     if "error" in outcome:
         raise RuntimeError(f"the server failed: {outcome['error']}") from outcome["error"]
@@ -91,7 +114,34 @@ def run_experiment(cfg: DictConfig, out_dir: Path, log=print) -> dict:
     return summary
 
 
-def _run_inprocess(server_app, client_app, n: int, workers: int) -> None:
+def _link_counters(urls: list[str]):
+    """A function giving the link reconnects of the boards' bridges since now (a URL that is not a
+    bridge counts nothing)."""
+    from fedtiny.devices.link import bridge_stats
+
+    start = {u: bridge_stats(u) for u in urls}
+
+    def reconnects() -> int:
+        total = 0
+        for url, before in start.items():
+            now = bridge_stats(url) if before is not None else None
+            if now is not None:
+                total += int(now["reconnects"]) - int(before["reconnects"])
+        return total
+
+    return reconnects
+
+
+def _counters(live: dict, links) -> dict:
+    """Restarts and reconnects so far: simulation workers, emulated boards, bridges, links."""
+    out = {"worker_restarts": live["grid"].restarts if "grid" in live else 0}
+    if "fleet" in live:
+        out.update(live["fleet"].restarts())
+    out["link_reconnects"] = links()
+    return out
+
+
+def _run_inprocess(server_app, client_app, n: int, workers: int, live: dict) -> None:
     from flwr.app import Context, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
@@ -100,6 +150,7 @@ def _run_inprocess(server_app, client_app, n: int, workers: int) -> None:
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     with InProcessGrid(client_app, n, workers, lambda k: {"partition-id": k, "num-partitions": n}) as grid:
+        live["grid"] = grid
         try:
             server_app(grid, Context(run_id=1, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(),
                                      run_config={}))

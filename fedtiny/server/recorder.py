@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ COLUMNS = ["round", "accuracy", "loss", "fed_accuracy", "fed_loss", "train_loss"
            "energy_radio_mj_mean", "energy_idle_mj_mean",
            "failed", "rejected", "contributors_min", "contributors_max", "bytes_up", "bytes_down", "bytes_up_payload",
            "bytes_up_overhead", "bytes_down_payload", "bytes_down_overhead", "wall_s"]
+PER_ROUND_FILES = ("traffic.csv", "contributors.csv")  # appended after each round
 BYTE_COLUMNS = ("bytes_up", "bytes_down", "bytes_up_payload", "bytes_up_overhead", "bytes_down_payload",
                 "bytes_down_overhead")
 
@@ -171,6 +173,37 @@ class RunRecorder:
             rate = self.client_rounds / max(now - self.t0, 1e-9)
             status = f"accuracy {accuracy:.3f}  failed {row['failed']}  {rate:,.1f} client-rounds/s"
             self._progress.update(self._task, completed=server_round, description=status)
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of the recorder after a complete round (JSON)."""
+        files = {name: (self.out_dir / name).stat().st_size for name in PER_ROUND_FILES
+                 if (self.out_dir / name).exists()}
+        return {"rows": self.rows, "failures": self.log.failures, "energy_totals": self.energy_totals,
+                "client_rounds": self.client_rounds, "files": files}
+
+    def restore(self, state: dict) -> None:
+        """Continue after the checkpointed round: metrics.csv rewritten from its rows, the
+        per-round CSV files cut back to their size then (rows of a round in progress go)."""
+        self.rows = [dict(r) for r in state["rows"]]
+        with open(self.csv_path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(COLUMNS)
+            w.writerows([r[c] for c in COLUMNS] for r in self.rows)
+        for name in PER_ROUND_FILES:
+            path, size = self.out_dir / name, state["files"].get(name)
+            if size is None:
+                path.unlink(missing_ok=True)
+            elif not path.exists() or path.stat().st_size < size:
+                raise ValueError(f"{name} is shorter than when the checkpoint was written: it cannot be continued")
+            else:
+                os.truncate(path, size)
+        self.log.failures = [dict(f) for f in state["failures"]]
+        self.energy_totals = list(state["energy_totals"])
+        self.client_rounds = int(state["client_rounds"])
+        done = int(self.rows[-1]["round"])
+        self.log.start(done + 1)
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, description="resumed")
 
     def _append(self, name: str, header: list[str], rows: list[list]) -> None:
         """Append rows to a per-round CSV of the run directory, writing the header first."""

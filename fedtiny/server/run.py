@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,9 @@ from fedtiny.client.context import RunContext
 from fedtiny.client.records import expected_shapes, params_to_record, record_to_params
 from fedtiny.client.round import settings
 from fedtiny.server.prepare import int8_drop, int8_warning
+from fedtiny.server.checkpoint import Checkpoint
 from fedtiny.server.recorder import RunRecorder
+from fedtiny.server.rounds import RoundLoop
 from fedtiny.server.strategies import build_strategy
 from fedtiny.trainer import TrainConfig, Trainer, plan
 from fedtiny.trainer.updates import channel_axes
@@ -74,9 +77,12 @@ def partition_map(grid: Grid, nodes: list[int], run_id: str, timeout_s: float) -
     return out
 
 
-def run_server(grid: Grid, state: RunContext, out_dir: Path, engine: dict | None = None) -> dict:
+def run_server(grid: Grid, state: RunContext, out_dir: Path, engine: dict | None = None,
+               resume: Checkpoint | None = None, counters: Callable[[], dict] | None = None, log=print) -> dict:
     """Run the federation on `grid` and write its results into `out_dir`; returns the summary.
-    `engine` (backend, workers) goes into the summary as it is."""
+    `engine` (backend, workers) goes into the summary as it is; `counters()` gives the restarts
+    and reconnects of the run's processes and links so far (summary ``restarts``). With `resume`
+    the run continues after that checkpoint's round (:mod:`fedtiny.server.rounds`)."""
     cfg, model = state.cfg, state.model
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -107,11 +113,14 @@ def run_server(grid: Grid, state: RunContext, out_dir: Path, engine: dict | None
                        int(cfg.codec.downlink_bits), privacy, denominators)
         rounds = int(privacy.get("rounds_allowed", cfg.rounds))
         train_config = ConfigRecord({"run-id": state.run_id, **settings(cfg)})
-        strategy.start(grid=grid, initial_arrays=params_to_record(template), num_rounds=rounds,
-                       timeout=float(cfg.simulation.timeout_s), train_config=train_config,
-                       evaluate_config=ConfigRecord({"run-id": state.run_id}), evaluate_fn=evaluate_fn)
+        loop = RoundLoop(grid, strategy, state, recorder, out_dir, float(cfg.simulation.timeout_s), counters, log)
+        loop.run_rounds(params_to_record(template), rounds, train_config, ConfigRecord({"run-id": state.run_id}),
+                        evaluate_fn, resume)
     finally:
         recorder.close()
+    if loop.checkpoint_bytes:
+        log(f"checkpoints: {loop.checkpoint_bytes[-1]:,} B each, written in {1e3 * np.mean(loop.checkpoint_seconds):.1f} ms "
+            f"on average (max {1e3 * max(loop.checkpoint_seconds):.1f} ms)")
     summary = recorder.finish({
         "clients": len(state.task.clients), "clients_answering": len(node_of), "seed": int(cfg.seed),
         "dataset": cfg.dataset.name, "strategy": cfg.strategy.name, "model": cfg.model.arch,
@@ -131,6 +140,7 @@ def run_server(grid: Grid, state: RunContext, out_dir: Path, engine: dict | None
         "memory_schemes": {f"{kb:g}": {"scheme": sc.name, "precision": sc.precision, "arena_bytes": need}
                            for kb, (sc, need) in state.memory_schemes().items()},
         "engine": dict(engine or {"backend": "flower"}),
+        "restarts": dict(sorted(loop.totals().items())),
         "title": f"{cfg.dataset.name} / {cfg.strategy.name}: {len(node_of)} devices, {cfg.rounds} rounds",
     })
     if summary["status"] != "ok":  # summary.json is written; the run must not look like a trained model

@@ -35,6 +35,7 @@ from flwr.serverapp import Grid
 
 from fedtiny.budgets.privacy import noisy_sum_mean, update_norm
 from fedtiny.server.aggregate import masked_mean
+from fedtiny.server.checkpoint import kill_point
 from fedtiny.trainer.updates import parse_update
 from fedtiny.trainer.codec import decode, decode_update, encode, layout_of, payload_bytes, tensor_key
 from fedtiny.server.recorder import RoundLog
@@ -68,6 +69,24 @@ class FedtinyStrategy:
         self.seed = seed
         self.clients_per_round = clients_per_round
         self.round_log = log
+
+    # what a Flower server optimiser carries from round to round (FedAdam/FedYogi/FedAdagrad: m_t
+    # and v_t; FedAvgM: its momentum): a checkpoint keeps it (fedtiny.server.checkpoint)
+    SERVER_STATE = ("m_t", "v_t", "momentum_vector")
+
+    def server_state(self) -> dict[str, np.ndarray]:
+        """The server optimiser's arrays as ``name/key`` (empty for FedAvg and FedProx)."""
+        out = {}
+        for name in self.SERVER_STATE:
+            for key, value in (getattr(self, name, None) or {}).items():
+                out[f"{name}/{key}"] = np.asarray(value)
+        return out
+
+    def load_server_state(self, arrays: dict[str, np.ndarray]) -> None:
+        for name in self.SERVER_STATE:
+            part = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.split("/", 1)[0] == name}
+            if part:
+                setattr(self, name, part)
 
     def sample(self, server_round: int) -> list[int]:
         pids = sorted(self.node_of)
@@ -175,6 +194,7 @@ class FedtinyStrategy:
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid = self._sorted_valid(MessageType.TRAIN, replies)
+        kill_point("aggregate", server_round)  # a crash while aggregating (tests)
         if not valid:
             return None, None  # no usable update: the global model stays as it was
         self.round_log.row["update_norm_max"] = round(max(update_norm(p, self.reference_arrays, self.axes)
