@@ -136,6 +136,8 @@ def _resume(argv: list[str]) -> int:
     _CURRENT["dir"] = d
     try:
         cfg = OmegaConf.merge(OmegaConf.load(d / "config.yaml"), OmegaConf.from_dotlist(list(args.overrides)))
+        if int(cfg.devices.emulate) > 0:  # config.yaml has the URLs of the stopped run's fleet; a new one starts
+            cfg.devices.urls = []
         typed = validate(cfg)
     except Exception as err:  # noqa: BLE001 - a bad override or a damaged config.yaml
         _fail(err)
@@ -351,7 +353,14 @@ def main(argv: list[str] | None = None) -> None:
         where = _CURRENT.get("dir")
         then = f"fedtiny resume {where} continues it" if where else "nothing had started"
         print(f"fedtiny: stopped by {how}; {then}", file=sys.stderr)
-        sys.exit(code)
+        import os
+
+        # exit now: a thread may still wait on a round (Flower's ServerApp thread with Ray); the
+        # checkpoints and metrics are on disk already, and every child was stopped on the way out
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _experiment(argv: list[str]) -> None:

@@ -168,4 +168,17 @@ def _run_ray(cfg: DictConfig, server_app, client_app, n: int) -> None:
     else:
         init_args["num_cpus"] = int(s.num_cpus)
     backend_config = {"client_resources": {"num_cpus": float(s.client_cpus), "num_gpus": 0.0}, "init_args": init_args}
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n, backend_config=backend_config)
+    # Ray is started here, not by Flower, so that SIGTERM and Ctrl-C keep fedtiny's handlers (Ray's
+    # driver would abort on SIGTERM) and every Ray process stops with the run (ray.shutdown)
+    import signal
+
+    import ray
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    ray.init(**init_args)
+    try:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n, backend_config=backend_config)
+    finally:
+        ray.shutdown()
