@@ -26,8 +26,8 @@ def fedtiny(args: list[str], cwd: Path, cache_dir: Path, timeout: float = 600) -
     return subprocess.run([*FEDTINY, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-HELP = [[], ["pretrain"], ["report"], ["board"], ["board", "info"], ["board", "serve"], ["board", "cancel"],
-        ["emulate"], ["flower"]]
+HELP = [[], ["pretrain"], ["report"], ["resume"], ["board"], ["board", "info"], ["board", "serve"],
+        ["board", "cancel"], ["emulate"], ["flower"]]
 
 
 @pytest.mark.parametrize("sub", HELP, ids=lambda s: " ".join(s) or "fedtiny")
@@ -37,12 +37,13 @@ def test_every_subcommand_answers_help(sub, tmp_path, cache_dir):
         assert r.returncode == 0, r.stderr
         assert "usage" in r.stdout.lower() and "Traceback" not in r.stdout + r.stderr
     if not sub:  # the overview names every subcommand before Hydra's help
-        for name in ("pretrain", "report", "board info", "board serve", "board cancel", "emulate", "flower stop"):
+        for name in ("pretrain", "report", "resume", "board info", "board serve", "board cancel", "emulate",
+                     "flower stop"):
             assert f"fedtiny {name}" in r.stdout
 
 
 def test_a_subcommand_without_its_arguments_fails_with_usage(tmp_path, cache_dir):
-    for sub in (["board"], ["report"], ["emulate"]):
+    for sub in (["board"], ["report"], ["emulate"], ["resume"]):
         r = fedtiny(sub, tmp_path, cache_dir, timeout=60)
         assert r.returncode == 2 and "usage" in r.stderr and "Traceback" not in r.stderr, sub
 

@@ -119,8 +119,8 @@ def run_server(grid: Grid, state: RunContext, out_dir: Path, engine: dict | None
     finally:
         recorder.close()
     if loop.checkpoint_bytes:
-        log(f"checkpoints: {loop.checkpoint_bytes[-1]:,} B each, written in {1e3 * np.mean(loop.checkpoint_seconds):.1f} ms "
-            f"on average (max {1e3 * max(loop.checkpoint_seconds):.1f} ms)")
+        log(f"checkpoints: the last {loop.checkpoint_bytes[-1]:,} B, written in {1e3 * np.mean(loop.checkpoint_seconds):.1f} ms "
+            f"on average (max {1e3 * max(loop.checkpoint_seconds):.1f} ms), in {out_dir / 'checkpoints'}")
     summary = recorder.finish({
         "clients": len(state.task.clients), "clients_answering": len(node_of), "seed": int(cfg.seed),
         "dataset": cfg.dataset.name, "strategy": cfg.strategy.name, "model": cfg.model.arch,
