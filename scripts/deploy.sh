@@ -57,8 +57,17 @@ stop_all() {
         sleep 0.5
     done
     for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    # Flower's SuperExec children watch their parent and leave soon after it; kill any left now.
-    for p in "${PIDS[@]}"; do pkill -KILL -f -- "--parent-pid $p\$" 2>/dev/null || true; done
+    # Flower's SuperExec and the app processes it starts name their parent with --parent-pid and
+    # are meant to leave after it, but a ServerApp busy in a round does not: kill them, and theirs,
+    # down the whole tree (a SuperExec's ServerApp names the SuperExec, not the SuperLink)
+    local todo=("${PIDS[@]}")
+    while [ ${#todo[@]} -gt 0 ]; do
+        local next=()
+        for p in "${todo[@]}"; do
+            for c in $(pgrep -f -- "--parent-pid $p\$" 2>/dev/null); do next+=("$c"); kill -KILL "$c" 2>/dev/null || true; done
+        done
+        todo=("${next[@]}")
+    done
     echo "deploy: stopped (logs in $WORK)"
     exit $rc
 }
