@@ -27,6 +27,7 @@ how many failed otherwise.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -56,8 +57,6 @@ def _run(cfg: DictConfig) -> None:
     from fedtiny.engine.simulation import run_experiment
 
     from omegaconf import OmegaConf
-
-    import os
 
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
@@ -167,8 +166,6 @@ def _run_log(d: Path) -> logging.Logger:
 
 
 def _resume_sweep(d: Path, extra: list[str]) -> int:
-    import os
-
     from omegaconf import OmegaConf
 
     saved = OmegaConf.load(d / "multirun.yaml").hydra.overrides
@@ -181,8 +178,6 @@ def _resume_sweep(d: Path, extra: list[str]) -> int:
 
 
 def _record_sweep_job(outcome: str, out: Path) -> None:
-    import os
-
     path = os.environ.get(_SWEEP_LOG)
     if path:
         with open(path, "a") as fh:  # one short line per job: appends do not interleave
@@ -291,7 +286,6 @@ def _pretrain(argv: list[str]) -> int:
 
 def _sweep(argv: list[str]) -> int:
     """A Hydra multirun; exits 1 when no run of the sweep finished."""
-    import os
     import tempfile
 
     fd, path = tempfile.mkstemp(prefix="fedtiny-sweep-", suffix=".log")
@@ -353,8 +347,6 @@ def main(argv: list[str] | None = None) -> None:
         where = _CURRENT.get("dir")
         then = f"fedtiny resume {where} continues it" if where else "nothing had started"
         print(f"fedtiny: stopped by {how}; {then}", file=sys.stderr)
-        import os
-
         # exit now: a thread may still wait on a round (Flower's ServerApp thread with Ray); the
         # checkpoints and metrics are on disk already, and every child was stopped on the way out
         logging.shutdown()

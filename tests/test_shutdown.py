@@ -121,11 +121,19 @@ def test_emulate_brings_a_killed_board_back_and_stops_everything_on_sigterm(tmp_
         os.kill(boards[0], signal.SIGKILL)
         _wait_for(lambda: len([p for p in descendants(proc.pid) if _cmdline(p).startswith(b"qemu-system-arm")
                                and p not in boards]) == 1, proc, "restarted board", 60)
-        from fedtiny.devices.link import BoardClient
+        from fedtiny.devices.link import BoardClient, BoardError
 
         url = next(ln.split(": ")[1].split(" ")[0] for ln in log.read_text().splitlines() if ln.startswith("partition 0"))
         client = BoardClient(url, timeout=5.0, retries=3)  # the same bridge URL reaches the new board
-        assert client.hello()["model_crc32"] == 0  # booted again: no model until the host loads one
+        deadline = time.monotonic() + 30
+        while True:  # as a host's next round would: LINK_DOWN until the new emulator listens
+            try:
+                info = client.hello()
+                break
+            except BoardError as err:
+                assert "LINK_DOWN" in str(err) and time.monotonic() < deadline, err
+                time.sleep(0.5)
+        assert info["model_crc32"] == 0  # booted again: no model until the host loads one
         client.close()
         started |= descendants(proc.pid)
         proc.send_signal(signal.SIGTERM)
@@ -166,3 +174,29 @@ def test_deploy_script_stops_every_process_on_sigterm(tmp_path, cache_dir):
     assert proc.returncode == 130, log.read_text()[-2000:]
     assert log.read_text().strip().splitlines()[-1].startswith("deploy: stopped (logs in ")
     assert not _gone(started, 60), "processes of scripts/deploy.sh outlived it"
+
+
+def test_a_ray_run_killed_outright_leaves_no_process(tmp_path, cache_dir):
+    """SIGKILL leaves a run no chance to stop Ray; its watchdog (fedtiny.engine.reaper) does.
+    Without it Ray's GCS, raylet and agents stayed for minutes."""
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0")
+    proc = subprocess.Popen([sys.executable, "-m", "fedtiny", "experiment=digits_quick", "rounds=5000",
+                             "simulation.backend=ray", f"cache_dir={cache_dir}", "progress=false",
+                             f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        metrics = run_dir / "metrics.csv"
+        _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 4, proc, "round")
+        time.sleep(1.5)  # the watchdog hears about new processes every second
+        started = descendants(proc.pid)
+        ray = [p for p in started if b"ray" in _cmdline(p)]
+        assert len(ray) >= 4, [_cmdline(p)[:80] for p in started]  # GCS, raylet, agents, actors
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    left = _gone(started, 20)
+    assert not left, f"outlived the run: {[_cmdline(p)[:80] for p in left]}"
+    assert (run_dir / "checkpoints").is_dir()  # and the run can be resumed

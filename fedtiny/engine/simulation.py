@@ -174,11 +174,16 @@ def _run_ray(cfg: DictConfig, server_app, client_app, n: int) -> None:
 
     import ray
 
+    from fedtiny.engine.reaper import Reaper
+
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    ray.init(**init_args)
-    try:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n, backend_config=backend_config)
-    finally:
-        ray.shutdown()
+    with Reaper() as reaper:  # and if this process is killed outright (SIGKILL), a watchdog stops Ray's
+        ray.init(**init_args)
+        reaper.report()
+        try:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n,
+                           backend_config=backend_config)
+        finally:
+            ray.shutdown()
