@@ -54,3 +54,45 @@ def test_bleak_over_bumble_echoes_through_nus(mtu):
         return bytes(got)
 
     assert asyncio.run(main()) == bytes(range(256)) * 16
+
+
+def test_a_board_over_ble_answers_hello_and_takes_its_model(tmp_path):
+    """An emulated board's UART behind the bumble NUS peripheral (a BLE-UART bridge chip): the
+    host's BoardClient opens ble://ADDRESS?hci=... as it opens a serial port, and HELLO and a
+    multi-frame LOAD go through the framed protocol cut at MTU - 3 and reassembled."""
+    import threading
+    import zlib
+
+    import numpy as np
+
+    from tests.cortex_m import build_firmware, needs_cortex_m  # noqa: F401
+    from tests.models import random_model
+    from fedtiny.devices.emulate import Fleet
+    from fedtiny.devices.link import BoardClient, data_block
+    from fedtiny.devices.ble_bumble import serve_board
+    from fedtiny.trainer import Model
+
+    rng = np.random.default_rng(42)
+    model = Model(random_model(rng, frozen=("conv2d",), trainable=("dwconv2d", "conv2d", "flatten", "fc"),
+                               input_shape=(6, 6, 2)))
+    x = rng.integers(-128, 128, (40, *model.input_shape)).astype(np.int8)
+    y = rng.integers(0, model.num_classes, 40).astype(np.uint8)
+    firmware = build_firmware(tmp_path / "fw", "ft_board_mps2")
+    with Fleet(firmware, [data_block(model.prefix_features(x), y)], tmp_path / "board", in_process_bridges=True) as fleet:
+        uart_port = int(fleet.board_urls[0].rsplit(":", 1)[1])
+        hci_port = _free_port()
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, daemon=True).start()
+        asyncio.run_coroutine_threadsafe(serve_board(f"tcp-server:127.0.0.1:{hci_port}", "F0:F1:F2:F3:F4:F5",
+                                                     ("127.0.0.1", uart_port)), loop).result(10)
+        for mtu in (247, 23):
+            client = BoardClient(f"ble://F0:F1:F2:F3:F4:F5?hci=tcp-client:127.0.0.1:{hci_port}&mtu={mtu}",
+                                 timeout=5.0, retries=3)
+            assert client.port.mtu == mtu
+            info = client.hello()
+            assert info["protocol"] == 1 and info["samples"] == 40
+            blob = model.to_bytes()
+            client.load_model(blob)
+            assert client.hello()["model_crc32"] == zlib.crc32(blob)
+            client.close()
+        loop.call_soon_threadsafe(loop.stop)

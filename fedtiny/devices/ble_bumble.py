@@ -148,3 +148,27 @@ async def serve_air(hci_spec: str, peripheral_address: str, on_write, ready: asy
     if ready is not None:
         ready.set()
     return device, tx, transport
+
+
+async def serve_board(hci_spec: str, peripheral_address: str, uart: tuple[str, int]):
+    """A BLE-UART bridge chip for tests: the NUS peripheral of :func:`serve_air` whose RX goes to
+    a board's UART (a TCP socket: an emulated board's) and whose TX notifies what the UART says,
+    cut at the connection's MTU - 3."""
+    reader, writer = await asyncio.open_connection(*uart)
+
+    def to_board(_device, _tx, data: bytes) -> None:
+        writer.write(data)
+
+    device, tx, transport = await serve_air(hci_spec, peripheral_address, to_board)
+
+    async def to_host() -> None:
+        while True:
+            data = await reader.read(4096)
+            if not data:
+                return
+            mtu = min((c.att_mtu for c in device.connections.values()), default=23)
+            for i in range(0, len(data), mtu - 3):
+                await device.notify_subscribers(tx, data[i:i + mtu - 3])
+
+    pump = asyncio.create_task(to_host())
+    return device, pump, transport, writer

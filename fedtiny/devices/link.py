@@ -28,6 +28,8 @@ class BoardClient:
     def __init__(self, url: str, timeout: float = 5.0, retries: int = 3, train_timeout: float = 300.0) -> None:
         import serial
 
+        if "fedtiny.devices" not in serial.protocol_handler_packages:  # ble:// (fedtiny.devices.protocol_ble)
+            serial.protocol_handler_packages.append("fedtiny.devices")
         self.port = serial.serial_for_url(url, baudrate=115200, timeout=0.05)
         self._wlock = threading.Lock()  # whole frames: a CANCEL may be written from another thread
         self.timeout, self.retries, self.train_timeout = timeout, retries, train_timeout
