@@ -240,7 +240,8 @@ def _board(argv: list[str]) -> int:
                                  epilog="fedtiny board serve --help: own a board's link and serve it (a bridge)")
     sub = ap.add_subparsers(dest="command", required=True, metavar="{info,serve,cancel}")
     info = sub.add_parser("info", help="ask a board who it is", description="ask a board who it is (HELLO)")
-    info.add_argument("url", help="/dev/ttyACM0, socket://127.0.0.1:4000 (QEMU), or a bridge's socket:// URL")
+    info.add_argument("url", help="/dev/ttyACM0, socket://127.0.0.1:4000 (QEMU), a bridge's socket:// URL, or "
+                      "ble://ADDRESS (Nordic UART Service; docs/boards.md)")
     info.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
     sub.add_parser("serve", help="own a board's link and serve it on a local TCP port (a bridge)", add_help=False)
     cancel = sub.add_parser("cancel", help="stop a TRAIN the board is running", description="stop a TRAIN the "

@@ -1,6 +1,8 @@
-"""WORK IN PROGRESS (issue 20): bleak's own client API over the bumble backend, through HCI over
-TCP to a bumble LocalLink with a NUS peripheral that echoes: MTU exchange and a 4 KB echo cut at
-MTU-3, for MTU 247 and 23."""
+"""Boards over BLE, the first part (issue 20): bleak's own client API over fedtiny's bumble backend,
+through HCI over TCP to a bumble LocalLink ("the air"), reaches a NUS peripheral: a 4 KB echo cut
+at MTU - 3 comes back intact at MTU 247 and 23; and an emulated board behind the NUS peripheral
+(a BLE-UART bridge chip) answers HELLO and takes a multi-frame LOAD through ``ble://`` URLs, the
+way every serial URL is opened. No mocks: bleak's client, bumble's host, controllers and GATT."""
 
 from __future__ import annotations
 
@@ -9,8 +11,7 @@ import socket
 
 import pytest
 
-pytest.importorskip("bleak")
-pytest.importorskip("bumble")
+from tests.cortex_m import needs_cortex_m
 
 
 def _free_port() -> int:
@@ -56,6 +57,7 @@ def test_bleak_over_bumble_echoes_through_nus(mtu):
     assert asyncio.run(main()) == bytes(range(256)) * 16
 
 
+@needs_cortex_m
 def test_a_board_over_ble_answers_hello_and_takes_its_model(tmp_path):
     """An emulated board's UART behind the bumble NUS peripheral (a BLE-UART bridge chip): the
     host's BoardClient opens ble://ADDRESS?hci=... as it opens a serial port, and HELLO and a
@@ -65,7 +67,7 @@ def test_a_board_over_ble_answers_hello_and_takes_its_model(tmp_path):
 
     import numpy as np
 
-    from tests.cortex_m import build_firmware, needs_cortex_m  # noqa: F401
+    from tests.cortex_m import build_firmware
     from tests.models import random_model
     from fedtiny.devices.emulate import Fleet
     from fedtiny.devices.link import BoardClient, data_block

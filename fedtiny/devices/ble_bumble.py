@@ -1,11 +1,12 @@
-"""WORK IN PROGRESS (issue 20, not on main): bleak's client API over a bumble host stack.
+"""bleak's client API over a bumble host stack, and a BLE-UART peripheral for tests.
 
 :class:`BumbleBleakClient` is a bleak backend (``BleakClient(address, backend=BumbleBleakClient)``)
 whose Bluetooth host is bumble, talking HCI to a controller over a bumble transport
 (``FEDTINY_BLE_HCI``, e.g. ``tcp-client:127.0.0.1:PORT``): what lets the production bleak code
 run in CI, where the kernel has no Bluetooth. :func:`serve_air` is the other side for tests: one
 bumble ``LocalLink`` ("the air") with a host-facing controller served over HCI and a peripheral
-offering the Nordic UART Service.
+offering the Nordic UART Service; :func:`serve_board` forwards that service to a board's UART
+(a BLE-UART bridge chip, or a BLE MCU's radio core, in front of an emulated board).
 """
 
 from __future__ import annotations

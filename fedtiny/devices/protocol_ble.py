@@ -1,5 +1,5 @@
-"""WORK IN PROGRESS (issue 20): ``ble://`` URLs for pyserial's ``serial_for_url``, so everything
-that opens a board's link (``BoardClient``, the bridge, ``fedtiny board info``) works over BLE.
+"""``ble://`` URLs for pyserial's ``serial_for_url``, so everything that opens a board's link
+(``BoardClient``, the bridge, ``fedtiny board info``/``serve``, ``devices.urls``) works over BLE.
 
     ble://F0:F1:F2:F3:F4:F5                         bleak's platform backend (BlueZ on Linux)
     ble://F0:F1:F2:F3:F4:F5?hci=tcp-client:H:P      bleak over bumble, HCI over a bumble transport
@@ -18,7 +18,7 @@ import threading
 import time
 from urllib.parse import parse_qs, urlparse
 
-from serial import SerialBase, SerialException, SerialTimeoutException  # noqa: F401
+from serial import SerialBase, SerialException
 
 
 class Serial(SerialBase):
