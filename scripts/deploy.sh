@@ -46,21 +46,30 @@ export FLWR_HOME=$WORK/flwr-home
 mkdir -p "$FLWR_HOME" "$OUT"
 PIDS=()
 
+tree() {  # the given pids and all their descendants
+    local p
+    for p in "$@"; do
+        echo "$p"
+        tree $(pgrep -P "$p" 2>/dev/null)
+    done
+}
+
 stop_all() {
     local rc=$?
     trap - EXIT INT TERM
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    # every process started here and everything below it, read before anything is stopped: a
+    # SuperExec that leaves on its own would otherwise orphan the ServerApp it started
+    local all=($(tree "${PIDS[@]}"))
+    for p in "${all[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for _ in $(seq 1 30); do
         local alive=0
-        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        for p in "${all[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
         [ $alive = 0 ] && break
         sleep 0.5
     done
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    # Flower's SuperExec and the app processes it starts name their parent with --parent-pid and
-    # are meant to leave after it, but a ServerApp busy in a round does not: kill them, and theirs,
-    # down the whole tree (a SuperExec's ServerApp names the SuperExec, not the SuperLink)
-    local todo=("${PIDS[@]}")
+    for p in "${all[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    # and what started since, found by the --parent-pid Flower gives its app processes
+    local todo=("${all[@]}")
     while [ ${#todo[@]} -gt 0 ]; do
         local next=()
         for p in "${todo[@]}"; do
