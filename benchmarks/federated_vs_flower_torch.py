@@ -105,16 +105,9 @@ def pss_kb(pid: int) -> int:
 
 def tree_pss_kb(pid: int) -> int:
     """PSS of a process and its descendants (the engine's worker processes)."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        total += pss_kb(p)
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                pass
-    return total
+    from fedtiny.engine.reaper import descendants
+
+    return sum(pss_kb(p) for p in {pid} | descendants(pid))
 
 
 class PeakMemory:

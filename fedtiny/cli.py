@@ -63,9 +63,10 @@ def _run(cfg: DictConfig) -> None:
     multirun = hc.mode == RunMode.MULTIRUN
     _CURRENT["dir"] = Path(hc.sweep.dir) if multirun else out
     resume = bool(os.environ.get(_RESUME))
-    if resume and multirun and _finished(out):
-        print(f"fedtiny: {out} finished already ({_finished(out)})", file=sys.stderr)
-        _record_sweep_job(_finished(out), out)
+    ended = _finished(out) if resume and multirun else None
+    if ended:
+        print(f"fedtiny: {out} finished already ({ended})", file=sys.stderr)
+        _record_sweep_job(ended, out)
         return
     try:
         typed = validate(cfg)
@@ -125,8 +126,9 @@ def _resume(argv: list[str]) -> int:
         print(f"fedtiny resume: {d} is neither a run directory (config.yaml) nor a sweep directory (multirun.yaml)",
               file=sys.stderr)
         return 2
-    if _finished(d):
-        print(f"fedtiny resume: {d} finished already ({_finished(d)}; summary.json): nothing to resume", file=sys.stderr)
+    ended = _finished(d)
+    if ended:
+        print(f"fedtiny resume: {d} finished already ({ended}; summary.json): nothing to resume", file=sys.stderr)
         return 1
     from omegaconf import OmegaConf
 
