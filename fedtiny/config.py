@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -84,6 +84,9 @@ class FashionData:
 
 
 SERIAL_MODES = ("tcp", "pty")  # how a bridge reaches an emulated board's UART (devices.serial, Fleet)
+LINKS = ("serial", "ble")  # how an emulated board's bridge reaches the board (devices.link, Fleet)
+# a BLE connection's parameters (Bluetooth Core 5.x): ATT MTU, LL data length, interval, packets per event
+BLE_LIMITS = {"mtu": (23, 517), "data_length": (27, 251), "interval_ms": (7.5, 4000.0), "packets_per_event": (1, 64)}
 
 DATASETS: dict[str, type] = {"watch": WatchData, "digits": DigitsData, "fashion": FashionData}
 
@@ -192,6 +195,18 @@ class CyclesCfg:
 
 
 @dataclass
+class BleCfg:
+    tx_mw: float = 19.2
+    rx_mw: float = 18.78
+    event_overhead_us: float = 200.0
+    mtu: int = 247
+    data_length: int = 251
+    phy: int = 1
+    interval_ms: float = 7.5
+    packets_per_event: int = 6
+
+
+@dataclass
 class BoardCfg:
     name: str = "nrf52840"
     core: str = "Cortex-M4F"
@@ -201,6 +216,7 @@ class BoardCfg:
     active_mw: float = 9.9
     sleep_mw: float = 0.0095
     radio: RadioCfg = field(default_factory=RadioCfg)
+    ble: Optional[BleCfg] = None
     cycles_per_mac: CyclesCfg = field(default_factory=CyclesCfg)
 
 
@@ -220,6 +236,7 @@ class DevicesCfg:
     firmware: Any = None
     damage: float = 0.0
     serial: str = "tcp"
+    link: str = "serial"
 
 
 @dataclass
@@ -417,6 +434,17 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(dv.serial in SERIAL_MODES, f"devices.serial must be one of {list(SERIAL_MODES)}, got {dv.serial!r}")
     _check(not (dv.serial == "pty" and dv.damage > 0),
            "devices: damage needs devices.serial=tcp (the injector is a TCP proxy between bridge and board)")
+    _check(dv.link in LINKS, f"devices.link must be one of {list(LINKS)}, got {dv.link!r}")
+    _check(dv.link == "serial" or (dv.emulate > 0 and dv.serial == "tcp"),
+           "devices.link=ble is for emulated boards over devices.serial=tcp (real boards over BLE take ble:// URLs "
+           "in devices.urls)")
+    if top.board.ble is not None:
+        b = top.board.ble
+        for key, (low, high) in BLE_LIMITS.items():
+            _check(low <= b[key] <= high, f"board.ble.{key} must be in [{low:g}, {high:g}], got {b[key]!r}")
+        _check(b.phy in (1, 2), f"board.ble.phy must be 1 or 2 (Mbit/s), got {b.phy!r}")
+        _check(b.tx_mw > 0 and b.rx_mw > 0 and b.event_overhead_us >= 0,
+               "board.ble: need tx_mw > 0, rx_mw > 0 and event_overhead_us >= 0")
     _check(not (boards and q.error_feedback),
            "devices: the board firmware keeps no error-feedback residual between rounds; set codec.error_feedback=false")
     for key in ("raise_partitions", "nan_partitions", "malformed_partitions", "crash_partitions"):

@@ -24,20 +24,18 @@ def _free_port() -> int:
 def test_bleak_over_bumble_echoes_through_nus(mtu):
     from bleak import BleakClient
 
-    from fedtiny.devices.ble_bumble import NUS_RX, NUS_TX, BumbleBleakClient, serve_air
+    from fedtiny.devices.ble_bumble import NUS_RX, NUS_TX, Air, BumbleBleakClient
 
     async def main() -> bytes:
         port = _free_port()
 
-        def echo(device, tx, data):
-            asyncio.get_event_loop().create_task(device.notify_subscribers(tx, data))
+        def echo(peripheral, data):
+            asyncio.get_running_loop().create_task(peripheral.device.notify_subscribers(peripheral.tx, data))
 
-        air = asyncio.create_task(serve_air(f"tcp-server:127.0.0.1:{port}", "F0:F1:F2:F3:F4:F5", echo))
-        await asyncio.sleep(0.3)
+        await Air().add_peripheral(f"tcp-server:127.0.0.1:{port}", "F0:F1:F2:F3:F4:F5", echo)
         client = BleakClient("F0:F1:F2:F3:F4:F5", backend=BumbleBleakClient, hci=f"tcp-client:127.0.0.1:{port}",
                              timeout=10, mtu=mtu)
         await client.connect()
-        await air
         assert client.mtu_size == mtu
         got, done = bytearray(), asyncio.Event()
 
@@ -71,7 +69,7 @@ def test_a_board_over_ble_answers_hello_and_takes_its_model(tmp_path):
     from tests.models import random_model
     from fedtiny.devices.emulate import Fleet
     from fedtiny.devices.link import BoardClient, data_block
-    from fedtiny.devices.ble_bumble import serve_board
+    from fedtiny.devices.ble_bumble import Air
     from fedtiny.trainer import Model
 
     rng = np.random.default_rng(42)
@@ -85,8 +83,8 @@ def test_a_board_over_ble_answers_hello_and_takes_its_model(tmp_path):
         hci_port = _free_port()
         loop = asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, daemon=True).start()
-        asyncio.run_coroutine_threadsafe(serve_board(f"tcp-server:127.0.0.1:{hci_port}", "F0:F1:F2:F3:F4:F5",
-                                                     ("127.0.0.1", uart_port)), loop).result(10)
+        asyncio.run_coroutine_threadsafe(Air().add_board(f"tcp-server:127.0.0.1:{hci_port}", "F0:F1:F2:F3:F4:F5",
+                                                         ("127.0.0.1", uart_port)), loop).result(10)
         for mtu in (247, 23):
             client = BoardClient(f"ble://F0:F1:F2:F3:F4:F5?hci=tcp-client:127.0.0.1:{hci_port}&mtu={mtu}",
                                  timeout=5.0, retries=3)

@@ -5,7 +5,8 @@
  * Commands (payloads little-endian; every reply is the request's type | 0x80 and seq):
  *   HELLO     -> "FTBD", u32 protocol 1, u32 SRAM KiB, char[8] trainer version, u32 model CRC-32
  *                (0: none), u32 local samples, u32 the trainable layer local samples enter (0: int8
- *                boundary features; k > 0: cached float32 features, see local_data)
+ *                boundary features; k > 0: cached float32 features, see local_data), u32 TRAINs
+ *                run since boot (repeats answered from the last reply not counted)
  *   LOAD      u32 offset, u32 total, bytes -> u32 status, u32 bytes received
  *             (the model file in chunks; loaded and checked when the last chunk arrives)
  *   PARAMS    u32 offset, f32 values -> u32 status (the global model's trainable values, all layers
@@ -100,6 +101,7 @@ static uint32_t fbits(float f)
 /* The last reply stays in tx: a request repeated with the same type, seq and bytes (the host
  * lost the reply and asks again) gets it resent without being executed twice. */
 static uint32_t last_len, last_key, have_last;
+static uint32_t trains_run; /* TRAIN requests executed since boot (HELLO says it) */
 
 static void reply(const ft_frame *req, uint8_t type, const uint8_t *payload, uint16_t n)
 {
@@ -528,7 +530,7 @@ static void cmd_spin(const ft_frame *f)
 
 static void handle(const ft_frame *f)
 {
-    uint8_t r[32];
+    uint8_t r[36];
     switch (f->type) {
     case FT_MSG_HELLO: {
         ft_dataset d;
@@ -542,7 +544,8 @@ static void handle(const ft_frame *f)
         const int have = local_data(&d, &start);
         put32(r + 24, have ? (uint32_t)d.count : 0u);
         put32(r + 28, (uint32_t)start);
-        reply(f, (uint8_t)(f->type | FT_PROTO_REPLY), r, 32);
+        put32(r + 32, trains_run);
+        reply(f, (uint8_t)(f->type | FT_PROTO_REPLY), r, 36);
         break;
     }
     case FT_MSG_LOAD: {
@@ -599,6 +602,7 @@ static void handle(const ft_frame *f)
     }
     case FT_MSG_TRAIN:
         ack(f); /* the host waits longer once it knows the request arrived */
+        trains_run++;
         cmd_train(f);
         break;
     case FT_MSG_STATS:

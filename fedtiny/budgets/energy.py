@@ -14,7 +14,11 @@ Per client per round (millijoules):
     - ``update``: one SGD step per updated value per batch (counted as 4 MAC-equivalents).
   The cycles-per-MAC table is a modelling assumption until calibrated on the emulated board.
 * **radio** = bytes sent x TX energy per byte + bytes received x RX energy per byte, with the
-  exact per-client bytes of the round (``traffic.csv``: payload and overhead).
+  exact per-client bytes of the round (``traffic.csv``: payload and overhead). A profile whose
+  radio is BLE (``radio.kind`` "BLE ...") with a ``ble`` section prices the bytes as they go over
+  the air instead (:mod:`fedtiny.budgets.ble`): cut at MTU - 3 into ATT packets, with ATT, L2CAP
+  and link-layer headers, empty PDUs and write responses, at the radio's TX and RX power, plus a
+  per-connection-event overhead; its radio time is connection events x interval.
 * **idle** = the rest of the round period in sleep, at sleep power.
 """
 
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedtiny.budgets.ble import BleRadio, LinkParams, link_params, radio, stream_counts
 from fedtiny.trainer import Model, TrainConfig, plan
 
 
@@ -39,13 +44,18 @@ class Board:
     rx_nj_per_byte: float
     throughput_bps: float
     cycles_per_mac: dict
+    ble: BleRadio | None = None  # set when the profile's radio is BLE: bytes priced over the air
+    ble_link: LinkParams | None = None
 
     @classmethod
     def from_cfg(cls, b) -> Board:
+        ble = b.get("ble") if hasattr(b, "get") else getattr(b, "ble", None)
+        over_ble = ble is not None and str(b.radio.kind).upper().startswith("BLE")
         return cls(str(b.name), float(b.clock_mhz) * 1e6, float(b.sram_kb), float(b.flash_kb),
                    float(b.active_mw), float(b.sleep_mw), float(b.radio.tx_nj_per_byte),
                    float(b.radio.rx_nj_per_byte), float(b.radio.throughput_kbps) * 1e3,
-                   {k: float(v) for k, v in b.cycles_per_mac.items()})
+                   {k: float(v) for k, v in b.cycles_per_mac.items()},
+                   BleRadio.from_cfg(ble) if over_ble else None, link_params(ble) if over_ble else None)
 
 
 def layer_macs(layer) -> int:
@@ -103,10 +113,14 @@ def compute_seconds(board: Board, macs: dict[str, int]) -> float:
 
 
 def radio_mj(board: Board, bytes_up: int, bytes_down: int) -> float:
+    if board.ble is not None:
+        return radio(stream_counts(bytes_up, bytes_down, board.ble_link), board.ble_link, board.ble)["energy_mj"]
     return (bytes_up * board.tx_nj_per_byte + bytes_down * board.rx_nj_per_byte) * 1e-6
 
 
 def radio_seconds(board: Board, bytes_up: int, bytes_down: int) -> float:
+    if board.ble is not None:
+        return radio(stream_counts(bytes_up, bytes_down, board.ble_link), board.ble_link, board.ble)["elapsed_ms"] / 1e3
     return 8.0 * (bytes_up + bytes_down) / board.throughput_bps
 
 

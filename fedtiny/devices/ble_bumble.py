@@ -1,28 +1,43 @@
-"""bleak's client API over a bumble host stack, and a BLE-UART peripheral for tests.
+"""bleak's client API over a bumble host stack, and BLE-UART peripherals for emulated boards.
 
 :class:`BumbleBleakClient` is a bleak backend (``BleakClient(address, backend=BumbleBleakClient)``)
 whose Bluetooth host is bumble, talking HCI to a controller over a bumble transport
 (``FEDTINY_BLE_HCI``, e.g. ``tcp-client:127.0.0.1:PORT``): what lets the production bleak code
-run in CI, where the kernel has no Bluetooth. :func:`serve_air` is the other side for tests: one
-bumble ``LocalLink`` ("the air") with a host-facing controller served over HCI and a peripheral
-offering the Nordic UART Service; :func:`serve_board` forwards that service to a board's UART
-(a BLE-UART bridge chip, or a BLE MCU's radio core, in front of an emulated board).
+run in CI, where the kernel has no Bluetooth.
+
+:class:`Air` is the other side: one bumble ``LocalLink`` (the air) on which each peripheral
+offers the Nordic UART Service and has its own host-facing controller served over HCI (one per
+host link, as each board's bridge owns its own connection). :meth:`Air.add_board` forwards a
+peripheral's NUS to a board's UART (a TCP socket: an emulated board's), playing a BLE-UART
+bridge chip or a BLE MCU's radio core; the UART is reopened when the board restarts.
+``python -m fedtiny.devices.ble_bumble ADDRESS=UART_PORT@HCI_PORT ...`` serves boards this way
+(what ``devices.link=ble`` starts). :class:`Faults` makes the air misbehave for tests: drop the
+connection after a given request (or part way through its reply), lose or truncate a
+notification.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.client import BaseBleakClient, NotifyCallback
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
 
+from fedtiny.devices import protocol as P
+
 NUS = "6e400001-b5a3-f393-e0a9-e50e24dcca9e"
 NUS_RX = "6e400002-b5a3-f393-e0a9-e50e24dcca9e"  # host -> peripheral: write without response
 NUS_TX = "6e400003-b5a3-f393-e0a9-e50e24dcca9e"  # peripheral -> host: notify
-HOST_ADDRESS = "F0:F1:F2:F3:F4:F0"
+
+
+def host_address(peripheral: str) -> str:
+    """The address the host's stack takes when it connects to `peripheral`: one per link, so
+    that several hosts (one bridge per board) share one virtual air."""
+    return ("C1" if peripheral[:2].upper() == "C0" else "C0") + peripheral[2:]
 
 _PROPERTIES = (("BROADCAST", "broadcast"), ("READ", "read"), ("WRITE_WITHOUT_RESPONSE", "write-without-response"),
                ("WRITE", "write"), ("NOTIFY", "notify"), ("INDICATE", "indicate"))
@@ -60,7 +75,7 @@ class BumbleBleakClient(BaseBleakClient):
         if not self._hci:
             raise RuntimeError("the bumble backend needs an HCI transport (FEDTINY_BLE_HCI)")
         self._transport = await open_transport(self._hci)
-        self._device = Device.with_hci("fedtiny-host", hci.Address(HOST_ADDRESS), self._transport.source,
+        self._device = Device.with_hci("fedtiny-host", hci.Address(host_address(self.address)), self._transport.source,
                                        self._transport.sink)
         await self._device.power_on()
         self._connection = await asyncio.wait_for(self._device.connect(hci.Address(self.address)), self._timeout)
@@ -122,54 +137,186 @@ class BumbleBleakClient(BaseBleakClient):
         await characteristic.obj.unsubscribe()
 
 
-async def serve_air(hci_spec: str, peripheral_address: str, on_write, ready: asyncio.Event | None = None):
-    """The air for tests: a LocalLink with a controller served over `hci_spec` (for the host's
-    bumble stack) and a peripheral offering NUS; `on_write(device, tx_characteristic, data)` gets
-    what the host writes to RX. Returns (peripheral device, TX characteristic)."""
-    from bumble import gatt, hci
-    from bumble.controller import Controller
-    from bumble.device import Device
-    from bumble.host import Host
-    from bumble.link import LocalLink
-    from bumble.transport import open_transport
-    from bumble.transport.common import AsyncPipeSink
-
-    link = LocalLink()
-    transport = await open_transport(hci_spec)
-    Controller("host-controller", host_source=transport.source, host_sink=transport.sink, link=link)
-    board = Controller("board-controller", link=link)
-    device = Device(name="fedtiny-board", address=hci.Address(peripheral_address), host=Host(board, AsyncPipeSink(board)))
-    tx = gatt.Characteristic(NUS_TX, gatt.Characteristic.Properties.NOTIFY, gatt.Characteristic.READABLE, b"")
-    rx = gatt.Characteristic(NUS_RX, gatt.Characteristic.Properties.WRITE_WITHOUT_RESPONSE
-                             | gatt.Characteristic.Properties.WRITE, gatt.Characteristic.WRITEABLE,
-                             gatt.CharacteristicValue(write=lambda _conn, value: on_write(device, tx, bytes(value))))
-    device.add_service(gatt.Service(NUS, [rx, tx]))
-    await device.power_on()
-    await device.start_advertising(auto_restart=True)
-    if ready is not None:
-        ready.set()
-    return device, tx, transport
 
 
-async def serve_board(hci_spec: str, peripheral_address: str, uart: tuple[str, int]):
-    """A BLE-UART bridge chip for tests: the NUS peripheral of :func:`serve_air` whose RX goes to
-    a board's UART (a TCP socket: an emulated board's) and whose TX notifies what the UART says,
-    cut at the connection's MTU - 3."""
-    reader, writer = await asyncio.open_connection(*uart)
+@dataclass
+class Faults:
+    """What a peripheral does wrong, for tests. `cut`: (frame type name, n, after) drops the
+    connection once the n-th request of that type (counted from 1 on this peripheral) has
+    reached the board and `after` bytes of what the board says next have been notified (0: at
+    once); `drop` / `truncate`: the notification numbers (from 1) that are lost, or lose their
+    last half."""
 
-    def to_board(_device, _tx, data: bytes) -> None:
-        writer.write(data)
+    cut: list = field(default_factory=list)
+    drop: list = field(default_factory=list)
+    truncate: list = field(default_factory=list)
 
-    device, tx, transport = await serve_air(hci_spec, peripheral_address, to_board)
+    @classmethod
+    def parse(cls, spec: dict | None) -> Faults:
+        spec = spec or {}
+        unknown = set(spec) - {"cut", "drop", "truncate"}
+        if unknown:
+            raise ValueError(f"unknown BLE faults {sorted(unknown)} (cut, drop, truncate)")
+        cuts = []
+        for name, n, after in spec.get("cut", []):
+            if not hasattr(P, str(name)):
+                raise ValueError(f"unknown frame type {name!r} in a BLE fault")
+            cuts.append((getattr(P, str(name)), int(n), int(after)))
+        return cls(cuts, [int(k) for k in spec.get("drop", [])], [int(k) for k in spec.get("truncate", [])])
 
-    async def to_host() -> None:
-        while True:
-            data = await reader.read(4096)
-            if not data:
-                return
-            mtu = min((c.att_mtu for c in device.connections.values()), default=23)
-            for i in range(0, len(data), mtu - 3):
-                await device.notify_subscribers(tx, data[i:i + mtu - 3])
 
-    pump = asyncio.create_task(to_host())
-    return device, pump, transport, writer
+class Peripheral:
+    """One NUS peripheral on the air: what the host writes goes to `on_write(data)`;
+    :meth:`notify` sends to the host cut at the connection's MTU - 3 (faults applied)."""
+
+    def __init__(self, device, tx, faults: Faults) -> None:
+        self.device, self.tx, self.faults = device, tx, faults
+        self.requests: dict[int, int] = {}  # frame type -> requests seen
+        self.notifications = 0
+        self.disconnects = 0
+        self._rx = P.Receiver()
+        self._cut_after: int | None = None  # bytes still to notify before the armed cut
+
+    @property
+    def connection(self):
+        return next(iter(self.device.connections.values()), None)
+
+    def saw_request(self, data: bytes) -> None:
+        """Count the request frames in what the host wrote; arm a cut the faults ask for."""
+        for f in self._rx.feed(data):
+            self.requests[f.type] = self.requests.get(f.type, 0) + 1
+            for kind, n, after in self.faults.cut:
+                if kind == f.type and self.requests[f.type] == n:
+                    self._cut_after = after
+
+    async def maybe_cut(self) -> None:
+        if self._cut_after == 0:
+            self._cut_after = None
+            await self.disconnect()
+
+    async def disconnect(self) -> None:
+        conn = self.connection
+        if conn is not None:
+            self.disconnects += 1
+            await conn.disconnect()
+
+    async def notify(self, data: bytes) -> None:
+        conn = self.connection
+        if conn is None:
+            return  # nobody connected: the bytes are lost, as a radio's would be
+        n = conn.att_mtu - 3
+        for i in range(0, len(data), n):
+            part = data[i:i + n]
+            if self._cut_after is not None:
+                if self._cut_after <= 0:
+                    self._cut_after = None
+                    await self.disconnect()
+                    return
+                self._cut_after -= len(part)
+            self.notifications += 1
+            if self.notifications in self.faults.drop:
+                continue
+            if self.notifications in self.faults.truncate:
+                part = part[:max(1, len(part) // 2)]
+            await self.device.notify_subscribers(self.tx, part)
+
+
+class Air:
+    """One bumble LocalLink with NUS peripherals, each with its own host-facing controller
+    served over an HCI transport (`hci_spec`, e.g. ``tcp-server:127.0.0.1:PORT``)."""
+
+    def __init__(self) -> None:
+        from bumble.link import LocalLink
+
+        self.link = LocalLink()
+        self.peripherals: list[Peripheral] = []
+        self._transports: list = []
+        self._tasks: list[asyncio.Task] = []
+
+    async def add_peripheral(self, hci_spec: str, address: str, on_write, faults: Faults | None = None) -> Peripheral:
+        """A NUS peripheral at `address`; `on_write(peripheral, data)` gets what the host writes to RX."""
+        from bumble import gatt, hci
+        from bumble.controller import Controller
+        from bumble.device import Device
+        from bumble.host import Host
+        from bumble.transport import open_transport
+        from bumble.transport.common import AsyncPipeSink
+
+        transport = await open_transport(hci_spec)
+        self._transports.append(transport)
+        Controller(f"host-controller-{address}", host_source=transport.source, host_sink=transport.sink, link=self.link)
+        board = Controller(f"board-controller-{address}", link=self.link)
+        device = Device(name="fedtiny-board", address=hci.Address(address), host=Host(board, AsyncPipeSink(board)))
+        tx = gatt.Characteristic(NUS_TX, gatt.Characteristic.Properties.NOTIFY, gatt.Characteristic.READABLE, b"")
+        peripheral = Peripheral(device, tx, faults or Faults())
+        rx = gatt.Characteristic(NUS_RX, gatt.Characteristic.Properties.WRITE_WITHOUT_RESPONSE
+                                 | gatt.Characteristic.Properties.WRITE, gatt.Characteristic.WRITEABLE,
+                                 gatt.CharacteristicValue(write=lambda _conn, value: on_write(peripheral, bytes(value))))
+        device.add_service(gatt.Service(NUS, [rx, tx]))
+        await device.power_on()
+        await device.start_advertising(auto_restart=True)
+        self.peripherals.append(peripheral)
+        return peripheral
+
+    async def add_board(self, hci_spec: str, address: str, uart: tuple[str, int],
+                        faults: Faults | None = None) -> Peripheral:
+        """A BLE-UART bridge chip in front of a board's UART (TCP): RX goes to the UART, what the
+        UART says is notified. The UART is reopened whenever it closes (the board restarted)."""
+        state: dict = {"writer": None}
+
+        def to_board(peripheral: Peripheral, data: bytes) -> None:
+            peripheral.saw_request(data)
+            if state["writer"] is not None:
+                state["writer"].write(data)
+            asyncio.get_running_loop().create_task(peripheral.maybe_cut())
+
+        peripheral = await self.add_peripheral(hci_spec, address, to_board, faults)
+
+        async def pump() -> None:
+            while True:
+                try:
+                    reader, state["writer"] = await asyncio.open_connection(*uart)
+                except OSError:
+                    await asyncio.sleep(0.2)  # the board is (re)booting
+                    continue
+                while data := await reader.read(4096):
+                    await peripheral.notify(data)
+                state["writer"] = None
+
+        self._tasks.append(asyncio.get_running_loop().create_task(pump()))
+        return peripheral
+
+
+async def _serve(boards: list[tuple[str, tuple[str, int], str]], faults: dict) -> None:
+    air = Air()
+    for i, (address, uart, hci_spec) in enumerate(boards):
+        await air.add_board(hci_spec, address, uart, Faults.parse(faults.get(str(i))))
+    print(f"air with {len(boards)} BLE-UART peripherals ready", flush=True)
+    await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fedtiny.devices.ble_bumble ADDRESS=UART_PORT@HCI_PORT ...``: one air with a
+    NUS peripheral per board, forwarding to the board's UART on 127.0.0.1:UART_PORT, its
+    host-facing controller served on HCI over TCP at 127.0.0.1:HCI_PORT. The environment's
+    ``FEDTINY_BLE_FAULTS`` (JSON: board index -> :class:`Faults` fields) makes it misbehave."""
+    import json
+    import signal
+    import sys
+
+    boards = []
+    for arg in (sys.argv[1:] if argv is None else argv):
+        address, ports = arg.split("=", 1)
+        uart, hci_port = ports.split("@", 1)
+        boards.append((address, ("127.0.0.1", int(uart)), f"tcp-server:127.0.0.1:{int(hci_port)}"))
+    faults = json.loads(os.environ.get("FEDTINY_BLE_FAULTS") or "{}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        asyncio.run(_serve(boards, faults))
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

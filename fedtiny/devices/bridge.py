@@ -19,7 +19,11 @@ board's port. The bridge serves the same framed protocol on a local TCP port
 * a CANCEL from any client reaches the board at once, past the lock, and stops a TRAIN in
   progress (whose client then gets ERROR CANCELLED); the bridge answers the CANCEL itself;
 * a BRIDGE request is answered by the bridge itself with its counters (JSON: requests, link
-  failures, reconnects, cancels): how a run counts its boards' reconnects.
+  failures, reconnects, cancels, bytes to and from the board on its link; over BLE also
+  ``air``, the link's exact air counts, and ``air_link``, its parameters): how a run counts its boards' reconnects and air traffic;
+* over a link that can drop without resetting the board (BLE, ``port.reconnectable``), a request
+  whose link is lost is repeated, same seq, over the link opened again (up to 3 times): the
+  board resends a reply it already sent instead of running the request twice.
 
 Run it as ``fedtiny board serve URL [--port P] [--host H]``; it prints
 ``bridge <board url> on socket://<host>:<port>`` when it is ready and stops on SIGINT or SIGTERM.
@@ -33,6 +37,9 @@ import socketserver
 import struct
 import sys
 import threading
+import time
+
+from serial import SerialException
 
 from fedtiny.devices import protocol as P
 from fedtiny.devices.link import BoardClient, BoardError
@@ -45,6 +52,9 @@ class Bridge:
         self.board: BoardClient | None = None
         self.lock = threading.Lock()
         self.requests = self.link_failures = self.cancels = self.opens = 0
+        self.reconnects_per_request = 3  # over a link that can come back (BLE)
+        self.air_closed: dict = {}  # a BLE link's air counts of the connections closed so far
+        self.bytes_closed = [0, 0]  # bytes to and from the board on the links closed so far
         bridge = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -86,32 +96,75 @@ class Bridge:
         """The reply frame (under the client's seq) to one request frame."""
         with self.lock:
             self.requests += 1
-            try:
-                if self.board is None:
-                    self.board = BoardClient(self.board_url, timeout=self.timeout, retries=self.retries,
-                                             train_timeout=self.train_timeout)
-                    self.board.resync()
-                    self.opens += 1
-                    if self.opens > 1:
-                        print(f"fedtiny bridge {self.board_url}: link reopened (reconnect {self.opens - 1})",
-                              file=sys.stderr, flush=True)
-                reply = self.board.exchange(f.type, f.payload)
-                return P.frame(reply.type, f.seq, reply.payload)
-            except Exception as err:  # noqa: BLE001 - any link failure becomes the client's error reply
-                self.link_failures += 1
-                if self.board is not None:
-                    try:
-                        self.board.close()
-                    except Exception:  # noqa: BLE001 - the port may already be gone
-                        pass
-                    self.board = None
-                reason = str(err) if isinstance(err, BoardError) else f"{type(err).__name__}: {err}"
-                print(f"fedtiny bridge {self.board_url}: {reason}", file=sys.stderr, flush=True)
-                return P.frame(P.ERROR, f.seq, struct.pack("<I", P.LINK_DOWN) + reason.encode()[:512])
+            seq = None  # the board-side seq of a request to repeat over a reopened link
+            again = False  # the link was lost in a way it comes back from: opening it may take tries
+            for attempt in range(self.reconnects_per_request + 1):
+                try:
+                    self._open()
+                    reply = self.board.exchange(f.type, f.payload, seq=seq)
+                    return P.frame(reply.type, f.seq, reply.payload)
+                except Exception as err:  # noqa: BLE001 - any link failure becomes the client's error reply
+                    self.link_failures += 1
+                    board, lost_seq = self.board, self.board.seq if self.board is not None else None
+                    self._drop()
+                    reason = str(err) if isinstance(err, BoardError) else f"{type(err).__name__}: {err}"
+                    print(f"fedtiny bridge {self.board_url}: {reason}", file=sys.stderr, flush=True)
+                    # a link that comes back without resetting the board (BLE): open it again and
+                    # repeat the same request (same seq), which the board answers without running it twice
+                    if board is not None and getattr(board.port, "reconnectable", False) \
+                            and isinstance(err, SerialException):
+                        again, seq = True, lost_seq
+                    if again and isinstance(err, SerialException) and attempt < self.reconnects_per_request:
+                        time.sleep(0.2 if board is not None else 1.0)
+                        continue
+                    return P.frame(P.ERROR, f.seq, struct.pack("<I", P.LINK_DOWN) + reason.encode()[:512])
+            raise AssertionError("unreachable")
+
+    def _open(self) -> None:
+        if self.board is not None:
+            return
+        self.board = BoardClient(self.board_url, timeout=self.timeout, retries=self.retries,
+                                 train_timeout=self.train_timeout)
+        self.board.resync()
+        self.opens += 1
+        if self.opens > 1:
+            print(f"fedtiny bridge {self.board_url}: link reopened (reconnect {self.opens - 1})",
+                  file=sys.stderr, flush=True)
+
+    def _drop(self) -> None:
+        """Close the board's link, keeping what it counted."""
+        if self.board is None:
+            return
+        self._keep_air(self.board)
+        try:
+            self.board.close()
+        except Exception:  # noqa: BLE001 - the port may already be gone
+            pass
+        self.board = None
+
+    def _keep_air(self, board: BoardClient) -> None:
+        self.bytes_closed[0] += board.bytes_out
+        self.bytes_closed[1] += board.bytes_in
+        air = getattr(board.port, "air", None)
+        if air is not None:
+            for k, v in air().items():
+                self.air_closed[k] = self.air_closed.get(k, 0) + v
 
     def stats(self) -> dict:
-        return {"requests": self.requests, "link_failures": self.link_failures,
-                "reconnects": max(0, self.opens - 1), "cancels": self.cancels}
+        board = self.board
+        out = {"requests": self.requests, "link_failures": self.link_failures,
+               "reconnects": max(0, self.opens - 1), "cancels": self.cancels,
+               "bytes_to_board": self.bytes_closed[0] + (board.bytes_out if board is not None else 0),
+               "bytes_from_board": self.bytes_closed[1] + (board.bytes_in if board is not None else 0)}
+        air = getattr(board.port, "air", None) if board is not None else None
+        if air is not None or self.air_closed:  # a BLE link: its counts over every connection so far
+            total = dict(self.air_closed)
+            for k, v in (air() if air is not None else {}).items():
+                total[k] = total.get(k, 0) + v
+            out["air"] = total
+            if air is not None:
+                out["air_link"] = dict(vars(board.port.link_params()))
+        return out
 
     def cancel(self, f: P.Frame) -> bytes:
         """Pass a CANCEL to the board now (a TRAIN may hold the lock) and answer it."""

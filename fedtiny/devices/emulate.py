@@ -1,5 +1,8 @@
 """An emulated fleet: N QEMU mps2-an386 boards running fedtiny's firmware, each behind its own
 bridge process (``fedtiny board serve``), optionally with a damaging proxy on the serial link.
+With ``link="ble"`` each board's UART sits behind a BLE-UART peripheral on a virtual air
+(``fedtiny.devices.ble_bumble``, one process for the fleet) and its bridge opens a ``ble://``
+URL: bleak over bumble, HCI over TCP to the air.
 
     with Fleet(firmware, [data_block(x0, y0), data_block(x1, y1)], workdir) as fleet:
         fleet.urls      # bridge URLs, one per board: what devices.urls / board-url take
@@ -28,7 +31,7 @@ import time
 from pathlib import Path
 
 from fedtiny.client.context import RunContext
-from fedtiny.config import SERIAL_MODES
+from fedtiny.config import LINKS, SERIAL_MODES
 
 ROOT = Path(__file__).resolve().parents[2] / "device_trainer_c"
 DATA_ADDR = 0x21000000
@@ -88,12 +91,20 @@ class Fleet:
 
     def __init__(self, firmware: str | Path, data_blocks: list[bytes], workdir: str | Path, damage: float = 0.0,
                  icount: bool = False, seed: int = 0, in_process_bridges: bool = False, retries: int = 0, damage_every: int = 0,
-                 watch=None, serial: str = "tcp", supervise: bool = False) -> None:
+                 watch=None, serial: str = "tcp", supervise: bool = False, link: str = "serial",
+                 ble_params: str = "") -> None:
         if serial not in SERIAL_MODES:
             raise ValueError(f"serial must be one of {SERIAL_MODES}, got {serial!r}")
         if serial == "pty" and (damage > 0 or damage_every or watch is not None):
             raise ValueError("damage and watch need serial='tcp': the injector is a TCP proxy")
-        self.serial = serial
+        if link not in LINKS:
+            raise ValueError(f"link must be one of {LINKS}, got {link!r}")
+        if link == "ble" and serial != "tcp":
+            raise ValueError("link='ble' needs serial='tcp': the BLE-UART peripheral reaches the board's UART over TCP")
+        self.serial, self.link, self.ble_params = serial, link, ble_params
+        self.air: subprocess.Popen | None = None  # link='ble': the air (fedtiny.devices.ble_bumble)
+        self.hci_ports: list[int] = []
+        self.air_restarts = 0
         self.firmware, self.blocks, self.workdir = Path(firmware), list(data_blocks), Path(workdir)
         self.damage, self.icount, self.seed, self.in_process = damage, icount, seed, in_process_bridges
         # a damaged link loses more frames: the bridges try more often (default 3, 10 with damage)
@@ -137,6 +148,11 @@ class Fleet:
                     self.injectors.append(inj)
                     url = inj.url
                 self.board_urls.append(url)
+            if self.link == "ble":
+                self.hci_ports = [_free_port() for _ in self.blocks]
+                self._start_air()
+                self.board_urls = [self.ble_url(i) for i in range(len(self.blocks))]
+            for i in range(len(self.blocks)):
                 self.bridges.append(None)
                 self._start_bridge(i, 0)
             for i, b in enumerate(self.bridges):
@@ -168,6 +184,33 @@ class Fleet:
         _wait_listening(port, self.qemu[i], self.timeout)
         return f"socket://127.0.0.1:{port}"
 
+    @staticmethod
+    def ble_address(i: int) -> str:
+        """Board i's BLE address (a random static one) on the virtual air."""
+        return f"F1:00:00:00:{(i + 1) >> 8:02X}:{(i + 1) & 0xFF:02X}"
+
+    def ble_url(self, i: int) -> str:
+        """The ``ble://`` URL board i's bridge opens: bleak over bumble, HCI over TCP to the air."""
+        extra = f"&{self.ble_params}" if self.ble_params else ""
+        return f"ble://{self.ble_address(i)}?hci=tcp-client:127.0.0.1:{self.hci_ports[i]}{extra}"
+
+    def _start_air(self) -> None:
+        """The air (one process): per board a NUS peripheral forwarding to the board's UART (or
+        the injector in front of it) and a host-facing controller on its HCI port."""
+        boards = [f"{self.ble_address(i)}={int(self._uart_url(i).rsplit(':', 1)[1])}@{self.hci_ports[i]}"
+                  for i in range(len(self.blocks))]
+        with open(self.workdir / "air.log", "ab") as log:
+            self.air = subprocess.Popen([sys.executable, "-m", "fedtiny.devices.ble_bumble", *boards],
+                                        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
+                                        preexec_fn=_die_with_parent)
+        line = _read_line(self.air, self.timeout, "the BLE air")
+        if not line.startswith("air with"):
+            raise RuntimeError(f"the BLE air did not start: {line!r} (see {self.workdir / 'air.log'})")
+
+    def _uart_url(self, i: int) -> str:
+        """Where board i's UART is reached: its injector when there is one, else QEMU's port."""
+        return self.injectors[i].url if self.injectors else f"socket://127.0.0.1:{self.ports[i]}"
+
     def _start_bridge(self, i: int, port: int) -> None:
         """Start board i's bridge (serving on `port`, 0: any free one)."""
         from fedtiny.devices.bridge import Bridge
@@ -197,6 +240,10 @@ class Fleet:
         # which ends those processes anyway
         while not self._stopping.wait(self.supervise_interval):
             with self._lock:
+                try:
+                    self._revive_air()
+                except Exception as err:  # noqa: BLE001 - try again at the next look
+                    print(f"fedtiny fleet: the BLE air could not be restarted: {err}", file=sys.stderr, flush=True)
                 for i in range(len(self.qemu)):
                     if self._stopping.is_set():
                         return
@@ -204,6 +251,12 @@ class Fleet:
                         self._revive(i)
                     except Exception as err:  # noqa: BLE001 - try again at the next look
                         print(f"fedtiny fleet: board {i} could not be restarted: {err}", file=sys.stderr, flush=True)
+
+    def _revive_air(self) -> None:
+        if self.air is not None and self.air.poll() is not None:
+            self.air_restarts += 1
+            self.air.stdout.close()
+            self._start_air()  # the bridges open their links again at their next request
 
     def _revive(self, i: int) -> None:
         q, b = self.qemu[i], self.bridges[i]
@@ -226,7 +279,8 @@ class Fleet:
 
     def restarts(self) -> dict:
         """Emulator and bridge restarts so far (the supervisor's), summed over the boards."""
-        return {"board_restarts": sum(self.board_restarts), "bridge_restarts": sum(self.bridge_restarts)}
+        return {"board_restarts": sum(self.board_restarts),
+                "bridge_restarts": sum(self.bridge_restarts) + self.air_restarts}
 
     def kill_board(self, i: int) -> None:
         """Kill board i's emulator outright (SIGKILL), as pulling a board's power would."""
@@ -247,11 +301,12 @@ class Fleet:
                 b.close()
         for inj in self.injectors:
             inj.close()
-        for q in self.qemu:
+        for q in self.qemu + [self.air]:
             if q is not None and q.poll() is None:
                 q.terminate()
         deadline = time.monotonic() + timeout
-        for proc in [b for b in self.bridges if isinstance(b, subprocess.Popen)] + [q for q in self.qemu if q]:
+        for proc in ([b for b in self.bridges if isinstance(b, subprocess.Popen)] + [q for q in self.qemu if q]
+                     + ([self.air] if self.air is not None else [])):
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -260,6 +315,7 @@ class Fleet:
             if proc.stdout is not None:
                 proc.stdout.close()
         self.qemu, self.bridges, self.injectors, self.urls, self.board_urls, self.ports = [], [], [], [], [], []
+        self.air = None
 
 
 def _end(proc: subprocess.Popen) -> None:
@@ -302,13 +358,13 @@ def _wait_pty(log: Path, proc: subprocess.Popen, timeout: float) -> str:
     raise RuntimeError(f"QEMU did not report its serial pseudo-terminal within {timeout:g} s")
 
 
-def _read_line(proc: subprocess.Popen, timeout: float) -> str:
+def _read_line(proc: subprocess.Popen, timeout: float, what: str = "a bridge") -> str:
     import selectors
 
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     if not sel.select(timeout):
-        raise RuntimeError(f"a bridge printed nothing within {timeout:g} s")
+        raise RuntimeError(f"{what} printed nothing within {timeout:g} s")
     return proc.stdout.readline().strip()
 
 
@@ -328,4 +384,14 @@ def fleet_for_experiment(run: RunContext, workdir: Path, log=print, **fleet_opti
     firmware = Path(cfg.devices.firmware) if cfg.devices.firmware else cached_firmware(cfg.cache_dir)
     log(f"emulating {n} mps2-an386 boards (partitions {parts[:n]}) with {firmware}")
     return Fleet(firmware, blocks, workdir, damage=float(cfg.devices.damage), seed=int(cfg.seed),
-                 serial=str(cfg.devices.serial), **fleet_options).start()
+                 serial=str(cfg.devices.serial), link=str(cfg.devices.link), ble_params=ble_query(cfg.board.get("ble")),
+                 **fleet_options).start()
+
+
+def ble_query(ble) -> str:
+    """The ``ble://`` URL parameters of a board profile's `ble` section (MTU, data length, PHY,
+    interval, packets per event); the defaults without one."""
+    from fedtiny.budgets.ble import LinkParams, link_params
+
+    p = link_params(ble) if ble is not None else LinkParams()
+    return f"mtu={p.mtu}&dl={p.data_length}&phy={p.phy}&interval={p.interval_ms:g}&ppe={p.packets_per_event}"

@@ -36,6 +36,7 @@ class BoardClient:
         self.rx = P.Receiver()
         self.seq = 0
         self._last_byte = time.monotonic()
+        self.bytes_out = self.bytes_in = 0  # on the link, frames and all
 
     def close(self) -> None:
         self.port.close()
@@ -44,6 +45,7 @@ class BoardClient:
         """Bytes straight onto the link (tests inject garbage this way)."""
         with self._wlock:
             self.port.write(data)
+            self.bytes_out += len(data)
 
     def send_cancel(self) -> int:
         """Write a CANCEL frame without waiting for anything (safe while another thread is in
@@ -59,6 +61,7 @@ class BoardClient:
         data = self.port.read(4096)
         now = time.monotonic()
         if data:
+            self.bytes_in += len(data)
             self._last_byte = now
             return self.rx.feed(data)
         if self.rx.pending and now - self._last_byte > P.BYTE_TIMEOUT:
@@ -83,14 +86,16 @@ class BoardClient:
                     return True
         return False
 
-    def exchange(self, type_: int, payload: bytes = b"", timeout: float | None = None) -> P.Frame:
+    def exchange(self, type_: int, payload: bytes = b"", timeout: float | None = None,
+                 seq: int | None = None) -> P.Frame:
         """Send a request and return the board's reply frame (its reply or an ERROR frame).
         Every try repeats the same frame (same seq): a board that already executed it resends
         its reply instead of executing it again. A SLOW request waits the short timeout for the
         board's ACK, then asks again every short timeout until the reply comes, at most
-        `train_timeout` in all; raises BoardError after `retries` unanswered tries."""
+        `train_timeout` in all; raises BoardError after `retries` unanswered tries. `seq` repeats
+        a request sent before under that number (over a link opened again)."""
         short = timeout or self.timeout
-        self.seq = (self.seq + 1) & 0xFF
+        self.seq = (self.seq + 1) & 0xFF if seq is None else seq
         request = P.frame(type_, self.seq, payload)
         tries = 0
         acked_until = 0.0
@@ -136,8 +141,9 @@ class BoardClient:
         version = p[12:20].rstrip(b"\0").decode()
         model_crc, samples = struct.unpack_from("<II", p, 20)
         start = struct.unpack_from("<I", p, 28)[0] if len(p) >= 32 else 0  # older firmware: int8 features
+        trains = struct.unpack_from("<I", p, 32)[0] if len(p) >= 36 else None  # older firmware: not counted
         return {"protocol": proto, "sram_kb": sram, "trainer_version": version, "model_crc32": model_crc,
-                "samples": samples, "start_layer": start}
+                "samples": samples, "start_layer": start, "trains_run": trains}
 
     def load_model(self, data: bytes) -> None:
         chunk = P.MAX_PAYLOAD - 8

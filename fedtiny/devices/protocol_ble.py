@@ -3,12 +3,20 @@
 
     ble://F0:F1:F2:F3:F4:F5                         bleak's platform backend (BlueZ on Linux)
     ble://F0:F1:F2:F3:F4:F5?hci=tcp-client:H:P      bleak over bumble, HCI over a bumble transport
+    ...?mtu=247&window=8                            ATT MTU asked for; write-with-response window
+    ...&dl=251&phy=1&interval=7.5&ppe=6             the connection's LL data length, PHY, interval
+                                                    and packets per event, for the air counts
 
 The link is the Nordic UART Service: the host writes RX (write without response), the board
 notifies TX. Writes are cut at MTU - 3; every ``window`` packets (default 8) one is written with
 response, so a peripheral with small buffers never receives more than a window ahead (flow
 control). Notifications are reassembled into a byte stream. A lost connection makes the next
-read or write raise, and the bridge opens the link again.
+read or write raise, and the bridge opens the link again (a BLE disconnect does not reset the
+board, so the bridge repeats the request it was in: ``reconnectable``).
+
+Every ATT operation is counted (:meth:`Serial.air`): writes with and without response and
+notifications, with their value bytes, and the LL packets of each burst, which
+:mod:`fedtiny.budgets.ble` turns into bytes over the air, radio time and energy.
 """
 
 from __future__ import annotations
@@ -20,8 +28,13 @@ from urllib.parse import parse_qs, urlparse
 
 from serial import SerialBase, SerialException
 
+from fedtiny.budgets.ble import AirCounter, LinkParams
+
+
 
 class Serial(SerialBase):
+    reconnectable = True  # a lost BLE connection leaves the board as it was: a request may be repeated
+
     def open(self) -> None:
         if self._port is None:
             raise SerialException("ble:// needs an address")
@@ -34,6 +47,7 @@ class Serial(SerialBase):
         self._rx = bytearray()
         self._cond = threading.Condition()
         self._lost = False
+        self._params = {k: query[k] for k in ("dl", "phy", "interval", "ppe") if k in query}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=f"ble-{self._address}")
         self._thread.start()
@@ -53,10 +67,19 @@ class Serial(SerialBase):
         self._client = BleakClient(self._address, disconnected_callback=lambda _c: self._on_lost(), timeout=10.0,
                                    **kwargs)
         await self._client.connect()
+        self._air = AirCounter(self.link_params())
         await self._client.start_notify(NUS_TX, self._on_notify)
+
+    def link_params(self) -> LinkParams:
+        """The connection's parameters: its negotiated MTU, the rest from the URL (defaults:
+        data length 251, 1M PHY, 7.5 ms interval, 6 packets per event)."""
+        p = self._params
+        return LinkParams(mtu=int(self._client.mtu_size), data_length=int(p.get("dl", 251)), phy=int(p.get("phy", 1)),
+                          interval_ms=float(p.get("interval", 7.5)), packets_per_event=int(p.get("ppe", 6)))
 
     def _on_notify(self, _char, data: bytearray) -> None:
         with self._cond:
+            self._air.notification(len(data))
             self._rx.extend(data)
             self._cond.notify_all()
 
@@ -88,6 +111,12 @@ class Serial(SerialBase):
     def mtu(self) -> int:
         return int(self._client.mtu_size)
 
+    def air(self) -> dict:
+        """This connection's counts so far (:class:`fedtiny.budgets.ble.AirCounter`): ATT
+        operations, LL packets and bytes on air each way, connection events."""
+        with self._cond:
+            return self._air.snapshot()
+
     @property
     def in_waiting(self) -> int:
         with self._cond:
@@ -111,18 +140,36 @@ class Serial(SerialBase):
         if self._lost:
             raise SerialException("BLE link lost")
         data = bytes(data)
-        self._call(self._write(data), timeout=60.0)
+        try:
+            self._call(self._write(data), timeout=60.0)
+        except SerialException:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever the stack raises when the link goes
+            raise SerialException(f"BLE write failed: {type(err).__name__}: {err}") from err
         return len(data)
 
     async def _write(self, data: bytes) -> None:
-        from fedtiny.devices.ble_bumble import NUS_RX
-
         n = self.mtu - 3
         chunks = [data[i:i + n] for i in range(0, len(data), n)]
+        sent: list[int] = []
+        responses: list[bool] = []
+        try:
+            await self._write_chunks(chunks, sent, responses)
+        finally:
+            with self._cond:
+                self._air.write_burst(sent, responses)
+
+    async def _write_chunks(self, chunks: list[bytes], sent: list[int], responses: list[bool]) -> None:
+        from fedtiny.devices.ble_bumble import NUS_RX
+
         for k, chunk in enumerate(chunks):
+            if self._lost:
+                raise SerialException("BLE link lost")
             # every `window`-th packet, and the last, waits for the peripheral's write response
             response = (k + 1) % self._window == 0 or k == len(chunks) - 1
-            await self._client.write_gatt_char(NUS_RX, chunk, response=response)
+            await asyncio.wait_for(self._client.write_gatt_char(NUS_RX, chunk, response=response), 10.0)
+            sent.append(len(chunk))
+            responses.append(response)
 
     def reset_input_buffer(self) -> None:
         with self._cond:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from fedtiny.client.context import RunContext, config_json, run_context
 from fedtiny.config import num_devices
+from fedtiny.devices.meter import LinkMeter
 from fedtiny.errors import ConfigError, RunFailed
 from fedtiny.server.prepare import prepare_output
 
@@ -87,9 +88,9 @@ def run_experiment(cfg: DictConfig, out_dir: Path, log=print, resume: bool = Fal
         engine = engine_settings(cfg)
         log(f"simulating {n - boards} devices{f' beside {boards} boards' if boards else ''} x {cfg.rounds} rounds "
             f"({cfg.strategy.name}; {engine['backend']}, {engine['workers']} workers); results in {out_dir}")
-        links = _link_counters(list(cfg.devices.urls))
-        server_app = make_server_app(run, out_dir, outcome, engine, checkpoint,
-                                     lambda: _counters(live, links), log)
+        parts = list(cfg.devices.partitions) or list(range(boards))
+        links = LinkMeter(list(cfg.devices.urls), parts, cfg.board)
+        server_app = make_server_app(run, out_dir, outcome, engine, checkpoint, RunCounters(live, links), log)
         for name in ("flwr", "ray"):
             logging.getLogger(name).setLevel(logging.ERROR)  # e.g. the strategy's INFO banner, run_simulation's notices
         if engine["backend"] == "inprocess":
@@ -111,34 +112,36 @@ def run_experiment(cfg: DictConfig, out_dir: Path, log=print, resume: bool = Fal
         f"{summary['failed_total']} failed, {summary['rejected_total']} rejected; "
         f"up {summary['bytes_up_total']:,} B, down {summary['bytes_down_total']:,} B; {summary['wall_s']:.1f} s "
         f"({summary['client_rounds_per_s']:,.1f} client-rounds/s)")
+    for kind, t in summary.get("links", {}).items():
+        line = (f"boards over {kind}: {t['board_rounds']} board-rounds, {t['requests']} requests, frames "
+                f"{t['bytes_to_board']:,} B to and {t['bytes_from_board']:,} B from the boards")
+        if "air_bytes_down" in t:
+            line += (f"; on air {t['air_bytes_down']:,} B down and {t['air_bytes_up']:,} B up in {t['packets_down']:,}"
+                     f" + {t['packets_up']:,} data packets, {t['connection_events']:,} connection events "
+                     f"({t['radio_ms'] / 1e3:.2f} s of radio time)")
+            if "radio_mj_per_board_round" in t:
+                line += f", {t['radio_mj_per_board_round']:.3f} mJ of radio per board-round on the {cfg.board.name}"
+        log(line)
     return summary
 
 
-def _link_counters(urls: list[str]):
-    """A function giving the link reconnects of the boards' bridges since now (a URL that is not a
-    bridge counts nothing)."""
-    from fedtiny.devices.link import bridge_stats
+class RunCounters:
+    """Restarts and reconnects so far (called for the summary and checkpoints: simulation
+    workers, emulated boards, bridges, links), and the boards' link rows of each round."""
 
-    start = {u: bridge_stats(u) for u in urls}
+    def __init__(self, live: dict, links) -> None:
+        self.live, self.links = live, links
 
-    def reconnects() -> int:
-        total = 0
-        for url, before in start.items():
-            now = bridge_stats(url) if before is not None else None
-            if now is not None:
-                total += int(now["reconnects"]) - int(before["reconnects"])
-        return total
+    def __call__(self) -> dict:
+        live = self.live
+        out = {"worker_restarts": live["grid"].restarts if "grid" in live else 0}
+        if "fleet" in live:
+            out.update(live["fleet"].restarts())
+        out["link_reconnects"] = self.links.reconnects()
+        return out
 
-    return reconnects
-
-
-def _counters(live: dict, links) -> dict:
-    """Restarts and reconnects so far: simulation workers, emulated boards, bridges, links."""
-    out = {"worker_restarts": live["grid"].restarts if "grid" in live else 0}
-    if "fleet" in live:
-        out.update(live["fleet"].restarts())
-    out["link_reconnects"] = links()
-    return out
+    def link_rows(self) -> list[list]:
+        return self.links.rows()
 
 
 def _run_inprocess(server_app, client_app, n: int, workers: int, live: dict) -> None:

@@ -37,7 +37,7 @@ COLUMNS = ["round", "accuracy", "loss", "fed_accuracy", "fed_loss", "train_loss"
            "energy_radio_mj_mean", "energy_idle_mj_mean",
            "failed", "rejected", "contributors_min", "contributors_max", "bytes_up", "bytes_down", "bytes_up_payload",
            "bytes_up_overhead", "bytes_down_payload", "bytes_down_overhead", "wall_s"]
-PER_ROUND_FILES = ("traffic.csv", "contributors.csv")  # appended after each round
+PER_ROUND_FILES = ("traffic.csv", "contributors.csv", "links.csv")  # appended after each round
 BYTE_COLUMNS = ("bytes_up", "bytes_down", "bytes_up_payload", "bytes_up_overhead", "bytes_down_payload",
                 "bytes_down_overhead")
 
@@ -174,6 +174,13 @@ class RunRecorder:
             status = f"accuracy {accuracy:.3f}  failed {row['failed']}  {rate:,.1f} client-rounds/s"
             self._progress.update(self._task, completed=server_round, description=status)
 
+    def links(self, server_round: int, rows: list[list]) -> None:
+        """The boards' link rows of a round (fedtiny.engine.simulation.LinkMeter) into links.csv."""
+        from fedtiny.devices.meter import LINK_COLUMNS
+
+        if rows:
+            self._append("links.csv", ["round", *LINK_COLUMNS], [[server_round, *r] for r in rows])
+
     def state(self) -> dict:
         """What a checkpoint keeps of the recorder after a complete round (JSON)."""
         files = {name: (self.out_dir / name).stat().st_size for name in PER_ROUND_FILES
@@ -262,6 +269,9 @@ class RunRecorder:
             "energy_total_mj": round(sum(self.energy_totals), 3),
             "energy_per_device_round_mj": round(sum(self.energy_totals) / max(1, len(self.energy_totals)), 3),
         }
+        links = link_totals(self.out_dir / "links.csv")
+        if links:
+            out["links"] = links
         out.update(summary)
         out["status"], out["status_reason"] = "ok", ""
         if out["rounds"] > 0 and out["aggregated_total"] == 0:
@@ -273,6 +283,29 @@ class RunRecorder:
         (self.out_dir / "summary.json").write_text(json.dumps(out, indent=2))
         plot_accuracy(rows, self.out_dir / "accuracy.png", summary.get("title", ""))
         return out
+
+
+def link_totals(path: Path) -> dict:
+    """The boards' links over the run (``links.csv``), per kind of link: board-rounds, requests,
+    frame bytes each way; over BLE also ATT operations, LL packets, bytes on air, connection
+    events, radio time and modelled radio energy (totals, and the mean per board-round)."""
+    if not path.exists():
+        return {}
+    out: dict = {}
+    for r in csv.DictReader(open(path)):
+        t = out.setdefault(r["link"], {"board_rounds": 0})
+        t["board_rounds"] += 1
+        for key, value in r.items():
+            if key in ("round", "partition", "link", "mtu", "data_length") or value == "":
+                continue
+            t[key] = t.get(key, 0) + (float(value) if "." in value else int(value))
+    for t in out.values():
+        for key in ("uart_115200_ms", "radio_ms", "radio_on_ms", "radio_mj"):
+            if key in t:
+                t[key] = round(t[key], 6)
+        if "radio_mj" in t:
+            t["radio_mj_per_board_round"] = round(t["radio_mj"] / t["board_rounds"], 6)
+    return out
 
 
 def failure_reason(summary: dict) -> str:

@@ -75,6 +75,9 @@ class RoundLoop:
             if self.keeps_node_state:
                 self.fetch_node_state(trained)
             evaluate_fn(rnd, arrays)
+            link_rows = getattr(self.counters, "link_rows", None)
+            if link_rows is not None:
+                self.recorder.links(rnd, link_rows())
             self.save(rnd, arrays)
         return arrays
 
