@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,10 +53,12 @@ def _uuid(u) -> str:
 
 class BumbleBleakClient(BaseBleakClient):
     def __init__(self, address_or_ble_device, *, disconnected_callback=None, timeout: float = 10.0,
-                 hci: str | None = None, mtu: int = 247, **kwargs: Any) -> None:
+                 hci: str | None = None, mtu: int = 247, snoop: str | None = None, **kwargs: Any) -> None:
         super().__init__(address_or_ble_device, disconnected_callback=disconnected_callback, timeout=timeout, **kwargs)
         self._hci = hci or os.environ.get("FEDTINY_BLE_HCI", "")
         self._want_mtu = mtu
+        self._snoop = snoop  # a btsnoop file (Wireshark reads it) of the host's HCI traffic, appended to
+        self._snoop_file = None
         self._mtu = 23
         self._transport = self._device = self._connection = self._peer = None
 
@@ -77,6 +80,11 @@ class BumbleBleakClient(BaseBleakClient):
         self._transport = await open_transport(self._hci)
         self._device = Device.with_hci("fedtiny-host", hci.Address(host_address(self.address)), self._transport.source,
                                        self._transport.sink)
+        if self._snoop:
+            from bumble.snoop import BtSnooper
+
+            self._snoop_file = open(self._snoop, "ab")  # noqa: SIM115 - closed in disconnect()
+            self._device.host.snooper = BtSnooper(self._snoop_file)
         await self._device.power_on()
         self._connection = await asyncio.wait_for(self._device.connect(hci.Address(self.address)), self._timeout)
         self._connection.on("disconnection", lambda *_: self._lost())
@@ -106,6 +114,9 @@ class BumbleBleakClient(BaseBleakClient):
         if self._transport is not None:
             await self._transport.close()
             self._transport = None
+        if self._snoop_file is not None:
+            self._snoop_file.close()
+            self._snoop_file = None
 
     async def pair(self, *args: Any, **kwargs: Any) -> None:
         raise NotImplementedError("pairing is not used by fedtiny's NUS link")
@@ -169,8 +180,8 @@ class Peripheral:
     """One NUS peripheral on the air: what the host writes goes to `on_write(data)`;
     :meth:`notify` sends to the host cut at the connection's MTU - 3 (faults applied)."""
 
-    def __init__(self, device, tx, faults: Faults) -> None:
-        self.device, self.tx, self.faults = device, tx, faults
+    def __init__(self, device, tx, faults: Faults, address: str = "") -> None:
+        self.device, self.tx, self.faults, self.address = device, tx, faults, address
         self.requests: dict[int, int] = {}  # frame type -> requests seen
         self.notifications = 0
         self.disconnects = 0
@@ -198,27 +209,39 @@ class Peripheral:
         conn = self.connection
         if conn is not None:
             self.disconnects += 1
+            self._log(f"connection dropped (request counts {self._counts()})")
             await conn.disconnect()
+
+    def _counts(self) -> str:
+        names = {getattr(P, k): k for k in ("HELLO", "LOAD", "TRAIN", "UPDATE", "PARAMS", "EVALUATE", "STATS")}
+        return ", ".join(f"{names.get(t, t)} {n}" for t, n in sorted(self.requests.items()))
 
     async def notify(self, data: bytes) -> None:
         conn = self.connection
         if conn is None:
             return  # nobody connected: the bytes are lost, as a radio's would be
         n = conn.att_mtu - 3
+        cut = False
+        if self._cut_after is not None and len(data) >= self._cut_after:  # the cut falls in these bytes
+            data, cut = data[:self._cut_after], True
+        elif self._cut_after is not None:
+            self._cut_after -= len(data)
         for i in range(0, len(data), n):
             part = data[i:i + n]
-            if self._cut_after is not None:
-                if self._cut_after <= 0:
-                    self._cut_after = None
-                    await self.disconnect()
-                    return
-                self._cut_after -= len(part)
             self.notifications += 1
             if self.notifications in self.faults.drop:
+                self._log(f"notification {self.notifications} ({len(part)} B) lost")
                 continue
             if self.notifications in self.faults.truncate:
+                self._log(f"notification {self.notifications} truncated to {max(1, len(part) // 2)} of {len(part)} B")
                 part = part[:max(1, len(part) // 2)]
             await self.device.notify_subscribers(self.tx, part)
+        if cut:
+            self._cut_after = None
+            await self.disconnect()
+
+    def _log(self, what: str) -> None:
+        print(f"air {self.address}: {what}", file=sys.stderr, flush=True)
 
 
 class Air:
@@ -248,7 +271,7 @@ class Air:
         board = Controller(f"board-controller-{address}", link=self.link)
         device = Device(name="fedtiny-board", address=hci.Address(address), host=Host(board, AsyncPipeSink(board)))
         tx = gatt.Characteristic(NUS_TX, gatt.Characteristic.Properties.NOTIFY, gatt.Characteristic.READABLE, b"")
-        peripheral = Peripheral(device, tx, faults or Faults())
+        peripheral = Peripheral(device, tx, faults or Faults(), address)
         rx = gatt.Characteristic(NUS_RX, gatt.Characteristic.Properties.WRITE_WITHOUT_RESPONSE
                                  | gatt.Characteristic.Properties.WRITE, gatt.Characteristic.WRITEABLE,
                                  gatt.CharacteristicValue(write=lambda _conn, value: on_write(peripheral, bytes(value))))

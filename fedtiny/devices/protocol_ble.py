@@ -6,6 +6,7 @@
     ...?mtu=247&window=8                            ATT MTU asked for; write-with-response window
     ...&dl=251&phy=1&interval=7.5&ppe=6             the connection's LL data length, PHY, interval
                                                     and packets per event, for the air counts
+    ...&snoop=/tmp/host.btsnoop                     (bumble) the host's HCI traffic for Wireshark
 
 The link is the Nordic UART Service: the host writes RX (write without response), the board
 notifies TX. Writes are cut at MTU - 3; every ``window`` packets (default 8) one is written with
@@ -40,14 +41,26 @@ class Serial(SerialBase):
             raise SerialException("ble:// needs an address")
         url = urlparse(self._port)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        unknown = sorted(set(query) - {"hci", "mtu", "window", "dl", "phy", "interval", "ppe", "snoop"})
+        if unknown:
+            raise SerialException(f"{self._port}: unknown ble:// parameters {unknown} (hci, mtu, window, dl, phy, "
+                                  "interval, ppe, snoop)")
         self._address = url.netloc or url.path.lstrip("/")
         self._hci = query.get("hci")
-        self._mtu_wanted = int(query.get("mtu", 247))
-        self._window = max(1, int(query.get("window", 8)))
+        self._params = {k: query[k] for k in ("dl", "phy", "interval", "ppe") if k in query}
+        self._snoop = query.get("snoop")
+        try:
+            self._mtu_wanted = int(query.get("mtu", 247))
+            self._window = int(query.get("window", 8))
+            LinkParams(self._mtu_wanted, int(self._params.get("dl", 251)), int(self._params.get("phy", 1)),
+                       float(self._params.get("interval", 7.5)), int(self._params.get("ppe", 6)))
+            if self._window < 1:
+                raise ValueError(f"window must be >= 1, got {self._window}")
+        except ValueError as err:
+            raise SerialException(f"{self._port}: {err}") from None
         self._rx = bytearray()
         self._cond = threading.Condition()
         self._lost = False
-        self._params = {k: query[k] for k in ("dl", "phy", "interval", "ppe") if k in query}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=f"ble-{self._address}")
         self._thread.start()
@@ -63,7 +76,8 @@ class Serial(SerialBase):
 
         from fedtiny.devices.ble_bumble import NUS_TX, BumbleBleakClient
 
-        kwargs = {"backend": BumbleBleakClient, "hci": self._hci, "mtu": self._mtu_wanted} if self._hci else {}
+        kwargs = ({"backend": BumbleBleakClient, "hci": self._hci, "mtu": self._mtu_wanted, "snoop": self._snoop}
+                  if self._hci else {})
         self._client = BleakClient(self._address, disconnected_callback=lambda _c: self._on_lost(), timeout=10.0,
                                    **kwargs)
         await self._client.connect()
