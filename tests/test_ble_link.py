@@ -1,59 +1,64 @@
-"""Boards over BLE, the first part (issue 20): bleak's own client API over fedtiny's bumble backend,
-through HCI over TCP to a bumble LocalLink ("the air"), reaches a NUS peripheral: a 4 KB echo cut
-at MTU - 3 comes back intact at MTU 247 and 23; and an emulated board behind the NUS peripheral
-(a BLE-UART bridge chip) answers HELLO and takes a multi-frame LOAD through ``ble://`` URLs, the
-way every serial URL is opened. No mocks: bleak's client, bumble's host, controllers and GATT."""
+"""Boards over BLE (issue 20): bleak's own client API reaches a NUS peripheral on a virtual air
+(bumble's LocalLink and controllers) through fedtiny's bumble backend (HCI over TCP), or through
+BlueZ in the slow tier (``FEDTINY_BLE_STACK=bluez``, tests/ble_stack.py). A 4 KB echo cut at
+MTU - 3 comes back intact at MTU 247 and 23; an emulated board behind the NUS peripheral (a
+BLE-UART bridge chip) answers HELLO and takes a multi-frame LOAD through ``ble://`` URLs, the way
+every serial URL is opened, and lost or truncated notifications cost a retry, not a result. The
+air counts are checked against bumble's own PDUs and a btsnoop capture of the host's HCI
+traffic. No mocks: bleak's client, bumble's host, controllers and GATT."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import numpy as np
 import pytest
 
+from tests.ble_stack import STACK, AirThread, bumble_only
 from tests.cortex_m import needs_cortex_m
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("mtu", [247, 23])
-def test_bleak_over_bumble_echoes_through_nus(mtu):
+def test_bleak_echoes_through_nus(mtu):
+    """bleak's BleakClient (over fedtiny's bumble backend; in the BlueZ tier, its BlueZ backend)."""
     from bleak import BleakClient
 
-    from fedtiny.devices.ble_bumble import NUS_RX, NUS_TX, Air, BumbleBleakClient
+    from fedtiny.devices.ble_bumble import NUS_RX, NUS_TX, BumbleBleakClient
 
-    async def main() -> bytes:
-        port = _free_port()
+    def echo(peripheral, data):
+        asyncio.get_running_loop().create_task(peripheral.device.notify_subscribers(peripheral.tx, data))
 
-        def echo(peripheral, data):
-            asyncio.get_running_loop().create_task(peripheral.device.notify_subscribers(peripheral.tx, data))
+    with AirThread() as air:
+        air.peripheral("F0:F1:F2:F3:F4:F5", echo)
 
-        await Air().add_peripheral(f"tcp-server:127.0.0.1:{port}", "F0:F1:F2:F3:F4:F5", echo)
-        client = BleakClient("F0:F1:F2:F3:F4:F5", backend=BumbleBleakClient, hci=f"tcp-client:127.0.0.1:{port}",
-                             timeout=10, mtu=mtu)
-        await client.connect()
-        assert client.mtu_size == mtu
-        got, done = bytearray(), asyncio.Event()
+        async def main() -> bytes:
+            if STACK == "bumble":
+                client = BleakClient("F0:F1:F2:F3:F4:F5", backend=BumbleBleakClient, timeout=10, mtu=mtu,
+                                     hci=f"tcp-client:127.0.0.1:{air.ports['F0:F1:F2:F3:F4:F5']}")
+            else:
+                client = BleakClient("F0:F1:F2:F3:F4:F5", timeout=30)
+            await client.connect()
+            if STACK == "bumble":
+                assert client.mtu_size == mtu
+                n = mtu - 3
+            else:
+                n = 20 if mtu == 23 else 244  # BlueZ negotiates its own MTU: write at most what both allow
+            got, done = bytearray(), asyncio.Event()
 
-        def on_notify(_char, data):
-            got.extend(data)
-            if len(got) >= 4096:
-                done.set()
+            def on_notify(_char, data):
+                got.extend(data)
+                if len(got) >= 4096:
+                    done.set()
 
-        await client.start_notify(NUS_TX, on_notify)
-        data = bytes(range(256)) * 16
-        for i in range(0, len(data), mtu - 3):
-            await client.write_gatt_char(NUS_RX, data[i:i + mtu - 3], response=False)
-        await asyncio.wait_for(done.wait(), 20)
-        await client.disconnect()
-        return bytes(got)
+            await client.start_notify(NUS_TX, on_notify)
+            data = bytes(range(256)) * 16
+            for i in range(0, len(data), n):
+                await client.write_gatt_char(NUS_RX, data[i:i + n], response=False)
+            await asyncio.wait_for(done.wait(), 30)
+            await client.disconnect()
+            return bytes(got)
 
-    assert asyncio.run(main()) == bytes(range(256)) * 16
+        assert asyncio.run(main()) == bytes(range(256)) * 16
 
 
 @needs_cortex_m
@@ -61,15 +66,12 @@ def test_a_board_over_ble_answers_hello_and_takes_its_model(tmp_path):
     """An emulated board's UART behind the bumble NUS peripheral (a BLE-UART bridge chip): the
     host's BoardClient opens ble://ADDRESS?hci=... as it opens a serial port, and HELLO and a
     multi-frame LOAD go through the framed protocol cut at MTU - 3 and reassembled."""
-    import threading
     import zlib
-
 
     from tests.cortex_m import build_firmware
     from tests.models import random_model
     from fedtiny.devices.emulate import Fleet
     from fedtiny.devices.link import BoardClient, data_block
-    from fedtiny.devices.ble_bumble import Air
     from fedtiny.trainer import Model
 
     rng = np.random.default_rng(42)
@@ -78,24 +80,19 @@ def test_a_board_over_ble_answers_hello_and_takes_its_model(tmp_path):
     x = rng.integers(-128, 128, (40, *model.input_shape)).astype(np.int8)
     y = rng.integers(0, model.num_classes, 40).astype(np.uint8)
     firmware = build_firmware(tmp_path / "fw", "ft_board_mps2")
-    with Fleet(firmware, [data_block(model.prefix_features(x), y)], tmp_path / "board", in_process_bridges=True) as fleet:
-        uart_port = int(fleet.board_urls[0].rsplit(":", 1)[1])
-        hci_port = _free_port()
-        loop = asyncio.new_event_loop()
-        threading.Thread(target=loop.run_forever, daemon=True).start()
-        asyncio.run_coroutine_threadsafe(Air().add_board(f"tcp-server:127.0.0.1:{hci_port}", "F0:F1:F2:F3:F4:F5",
-                                                         ("127.0.0.1", uart_port)), loop).result(10)
+    with Fleet(firmware, [data_block(model.prefix_features(x), y)], tmp_path / "board", in_process_bridges=True) as fleet, \
+            AirThread() as air:
+        air.board("F0:F1:F2:F3:F4:F5", ("127.0.0.1", int(fleet.board_urls[0].rsplit(":", 1)[1])))
         for mtu in (247, 23):
-            client = BoardClient(f"ble://F0:F1:F2:F3:F4:F5?hci=tcp-client:127.0.0.1:{hci_port}&mtu={mtu}",
-                                 timeout=5.0, retries=3)
-            assert client.port.mtu == mtu
+            client = BoardClient(air.url("F0:F1:F2:F3:F4:F5", mtu=mtu), timeout=5.0, retries=3)
+            if STACK == "bumble":
+                assert client.port.mtu == mtu
             info = client.hello()
             assert info["protocol"] == 1 and info["samples"] == 40
             blob = model.to_bytes()
             client.load_model(blob)
             assert client.hello()["model_crc32"] == zlib.crc32(blob)
             client.close()
-        loop.call_soon_threadsafe(loop.stop)
 
 
 # -- bytes over the air ------------------------------------------------------------------------
@@ -174,42 +171,34 @@ def test_radio_time_and_energy_of_a_worked_example():
     assert r["elapsed_ms"] == pytest.approx(3 * 7.5)
 
 
+@bumble_only
 @pytest.mark.parametrize("mtu", [247, 23])
 def test_the_host_link_counts_what_went_over_hci(tmp_path, mtu):
     """A ble:// port echoes 3 KB through a NUS peripheral while bumble writes the host's HCI
     traffic to a btsnoop file; parsed independently, the ATT writes and notifications in the
     capture (count, value bytes, with or without response) equal the port's own counts."""
     import struct
-    import threading
 
     import serial
-
-    from fedtiny.devices.ble_bumble import Air
-
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    port = _free_port()
 
     def echo(peripheral, data):
         asyncio.get_running_loop().create_task(peripheral.notify(data))
 
-    asyncio.run_coroutine_threadsafe(Air().add_peripheral(f"tcp-server:127.0.0.1:{port}", "F0:F1:F2:F3:F4:F6", echo),
-                                     loop).result(10)
     snoop = tmp_path / "host.btsnoop"
     if "fedtiny.devices" not in serial.protocol_handler_packages:
         serial.protocol_handler_packages.append("fedtiny.devices")
-    link = serial.serial_for_url(f"ble://F0:F1:F2:F3:F4:F6?hci=tcp-client:127.0.0.1:{port}&mtu={mtu}&snoop={snoop}",
-                                 timeout=5.0)
-    data = bytes(np.random.default_rng(mtu).integers(0, 256, 3000, dtype=np.uint8))
-    link.write(data)
-    got = b""
-    while len(got) < len(data):
-        part = link.read(4096)
-        assert part, "the echo stopped"
-        got += part
-    counts = link.air()
-    link.close()
-    loop.call_soon_threadsafe(loop.stop)
+    with AirThread() as air:
+        air.peripheral("F0:F1:F2:F3:F4:F6", echo)
+        link = serial.serial_for_url(air.url("F0:F1:F2:F3:F4:F6", mtu=mtu, snoop=snoop), timeout=5.0)
+        data = bytes(np.random.default_rng(mtu).integers(0, 256, 3000, dtype=np.uint8))
+        link.write(data)
+        got = b""
+        while len(got) < len(data):
+            part = link.read(4096)
+            assert part, "the echo stopped"
+            got += part
+        counts = link.air()
+        link.close()
     assert got == data
 
     raw = snoop.read_bytes()
@@ -265,10 +254,9 @@ def test_lost_and_truncated_notifications_cost_a_retry_not_a_result(tmp_path):
     host's frame receiver drops the broken replies (CRC, inter-byte timeout), asks again under
     the same seq, and the board resends its reply: HELLO and a multi-frame LOAD complete with the
     model's CRC, in the expected number of tries."""
-    import threading
     import zlib
 
-    from fedtiny.devices.ble_bumble import Air, Faults
+    from fedtiny.devices.ble_bumble import Faults
     from fedtiny.devices.emulate import Fleet
     from fedtiny.devices.link import BoardClient, data_block
     from fedtiny.trainer import Model
@@ -281,16 +269,11 @@ def test_lost_and_truncated_notifications_cost_a_retry_not_a_result(tmp_path):
     x = rng.integers(-128, 128, (20, *model.input_shape)).astype(np.int8)
     y = rng.integers(0, model.num_classes, 20).astype(np.uint8)
     firmware = build_firmware(tmp_path / "fw", "ft_board_mps2")
-    with Fleet(firmware, [data_block(model.prefix_features(x), y)], tmp_path / "board", in_process_bridges=True) as fleet:
-        uart_port = int(fleet.board_urls[0].rsplit(":", 1)[1])
-        hci_port = _free_port()
-        loop = asyncio.new_event_loop()
-        threading.Thread(target=loop.run_forever, daemon=True).start()
-        faults = Faults(drop=[2], truncate=[4])
-        peripheral = asyncio.run_coroutine_threadsafe(
-            Air().add_board(f"tcp-server:127.0.0.1:{hci_port}", "F0:F1:F2:F3:F4:F7", ("127.0.0.1", uart_port), faults),
-            loop).result(10)
-        client = BoardClient(f"ble://F0:F1:F2:F3:F4:F7?hci=tcp-client:127.0.0.1:{hci_port}", timeout=1.0, retries=3)
+    with Fleet(firmware, [data_block(model.prefix_features(x), y)], tmp_path / "board", in_process_bridges=True) as fleet, \
+            AirThread() as air:
+        peripheral = air.board("F0:F1:F2:F3:F4:F7", ("127.0.0.1", int(fleet.board_urls[0].rsplit(":", 1)[1])),
+                               Faults(drop=[2], truncate=[4]))
+        client = BoardClient(air.url("F0:F1:F2:F3:F4:F7"), timeout=1.0, retries=3)
         tries = []
         send = client.send_raw
         client.send_raw = lambda data: (tries.append(data), send(data))[1]
@@ -299,7 +282,6 @@ def test_lost_and_truncated_notifications_cost_a_retry_not_a_result(tmp_path):
         client.load_model(blob)
         assert client.hello()["model_crc32"] == zlib.crc32(blob)
         client.close()
-        loop.call_soon_threadsafe(loop.stop)
     chunks = -(-len(blob) // (1024 - 8))
     assert peripheral.notifications >= chunks + 2 + 2  # every reply once, and the 2 damaged ones again
     assert len(tries) == 2 + chunks + 2  # 2 HELLOs, the LOAD chunks, one repeat per damaged reply

@@ -256,18 +256,29 @@ class Air:
         self._transports: list = []
         self._tasks: list[asyncio.Task] = []
 
-    async def add_peripheral(self, hci_spec: str, address: str, on_write, faults: Faults | None = None) -> Peripheral:
-        """A NUS peripheral at `address`; `on_write(peripheral, data)` gets what the host writes to RX."""
+    async def add_host_controller(self, hci_spec: str, name: str = "host-controller") -> None:
+        """A controller on the air for a host stack reaching it over `hci_spec` (``tcp-server:H:P``
+        for fedtiny's bumble backend, ``vhci`` for the kernel's Bluetooth, i.e. BlueZ)."""
+        from bumble.controller import Controller
+        from bumble.transport import open_transport
+
+        transport = await open_transport(hci_spec)
+        self._transports.append(transport)
+        Controller(name, host_source=transport.source, host_sink=transport.sink, link=self.link)
+
+    async def add_peripheral(self, hci_spec: str | None, address: str, on_write,
+                             faults: Faults | None = None) -> Peripheral:
+        """A NUS peripheral at `address`, with its own host-facing controller on `hci_spec` (None:
+        the host reaches it through a controller the air already has); `on_write(peripheral,
+        data)` gets what the host writes to RX."""
         from bumble import gatt, hci
         from bumble.controller import Controller
         from bumble.device import Device
         from bumble.host import Host
-        from bumble.transport import open_transport
         from bumble.transport.common import AsyncPipeSink
 
-        transport = await open_transport(hci_spec)
-        self._transports.append(transport)
-        Controller(f"host-controller-{address}", host_source=transport.source, host_sink=transport.sink, link=self.link)
+        if hci_spec is not None:
+            await self.add_host_controller(hci_spec, f"host-controller-{address}")
         board = Controller(f"board-controller-{address}", link=self.link)
         device = Device(name="fedtiny-board", address=hci.Address(address), host=Host(board, AsyncPipeSink(board)))
         tx = gatt.Characteristic(NUS_TX, gatt.Characteristic.Properties.NOTIFY, gatt.Characteristic.READABLE, b"")
@@ -281,7 +292,15 @@ class Air:
         self.peripherals.append(peripheral)
         return peripheral
 
-    async def add_board(self, hci_spec: str, address: str, uart: tuple[str, int],
+    async def close(self) -> None:
+        """Stop the boards' pumps and close every HCI transport (a vhci adapter goes away)."""
+        for task in self._tasks:
+            task.cancel()
+        for transport in self._transports:
+            await transport.close()
+        self._tasks, self._transports = [], []
+
+    async def add_board(self, hci_spec: str | None, address: str, uart: tuple[str, int],
                         faults: Faults | None = None) -> Peripheral:
         """A BLE-UART bridge chip in front of a board's UART (TCP): RX goes to the UART, what the
         UART says is notified. The UART is reopened whenever it closes (the board restarted)."""
@@ -310,8 +329,10 @@ class Air:
         return peripheral
 
 
-async def _serve(boards: list[tuple[str, tuple[str, int], str]], faults: dict) -> None:
+async def _serve(boards: list[tuple[str, tuple[str, int], str | None]], host_hci: str | None, faults: dict) -> None:
     air = Air()
+    if host_hci is not None:
+        await air.add_host_controller(host_hci)
     for i, (address, uart, hci_spec) in enumerate(boards):
         await air.add_board(hci_spec, address, uart, Faults.parse(faults.get(str(i))))
     print(f"air with {len(boards)} BLE-UART peripherals ready", flush=True)
@@ -319,23 +340,32 @@ async def _serve(boards: list[tuple[str, tuple[str, int], str]], faults: dict) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fedtiny.devices.ble_bumble ADDRESS=UART_PORT@HCI_PORT ...``: one air with a
-    NUS peripheral per board, forwarding to the board's UART on 127.0.0.1:UART_PORT, its
-    host-facing controller served on HCI over TCP at 127.0.0.1:HCI_PORT. The environment's
+    """``python -m fedtiny.devices.ble_bumble [--host-hci SPEC] ADDRESS=UART_PORT[@HCI_PORT] ...``:
+    one air with a NUS peripheral per board, forwarding to the board's UART on
+    127.0.0.1:UART_PORT. The host reaches a board through its own controller, served on HCI over
+    TCP at 127.0.0.1:HCI_PORT (fedtiny's bumble backend), or through one controller for all on
+    ``--host-hci`` (``vhci``: the kernel's Bluetooth, for BlueZ). The environment's
     ``FEDTINY_BLE_FAULTS`` (JSON: board index -> :class:`Faults` fields) makes it misbehave."""
+    import argparse
     import json
     import signal
-    import sys
 
+    ap = argparse.ArgumentParser(prog="python -m fedtiny.devices.ble_bumble",
+                                 description="a virtual BLE air with a BLE-UART peripheral per emulated board")
+    ap.add_argument("--host-hci", default=None, help="one host-facing controller for every board (e.g. vhci)")
+    ap.add_argument("boards", nargs="+", help="ADDRESS=UART_PORT[@HCI_PORT]")
+    args = ap.parse_args(argv)
     boards = []
-    for arg in (sys.argv[1:] if argv is None else argv):
+    for arg in args.boards:
         address, ports = arg.split("=", 1)
-        uart, hci_port = ports.split("@", 1)
-        boards.append((address, ("127.0.0.1", int(uart)), f"tcp-server:127.0.0.1:{int(hci_port)}"))
+        uart, _, hci_port = ports.partition("@")
+        if bool(hci_port) == bool(args.host_hci):
+            ap.error(f"{arg}: give each board an @HCI_PORT, or --host-hci for all of them")
+        boards.append((address, ("127.0.0.1", int(uart)), f"tcp-server:127.0.0.1:{int(hci_port)}" if hci_port else None))
     faults = json.loads(os.environ.get("FEDTINY_BLE_FAULTS") or "{}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        asyncio.run(_serve(boards, faults))
+        asyncio.run(_serve(boards, args.host_hci, faults))
     except (KeyboardInterrupt, SystemExit):
         pass
     return 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import re
 import shutil
 import signal
@@ -102,6 +103,11 @@ class Fleet:
         if link == "ble" and serial != "tcp":
             raise ValueError("link='ble' needs serial='tcp': the BLE-UART peripheral reaches the board's UART over TCP")
         self.serial, self.link, self.ble_params = serial, link, ble_params
+        # the host's Bluetooth stack for link='ble': "bumble" (fedtiny's bleak backend, HCI over TCP;
+        # what CI uses) or "bluez" (bleak's BlueZ backend; the air's controller on /dev/vhci)
+        self.ble_stack = os.environ.get("FEDTINY_BLE_STACK", "bumble")
+        if self.ble_stack not in ("bumble", "bluez"):
+            raise ValueError(f"FEDTINY_BLE_STACK must be bumble or bluez, got {self.ble_stack!r}")
         self.air: subprocess.Popen | None = None  # link='ble': the air (fedtiny.devices.ble_bumble)
         self.hci_ports: list[int] = []
         self.air_restarts = 0
@@ -190,17 +196,23 @@ class Fleet:
         return f"F1:00:00:00:{(i + 1) >> 8:02X}:{(i + 1) & 0xFF:02X}"
 
     def ble_url(self, i: int) -> str:
-        """The ``ble://`` URL board i's bridge opens: bleak over bumble, HCI over TCP to the air."""
+        """The ``ble://`` URL board i's bridge opens: bleak over bumble, HCI over TCP to the air;
+        with the BlueZ stack, bleak's own BlueZ backend (the air's controller is the kernel's)."""
+        if self.ble_stack == "bluez":
+            return f"ble://{self.ble_address(i)}" + (f"?{self.ble_params}" if self.ble_params else "")
         extra = f"&{self.ble_params}" if self.ble_params else ""
         return f"ble://{self.ble_address(i)}?hci=tcp-client:127.0.0.1:{self.hci_ports[i]}{extra}"
 
     def _start_air(self) -> None:
         """The air (one process): per board a NUS peripheral forwarding to the board's UART (or
-        the injector in front of it) and a host-facing controller on its HCI port."""
-        boards = [f"{self.ble_address(i)}={int(self._uart_url(i).rsplit(':', 1)[1])}@{self.hci_ports[i]}"
-                  for i in range(len(self.blocks))]
+        the injector in front of it) and a host-facing controller on its HCI port (with the
+        BlueZ stack, one controller for all on the kernel's vhci)."""
+        bluez = self.ble_stack == "bluez"
+        boards = [f"{self.ble_address(i)}={int(self._uart_url(i).rsplit(':', 1)[1])}"
+                  + ("" if bluez else f"@{self.hci_ports[i]}") for i in range(len(self.blocks))]
         with open(self.workdir / "air.log", "ab") as log:
-            self.air = subprocess.Popen([sys.executable, "-m", "fedtiny.devices.ble_bumble", *boards],
+            self.air = subprocess.Popen([sys.executable, "-m", "fedtiny.devices.ble_bumble",
+                                         *(["--host-hci", "vhci"] if bluez else []), *boards],
                                         stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
                                         preexec_fn=_die_with_parent)
         line = _read_line(self.air, self.timeout, "the BLE air")

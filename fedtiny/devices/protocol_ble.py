@@ -81,6 +81,9 @@ class Serial(SerialBase):
         self._client = BleakClient(self._address, disconnected_callback=lambda _c: self._on_lost(), timeout=10.0,
                                    **kwargs)
         await self._client.connect()
+        acquire = getattr(getattr(self._client, "_backend", None), "_acquire_mtu", None)
+        if acquire is not None:  # BlueZ negotiates the MTU itself; bleak learns it this way (AcquireWrite)
+            await acquire()
         self._air = AirCounter(self.link_params())
         await self._client.start_notify(NUS_TX, self._on_notify)
 
