@@ -36,7 +36,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fedtiny.config import SERIAL_MODES, compose, conf_dir, validate
+from fedtiny.config import LINKS, SERIAL_MODES, compose, conf_dir, validate
 from fedtiny.errors import ConfigError, RunFailed, Stopped
 
 USAGE = __doc__.split("\n\n")[1]
@@ -197,6 +197,9 @@ def _emulate(argv: list[str]) -> int:
     ap.add_argument("--damage", type=float, default=0.0, help="fraction of serial bytes damaged (both directions)")
     ap.add_argument("--serial", choices=SERIAL_MODES, default="tcp",
                     help="the boards' UARTs: TCP sockets, or pseudo-terminals (/dev/pts/N, opened as a tty)")
+    ap.add_argument("--link", choices=LINKS, default="serial",
+                    help="how each bridge reaches its board: its UART, or BLE (a BLE-UART peripheral on a virtual "
+                    "air, docs/boards.md)")
     ap.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: until Ctrl-C / SIGTERM)")
     ap.add_argument("overrides", nargs="*", help="experiment overrides (the boards hold its partitions)")
     args = ap.parse_args(argv)
@@ -204,7 +207,7 @@ def _emulate(argv: list[str]) -> int:
         ap.error(f"--boards must be >= 1, got {args.boards}")
     try:
         cfg = compose(list(args.overrides) + [f"devices.emulate={args.boards}", f"devices.damage={args.damage}",
-                                              f"devices.serial={args.serial}"])
+                                              f"devices.serial={args.serial}", f"devices.link={args.link}"])
     except ConfigError as err:
         _fail(err)
     from fedtiny.client.context import RunContext
@@ -218,7 +221,8 @@ def _emulate(argv: list[str]) -> int:
         try:
             parts = list(cfg.devices.partitions) or list(range(args.boards))
             for pid, url, uart in zip(parts, fleet.urls, fleet.board_urls):
-                print(f"partition {pid}: {url} (bridge to the board's UART at {uart})", flush=True)
+                print(f"partition {pid}: {url} (bridge to the board {'over BLE' if args.link == 'ble' else 'UART'} "
+                      f"at {uart})", flush=True)
             urls = ",".join(f'"{u}"' for u in fleet.urls)
             print(f"ready: fedtiny 'devices.urls=[{urls}]' 'devices.partitions={parts}' (Ctrl-C stops the boards)",
                   flush=True)

@@ -36,7 +36,10 @@ class AirThread:
         self.air = Air()
         self.ports: dict[str, int] = {}
         if STACK == "bluez":
+            from fedtiny.devices.ble_bumble import wait_for_bluez
+
             self.call(self.air.add_host_controller("vhci"))
+            wait_for_bluez(1)  # bluetoothd has taken the vhci controller and powered it
 
     def call(self, coro, timeout: float = 15.0):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -66,3 +69,7 @@ class AirThread:
         self.call(self.air.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
+        if STACK == "bluez":
+            from fedtiny.devices.ble_bumble import wait_for_bluez
+
+            wait_for_bluez(0)  # the adapter is gone before the next test makes one

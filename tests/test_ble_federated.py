@@ -132,3 +132,27 @@ def test_nothing_ran_twice_and_every_fault_happened(four_faulty):
     assert "F1:00:00:00:00:03: connection dropped" in log and "UPDATE 1" in log.split("F1:00:00:00:00:03: connection")[1]
     assert "F1:00:00:00:00:01: notification 5 truncated" in log
     assert "F1:00:00:00:00:03: notification 9" in log and "lost" in log
+
+
+def test_fedtiny_emulate_over_ble_serves_boards_that_answer(tmp_path, cache_dir, over_ble):  # after: firmware cached
+    """`fedtiny emulate --boards 1 --link ble` prints a bridge URL; `fedtiny board info` on it is
+    answered by the board through the bridge's BLE link."""
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "fedtiny", "emulate", "--boards", "1", "--link", "ble",
+                             "--seconds", "120", "experiment=digits_quick", f"cache_dir={cache_dir}"],
+                            stdout=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    try:
+        lines = []
+        while not (lines and lines[-1].startswith("ready")):
+            line = proc.stdout.readline()
+            assert line, f"fedtiny emulate ended: {lines}"
+            lines.append(line.strip())
+        assert "bridge to the board over BLE at ble://F1:00:00:00:00:01?hci=tcp-client:127.0.0.1:" in lines[-2]
+        url = lines[-2].split(": ", 1)[1].split(" ")[0]
+        info = subprocess.run([sys.executable, "-m", "fedtiny", "board", "info", url, "--timeout", "30"],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+        assert info.returncode == 0 and "protocol: 1" in info.stdout, info.stdout + info.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        proc.stdout.close()

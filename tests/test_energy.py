@@ -189,3 +189,22 @@ def test_battery_drains_across_rounds_until_the_device_declines():
         left.append(info["battery"])
     assert epochs[:2] == [3, 3] and epochs[-1] == 0 and epochs == sorted(epochs, reverse=True)
     assert all(b >= 0 for b in left) and left == sorted(left, reverse=True)
+
+
+def test_a_ble_profile_prices_a_devices_bytes_over_the_air():
+    """The nRF52840's radio is BLE: 1,000 bytes down and 500 up cost what they cost on air, by hand
+    from fedtiny.budgets.ble's rules: writes of 244 x 4 + 24 (the last with response; 251-byte
+    L2CAP PDUs + 10 bytes of LL each), notifications of 244, 244, 12; every data packet meets an
+    empty 10-byte one; 3 connection events (the burst, the response, the notifications)."""
+    from fedtiny.budgets.energy import radio_mj, radio_seconds
+
+    board = Board.from_cfg(compose([]).board)
+    assert board.name == "nrf52840" and board.ble is not None
+    pairs, events = 9, 3
+    air_down = 4 * 261 + 41 + (pairs - 5) * 10
+    air_up = 15 + 261 + 261 + 29 + (pairs - 4) * 10
+    tx_us, rx_us = 8 * air_up, 8 * air_down + (2 * pairs - events) * 150 + events * 200
+    assert radio_mj(board, 500, 1000) == pytest.approx((tx_us * 19.2 + rx_us * 18.78) * 1e-6)
+    assert radio_seconds(board, 500, 1000) == pytest.approx(events * 7.5e-3)
+    wifi = Board.from_cfg(compose(["board=esp32s3"]).board)  # Wi-Fi: energy per byte, as before
+    assert wifi.ble is None and radio_mj(wifi, 500, 1000) == pytest.approx((500 * 766 + 1000 * 232) * 1e-6)

@@ -329,6 +329,37 @@ class Air:
         return peripheral
 
 
+def bluez_adapters() -> tuple[int, int]:
+    """(adapters the kernel has, those BlueZ offers powered on D-Bus, where bleak finds them)."""
+    import subprocess
+    from pathlib import Path
+
+    names = sorted(p.name for p in Path("/sys/class/bluetooth").glob("hci*") if ":" not in p.name)
+    powered = 0
+    for name in names:
+        out = subprocess.run(["dbus-send", "--system", "--print-reply", "--dest=org.bluez", f"/org/bluez/{name}",
+                              "org.freedesktop.DBus.Properties.Get", "string:org.bluez.Adapter1", "string:Powered"],
+                             capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL).stdout
+        powered += "boolean true" in out
+    return len(names), powered
+
+
+def wait_for_bluez(powered: int, timeout: float = 20.0) -> None:
+    """Wait until the kernel has exactly `powered` adapters and BlueZ has powered them all (0:
+    none left): a vhci controller is usable by bleak only once bluetoothd has taken and
+    powered it."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        have, on = bluez_adapters()
+        if have == on == powered:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"BlueZ has {have} adapters, {on} powered, after {timeout:g} s (wanted {powered} powered)")
+        time.sleep(0.2)
+
+
 async def _serve(boards: list[tuple[str, tuple[str, int], str | None]], host_hci: str | None, faults: dict) -> None:
     air = Air()
     if host_hci is not None:

@@ -218,6 +218,10 @@ class Fleet:
         line = _read_line(self.air, self.timeout, "the BLE air")
         if not line.startswith("air with"):
             raise RuntimeError(f"the BLE air did not start: {line!r} (see {self.workdir / 'air.log'})")
+        if bluez:
+            from fedtiny.devices.ble_bumble import wait_for_bluez
+
+            wait_for_bluez(1, self.timeout)  # bluetoothd has taken the air's vhci controller
 
     def _uart_url(self, i: int) -> str:
         """Where board i's UART is reached: its injector when there is one, else QEMU's port."""

@@ -91,7 +91,7 @@ class Serial(SerialBase):
         """The connection's parameters: its negotiated MTU, the rest from the URL (defaults:
         data length 251, 1M PHY, 7.5 ms interval, 6 packets per event)."""
         p = self._params
-        return LinkParams(mtu=int(self._client.mtu_size), data_length=int(p.get("dl", 251)), phy=int(p.get("phy", 1)),
+        return LinkParams(mtu=self.mtu, data_length=int(p.get("dl", 251)), phy=int(p.get("phy", 1)),
                           interval_ms=float(p.get("interval", 7.5)), packets_per_event=int(p.get("ppe", 6)))
 
     def _on_notify(self, _char, data: bytearray) -> None:
@@ -126,7 +126,9 @@ class Serial(SerialBase):
 
     @property
     def mtu(self) -> int:
-        return int(self._client.mtu_size)
+        """The ATT MTU the host writes with: the negotiated one, at most the one asked for (BlueZ
+        negotiates by itself, up to 517; writes of 514 bytes were lost on the virtual air)."""
+        return min(int(self._client.mtu_size), self._mtu_wanted)
 
     def air(self) -> dict:
         """This connection's counts so far (:class:`fedtiny.budgets.ble.AirCounter`): ATT

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs inside the virtme-ng VM of scripts/ble_bluez_tier.sh: BlueZ on a vhci controller, then the
+# BLE tests through bleak's BlueZ backend. Arguments: python, output directory, pytest arguments.
+set -euo pipefail
+PY=$1; OUT=$2; shift 2
+cd "$(dirname "$0")/.."
+modprobe hci_vhci
+mkdir -p /run/dbus /var/lib/bluetooth
+dbus-daemon --system --fork
+/usr/libexec/bluetooth/bluetoothd -n > "$OUT/bluetoothd.log" 2>&1 &
+export FEDTINY_BLE_STACK=bluez PYTHONDONTWRITEBYTECODE=1 FLWR_TELEMETRY_ENABLED=0 HOME=/tmp/bluez-home
+mkdir -p "$HOME"
+echo "guest: $(uname -r), $("$PY" -c 'import bleak; print("bleak", bleak.__version__ if hasattr(bleak, "__version__") else "")'), $(/usr/libexec/bluetooth/bluetoothd --version 2>/dev/null | sed 's/^/bluetoothd /')"
+"$PY" -m pytest -p no:cacheprovider -q tests/test_ble_link.py tests/test_ble_federated.py --basetemp=/tmp/bluez-pytest \
+    "$@" 2>&1 | tee "$OUT/pytest.log"
+exit "${PIPESTATUS[0]}"
