@@ -182,6 +182,7 @@ class Peripheral:
 
     def __init__(self, device, tx, faults: Faults, address: str = "") -> None:
         self.device, self.tx, self.faults, self.address = device, tx, faults, address
+        self.max_mtu = 247  # a BLE-UART bridge chip's notifications: at most 244 bytes, whatever the MTU
         self.requests: dict[int, int] = {}  # frame type -> requests seen
         self.notifications = 0
         self.disconnects = 0
@@ -220,7 +221,7 @@ class Peripheral:
         conn = self.connection
         if conn is None:
             return  # nobody connected: the bytes are lost, as a radio's would be
-        n = conn.att_mtu - 3
+        n = min(conn.att_mtu, self.max_mtu) - 3
         cut = False
         if self._cut_after is not None and len(data) >= self._cut_after:  # the cut falls in these bytes
             data, cut = data[:self._cut_after], True

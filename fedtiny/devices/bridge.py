@@ -54,6 +54,7 @@ class Bridge:
         self.requests = self.link_failures = self.cancels = self.opens = 0
         self.reconnects_per_request = 3  # over a link that can come back (BLE)
         self.air_closed: dict = {}  # a BLE link's air counts of the connections closed so far
+        self.air_link: dict = {}  # and the parameters of the last one
         self.bytes_closed = [0, 0]  # bytes to and from the board on the links closed so far
         bridge = self
 
@@ -149,6 +150,7 @@ class Bridge:
         if air is not None:
             for k, v in air().items():
                 self.air_closed[k] = self.air_closed.get(k, 0) + v
+            self.air_link = dict(vars(board.port.link_params()))
 
     def stats(self) -> dict:
         board = self.board
@@ -162,8 +164,7 @@ class Bridge:
             for k, v in (air() if air is not None else {}).items():
                 total[k] = total.get(k, 0) + v
             out["air"] = total
-            if air is not None:
-                out["air_link"] = dict(vars(board.port.link_params()))
+            out["air_link"] = dict(vars(board.port.link_params())) if air is not None else self.air_link
         return out
 
     def cancel(self, f: P.Frame) -> bytes:

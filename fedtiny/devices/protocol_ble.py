@@ -65,7 +65,7 @@ class Serial(SerialBase):
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=f"ble-{self._address}")
         self._thread.start()
         try:
-            self._call(self._connect(), timeout=30.0)
+            self._call(self._connect(), timeout=60.0)
         except Exception as err:  # noqa: BLE001 - any failure to connect is the port's
             self._stop_loop()
             raise SerialException(f"could not connect to {self._address} over BLE: {err}") from err
@@ -78,8 +78,9 @@ class Serial(SerialBase):
 
         kwargs = ({"backend": BumbleBleakClient, "hci": self._hci, "mtu": self._mtu_wanted, "snoop": self._snoop}
                   if self._hci else {})
-        self._client = BleakClient(self._address, disconnected_callback=lambda _c: self._on_lost(), timeout=10.0,
-                                   **kwargs)
+        # BlueZ first scans for the device (it must have seen its advertising): give it longer
+        self._client = BleakClient(self._address, disconnected_callback=lambda _c: self._on_lost(),
+                                   timeout=10.0 if self._hci else 30.0, **kwargs)
         await self._client.connect()
         acquire = getattr(getattr(self._client, "_backend", None), "_acquire_mtu", None)
         if acquire is not None:  # BlueZ negotiates the MTU itself; bleak learns it this way (AcquireWrite)
