@@ -130,9 +130,10 @@ class AirCounter:
         self._down_burst += n
 
     def snapshot(self) -> dict:
-        """The counts with the open notification burst closed (its events counted)."""
-        self._close_down_burst()
-        return dict(self.counts)
+        """The counts, the events of the notification burst still open included (it stays open)."""
+        out = dict(self.counts)
+        out["events"] += -(-self._down_burst // self.link.packets_per_event)
+        return out
 
 
 @dataclass(frozen=True)

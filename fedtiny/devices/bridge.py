@@ -20,7 +20,8 @@ board's port. The bridge serves the same framed protocol on a local TCP port
   progress (whose client then gets ERROR CANCELLED); the bridge answers the CANCEL itself;
 * a BRIDGE request is answered by the bridge itself with its counters (JSON: requests, link
   failures, reconnects, cancels, bytes to and from the board on its link; over BLE also
-  ``air``, the link's exact air counts, and ``air_link``, its parameters): how a run counts its boards' reconnects and air traffic;
+  ``air``, the link's exact air counts, and ``air_link``, its parameters): how a run counts
+  its boards' reconnects and what their links carried;
 * over a link that can drop without resetting the board (BLE, ``port.reconnectable``), a request
   whose link is lost is repeated, same seq, over the link opened again (up to 3 times): the
   board resends a reply it already sent instead of running the request twice.

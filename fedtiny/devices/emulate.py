@@ -106,7 +106,7 @@ class Fleet:
         # the host's Bluetooth stack for link='ble': "bumble" (fedtiny's bleak backend, HCI over TCP;
         # what CI uses) or "bluez" (bleak's BlueZ backend; the air's controller on /dev/vhci)
         self.ble_stack = os.environ.get("FEDTINY_BLE_STACK", "bumble")
-        if self.ble_stack not in ("bumble", "bluez"):
+        if link == "ble" and self.ble_stack not in ("bumble", "bluez"):
             raise ValueError(f"FEDTINY_BLE_STACK must be bumble or bluez, got {self.ble_stack!r}")
         self.air: subprocess.Popen | None = None  # link='ble': the air (fedtiny.devices.ble_bumble)
         self.hci_ports: list[int] = []
