@@ -10,6 +10,7 @@ traffic. No mocks: bleak's client, bumble's host, controllers and GATT."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import numpy as np
 import pytest
@@ -61,28 +62,42 @@ def test_bleak_echoes_through_nus(mtu):
         assert asyncio.run(main()) == bytes(range(256)) * 16
 
 
+@pytest.fixture(scope="module")
+def firmware(tmp_path_factory):
+    from tests.cortex_m import build_firmware
+
+    return build_firmware(tmp_path_factory.mktemp("fw"), "ft_board_mps2")
+
+
+@contextlib.contextmanager
+def _board_behind_the_air(firmware, workdir, seed: int, samples: int, address: str, faults=None):
+    """An emulated board holding `samples` random samples of a small random model, its UART
+    behind a NUS peripheral at `address` on the air: yields (model, air, peripheral)."""
+    from fedtiny.devices.emulate import Fleet
+    from fedtiny.devices.link import data_block
+    from fedtiny.trainer import Model
+    from tests.models import random_model
+
+    rng = np.random.default_rng(seed)
+    model = Model(random_model(rng, frozen=("conv2d",), trainable=("dwconv2d", "conv2d", "flatten", "fc"),
+                               input_shape=(6, 6, 2)))
+    x = rng.integers(-128, 128, (samples, *model.input_shape)).astype(np.int8)
+    y = rng.integers(0, model.num_classes, samples).astype(np.uint8)
+    with Fleet(firmware, [data_block(model.prefix_features(x), y)], workdir, in_process_bridges=True) as fleet, \
+            AirThread() as air:
+        yield model, air, air.board(address, ("127.0.0.1", int(fleet.board_urls[0].rsplit(":", 1)[1])), faults)
+
+
 @needs_cortex_m
-def test_a_board_over_ble_answers_hello_and_takes_its_model(tmp_path):
+def test_a_board_over_ble_answers_hello_and_takes_its_model(firmware, tmp_path):
     """An emulated board's UART behind the bumble NUS peripheral (a BLE-UART bridge chip): the
     host's BoardClient opens ble://ADDRESS?hci=... as it opens a serial port, and HELLO and a
     multi-frame LOAD go through the framed protocol cut at MTU - 3 and reassembled."""
     import zlib
 
-    from tests.cortex_m import build_firmware
-    from tests.models import random_model
-    from fedtiny.devices.emulate import Fleet
-    from fedtiny.devices.link import BoardClient, data_block
-    from fedtiny.trainer import Model
+    from fedtiny.devices.link import BoardClient
 
-    rng = np.random.default_rng(42)
-    model = Model(random_model(rng, frozen=("conv2d",), trainable=("dwconv2d", "conv2d", "flatten", "fc"),
-                               input_shape=(6, 6, 2)))
-    x = rng.integers(-128, 128, (40, *model.input_shape)).astype(np.int8)
-    y = rng.integers(0, model.num_classes, 40).astype(np.uint8)
-    firmware = build_firmware(tmp_path / "fw", "ft_board_mps2")
-    with Fleet(firmware, [data_block(model.prefix_features(x), y)], tmp_path / "board", in_process_bridges=True) as fleet, \
-            AirThread() as air:
-        air.board("F0:F1:F2:F3:F4:F5", ("127.0.0.1", int(fleet.board_urls[0].rsplit(":", 1)[1])))
+    with _board_behind_the_air(firmware, tmp_path / "board", 42, 40, "F0:F1:F2:F3:F4:F5") as (model, air, _):
         for mtu in (247, 23):
             client = BoardClient(air.url("F0:F1:F2:F3:F4:F5", mtu=mtu), timeout=5.0, retries=3)
             if STACK == "bumble":
@@ -249,7 +264,7 @@ def test_bad_ble_urls_are_refused_with_the_reason():
 
 
 @needs_cortex_m
-def test_lost_and_truncated_notifications_cost_a_retry_not_a_result(tmp_path):
+def test_lost_and_truncated_notifications_cost_a_retry_not_a_result(firmware, tmp_path):
     """The air loses one notification and truncates another on an emulated board's link: the
     host's frame receiver drops the broken replies (CRC, inter-byte timeout), asks again under
     the same seq, and the board resends its reply: HELLO and a multi-frame LOAD complete with the
@@ -257,22 +272,10 @@ def test_lost_and_truncated_notifications_cost_a_retry_not_a_result(tmp_path):
     import zlib
 
     from fedtiny.devices.ble_bumble import Faults
-    from fedtiny.devices.emulate import Fleet
-    from fedtiny.devices.link import BoardClient, data_block
-    from fedtiny.trainer import Model
-    from tests.cortex_m import build_firmware
-    from tests.models import random_model
+    from fedtiny.devices.link import BoardClient
 
-    rng = np.random.default_rng(3)
-    model = Model(random_model(rng, frozen=("conv2d",), trainable=("dwconv2d", "conv2d", "flatten", "fc"),
-                               input_shape=(6, 6, 2)))
-    x = rng.integers(-128, 128, (20, *model.input_shape)).astype(np.int8)
-    y = rng.integers(0, model.num_classes, 20).astype(np.uint8)
-    firmware = build_firmware(tmp_path / "fw", "ft_board_mps2")
-    with Fleet(firmware, [data_block(model.prefix_features(x), y)], tmp_path / "board", in_process_bridges=True) as fleet, \
-            AirThread() as air:
-        peripheral = air.board("F0:F1:F2:F3:F4:F7", ("127.0.0.1", int(fleet.board_urls[0].rsplit(":", 1)[1])),
-                               Faults(drop=[2], truncate=[4]))
+    with _board_behind_the_air(firmware, tmp_path / "board", 3, 20, "F0:F1:F2:F3:F4:F7",
+                               Faults(drop=[2], truncate=[4])) as (model, air, peripheral):
         client = BoardClient(air.url("F0:F1:F2:F3:F4:F7"), timeout=1.0, retries=3)
         tries = []
         send = client.send_raw
