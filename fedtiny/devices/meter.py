@@ -20,12 +20,10 @@ class LinkMeter:
         self.ble = board.get("ble") if board is not None else None
 
     def reconnects(self) -> int:
-        total = 0
-        for url, before in self.start.items():
-            now = self._stats(url) if before is not None else None
-            if now is not None:
-                total += int(now["reconnects"]) - int(before["reconnects"])
-        return total
+        """Reconnects up to the last :meth:`rows` (the round loop reads them there after each
+        round, before its checkpoint and the summary ask for this: one BRIDGE request a round)."""
+        return sum(int(self.last[url]["reconnects"]) - int(before["reconnects"])
+                   for url, before in self.start.items() if before is not None)
 
     def rows(self) -> list[list]:
         """One row per board link that carried anything since the last call (LINK_COLUMNS)."""
