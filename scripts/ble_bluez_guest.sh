@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 modprobe hci_vhci
 mkdir -p /run/dbus /var/lib/bluetooth
 dbus-daemon --system --fork
-/usr/libexec/bluetooth/bluetoothd -n > "$OUT/bluetoothd.log" 2>&1 &
+# bluetoothd logs in debug (-d): $OUT/bluetoothd.log shows every connect, disconnect and ATT PDU
+/usr/libexec/bluetooth/bluetoothd -n -d > "$OUT/bluetoothd.log" 2>&1 &
 export FEDTINY_BLE_STACK=bluez PYTHONDONTWRITEBYTECODE=1 FLWR_TELEMETRY_ENABLED=0 HOME=/tmp/bluez-home
 mkdir -p "$HOME"
 echo "guest: $(uname -r), $("$PY" -c 'import bleak; print("bleak", bleak.__version__ if hasattr(bleak, "__version__") else "")'), $(/usr/libexec/bluetooth/bluetoothd --version 2>/dev/null | sed 's/^/bluetoothd /')"

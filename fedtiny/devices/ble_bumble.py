@@ -245,6 +245,49 @@ class Peripheral:
         print(f"air {self.address}: {what}", file=sys.stderr, flush=True)
 
 
+def _host_controller_class():
+    """bumble's controller, with two host-facing commands as the Core spec has them (Linux's
+    host relies on both; bumble 0.0.2xx does neither, and BlueZ then never disconnects, so a
+    second connection to a peripheral fails with EBUSY):
+
+    - Vol 4 Part E 7.7.65.10: with the LE Enhanced Connection Complete event unmasked (LE event
+      mask bit 9), a new connection is reported by it *instead of* LE Connection Complete (the
+      kernel waits for the enhanced one and otherwise cancels a connection it already has);
+    - 7.8.13: LE Create Connection Cancel without a pending connection is Command Disallowed;
+      with one, it ends with LE (Enhanced) Connection Complete, Unknown Connection Identifier."""
+    from bumble import hci
+    from bumble.controller import Controller
+
+    enhanced_bit = 1 << 9
+    no_rpa = hci.Address("00:00:00:00:00:00")
+
+    class HostController(Controller):
+        def send_hci_packet(self, packet) -> None:
+            if isinstance(packet, hci.HCI_LE_Connection_Complete_Event) and self.le_event_mask & enhanced_bit:
+                packet = hci.HCI_LE_Enhanced_Connection_Complete_Event(
+                    status=packet.status, connection_handle=packet.connection_handle, role=packet.role,
+                    peer_address_type=packet.peer_address_type, peer_address=packet.peer_address,
+                    local_resolvable_private_address=no_rpa, peer_resolvable_private_address=no_rpa,
+                    connection_interval=packet.connection_interval, peripheral_latency=packet.peripheral_latency,
+                    supervision_timeout=packet.supervision_timeout,
+                    central_clock_accuracy=packet.central_clock_accuracy)
+            super().send_hci_packet(packet)
+
+        def on_hci_le_create_connection_cancel_command(self, _command):
+            pending, self.pending_le_connection = self.pending_le_connection, None
+            if pending is None:
+                return hci.HCI_StatusReturnParameters(hci.HCI_ErrorCode.COMMAND_DISALLOWED_ERROR)
+            failed = hci.HCI_LE_Connection_Complete_Event(
+                status=hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR, connection_handle=0, role=0,
+                peer_address_type=getattr(pending, "peer_address_type", 0),
+                peer_address=getattr(pending, "peer_address", no_rpa), connection_interval=0,
+                peripheral_latency=0, supervision_timeout=0, central_clock_accuracy=0)
+            asyncio.get_running_loop().call_soon(self.send_hci_packet, failed)  # after the Command Complete
+            return hci.HCI_StatusReturnParameters(hci.HCI_ErrorCode.SUCCESS)
+
+    return HostController
+
+
 class Air:
     """One bumble LocalLink with NUS peripherals, each with its own host-facing controller
     served over an HCI transport (`hci_spec`, e.g. ``tcp-server:127.0.0.1:PORT``)."""
@@ -260,12 +303,11 @@ class Air:
     async def add_host_controller(self, hci_spec: str, name: str = "host-controller") -> None:
         """A controller on the air for a host stack reaching it over `hci_spec` (``tcp-server:H:P``
         for fedtiny's bumble backend, ``vhci`` for the kernel's Bluetooth, i.e. BlueZ)."""
-        from bumble.controller import Controller
         from bumble.transport import open_transport
 
         transport = await open_transport(hci_spec)
         self._transports.append(transport)
-        Controller(name, host_source=transport.source, host_sink=transport.sink, link=self.link)
+        _host_controller_class()(name, host_source=transport.source, host_sink=transport.sink, link=self.link)
 
     async def add_peripheral(self, hci_spec: str | None, address: str, on_write,
                              faults: Faults | None = None) -> Peripheral:

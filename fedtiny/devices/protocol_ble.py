@@ -33,6 +33,36 @@ from fedtiny.budgets.ble import AirCounter, LinkParams
 
 
 
+class _bluez_connect_lock:
+    """An exclusive lock across this machine's processes (a file lock under the temp directory)
+    for connecting through BlueZ; the wait runs in a thread so the event loop goes on."""
+
+    async def __aenter__(self):
+        import fcntl
+        import tempfile
+
+        self._file = open(f"{tempfile.gettempdir()}/fedtiny-bluez-connect.lock", "a+")  # noqa: SIM115
+        await asyncio.to_thread(fcntl.flock, self._file, fcntl.LOCK_EX)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._file.close()  # releases the lock
+
+
+async def _bluez_known_device(address: str):
+    """The BLEDevice of ``address`` if BlueZ's default adapter already has its D-Bus object, else None."""
+    from bleak.backends.bluezdbus.manager import get_global_bluez_manager
+    from bleak.backends.device import BLEDevice
+
+    manager = await get_global_bluez_manager()
+    path = f"{manager.get_default_adapter()}/dev_{address.upper().replace(':', '_')}"
+    try:
+        manager.get_device_address(path)
+    except Exception:  # noqa: BLE001 - bleak raises BleakError for an unknown device
+        return None
+    return BLEDevice(address.upper(), manager.get_device_name(path), {"path": path, "props": None})
+
+
 class Serial(SerialBase):
     reconnectable = True  # a lost BLE connection leaves the board as it was: a request may be repeated
 
@@ -76,17 +106,41 @@ class Serial(SerialBase):
 
         from fedtiny.devices.ble_bumble import NUS_TX, BumbleBleakClient
 
-        kwargs = ({"backend": BumbleBleakClient, "hci": self._hci, "mtu": self._mtu_wanted, "snoop": self._snoop}
-                  if self._hci else {})
-        # BlueZ first scans for the device (it must have seen its advertising): give it longer
-        self._client = BleakClient(self._address, disconnected_callback=lambda _c: self._on_lost(),
-                                   timeout=10.0 if self._hci else 30.0, **kwargs)
-        await self._client.connect()
+        if self._hci:
+            self._client = BleakClient(self._address, disconnected_callback=lambda _c: self._on_lost(), timeout=10.0,
+                                       backend=BumbleBleakClient, hci=self._hci, mtu=self._mtu_wanted,
+                                       snoop=self._snoop)
+            await self._client.connect()
+        else:
+            await self._connect_bluez()
         acquire = getattr(getattr(self._client, "_backend", None), "_acquire_mtu", None)
         if acquire is not None:  # BlueZ negotiates the MTU itself; bleak learns it this way (AcquireWrite)
             await acquire()
         self._air = AirCounter(self.link_params())
         await self._client.start_notify(NUS_TX, self._on_notify)
+
+    async def _connect_bluez(self) -> None:
+        """Connect through BlueZ, one host process at a time (a controller initiates one LE
+        connection at a time; parallel scans and connects from several bridges failed), up to
+        three tries in 60 s. A device BlueZ already knows (its D-Bus object outlives a disconnect
+        by about 30 s) is connected by its object path: a new scan does not report it again while
+        its advertising is unchanged, so looking it up by scanning failed on every reconnect."""
+        from bleak import BleakClient
+
+        deadline = time.monotonic() + 60.0
+        tries = 0
+        while True:
+            tries += 1
+            async with _bluez_connect_lock():
+                target = await _bluez_known_device(self._address) or self._address
+                self._client = BleakClient(target, disconnected_callback=lambda _c: self._on_lost(), timeout=20.0)
+                try:
+                    await self._client.connect()
+                    return
+                except Exception:  # noqa: BLE001 - retried, then raised to open() with its reason
+                    if tries >= 3 or time.monotonic() > deadline:
+                        raise
+            await asyncio.sleep(1.0)
 
     def link_params(self) -> LinkParams:
         """The connection's parameters: its negotiated MTU, the rest from the URL (defaults:
