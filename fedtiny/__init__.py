@@ -6,7 +6,8 @@ extension ``fedtiny._core``, and boards. Start with :mod:`fedtiny.trainer`.
 Layers, lowest first. A module imports only from its own layer and the layers listed before
 it (``tests/test_layers.py`` checks every import, and that there is no cycle):
 
-1. errors: named exceptions and what the C statuses mean
+1. errors, plugins: named exceptions and what the C statuses mean; resolving a plugin's ``_target_``
+   and checking its config against the callable's signature
 2. trainer: the C trainer's binding, the model file format, int8 kernels, the update codec
 3. config, data, models: the config schemas and their validation, tasks and partitions, backbones
 4. budgets: memory (update schemes under an SRAM budget), privacy (accounting), energy

@@ -36,7 +36,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fedtiny.config import LINKS, SERIAL_MODES, compose, conf_dir, validate
+from fedtiny.config import LINKS, SERIAL_MODES, compose, conf_dir, split_config_dirs, validate
 from fedtiny.errors import ConfigError, RunFailed, Stopped
 
 USAGE = __doc__.split("\n\n")[1]
@@ -373,9 +373,11 @@ def _experiment(argv: list[str]) -> None:
     if multirun and not _INFO_FLAGS.intersection(argv):
         sys.exit(_sweep(argv))
     if not multirun and not _INFO_FLAGS.intersection(argv):
-        overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra.")]
         try:
-            compose(overrides)  # validated before Hydra, data or Ray start
+            dirs, rest = split_config_dirs(argv)
+            overrides = [a for a in rest if not a.startswith("-")
+                         and (not a.startswith("hydra.") or a.startswith("hydra.searchpath="))]
+            compose(overrides, dirs)  # validated before Hydra, data or Ray start (with the user's config dirs)
         except ConfigError as err:
             _fail(err)
     sys.argv = [sys.argv[0]] + argv

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from fedtiny.errors import ConfigError
+from fedtiny.plugins import TARGET, check_arguments, resolve
 from fedtiny.trainer.runtime import (MAX_BATCH, MAX_EPOCHS, MAX_LR, MAX_PROX_MU, MAX_WEIGHT_DECAY, PRECISIONS,
                                      ROUNDINGS)
 
@@ -93,7 +94,8 @@ DATASETS: dict[str, type] = {"watch": WatchData, "digits": DigitsData, "fashion"
 
 @dataclass
 class ModelCfg:
-    arch: str = "imu_cnn"
+    arch: str = "imu_cnn"  # a built-in backbone (fedtiny.models.nets.ARCHITECTURES), unless _target_ names one
+    _target_: Optional[str] = None  # a plugin backbone: fn(input_shape, num_classes, width) -> nn.Sequential
     width: int = 32
     trainable_layers: int = 2
     pretrain_epochs: int = 40
@@ -308,13 +310,16 @@ def validate(cfg: DictConfig) -> DictConfig:
     """Type-check every group against its schema and check ranges; return the typed config."""
     raw = OmegaConf.to_container(cfg, resolve=True)
     raw.pop("hydra", None)
+    plugin = TARGET in (raw.get("dataset") or {})
     ds_name = (raw.get("dataset") or {}).get("name")
     st_name = (raw.get("strategy") or {}).get("name")
-    _check(ds_name in DATASETS, f"dataset.name: unknown dataset '{ds_name}' (known: {', '.join(sorted(DATASETS))})")
+    _check(plugin or ds_name in DATASETS,
+           f"dataset.name: unknown dataset '{ds_name}' (known: {', '.join(sorted(DATASETS))}; or name your own "
+           "loader with dataset._target_)")
     _check(st_name in STRATEGIES, f"strategy.name: unknown strategy '{st_name}' (known: {', '.join(sorted(STRATEGIES))})")
     dataset, strategy = raw.pop("dataset"), raw.pop("strategy")
     top = _typed(TopCfg, raw, "config")
-    top.dataset = _typed(DATASETS[ds_name], dataset, "dataset")
+    top.dataset = _plugin_dataset(dataset) if plugin else _typed(DATASETS[ds_name], dataset, "dataset")
     top.strategy = _typed(STRATEGIES[st_name], strategy, "strategy")
 
     from fedtiny.models.nets import ARCHITECTURES
@@ -330,8 +335,13 @@ def validate(cfg: DictConfig) -> DictConfig:
         for key in ("rotation", "gain", "offset"):
             _check(getattr(shift, key) >= 0, f"dataset.field_shift.{key} must be >= 0, got {getattr(shift, key)}")
     _check(top.clients_per_round >= 0, f"clients_per_round must be >= 0 (0 = all), got {top.clients_per_round}")
-    _check(top.model.arch in ARCHITECTURES,
-           f"model.arch: unknown architecture '{top.model.arch}' (known: {', '.join(sorted(ARCHITECTURES))})")
+    if top.model[TARGET] is not None:  # a plugin backbone: called as fn(input_shape, num_classes, width)
+        check_arguments(resolve(top.model[TARGET], "model._target_"), {}, "model",
+                        supplied=("input_shape", "num_classes", "width"))
+    else:
+        _check(top.model.arch in ARCHITECTURES,
+               f"model.arch: unknown architecture '{top.model.arch}' (known: {', '.join(sorted(ARCHITECTURES))}; "
+               "or name your own with model._target_)")
     for key in ("width", "trainable_layers", "pretrain_epochs", "pretrain_batch_size", "calibration_samples"):
         _check(getattr(top.model, key) >= 1, f"model.{key} must be >= 1, got {getattr(top.model, key)}")
     _check(top.model.pretrain_lr > 0, f"model.pretrain_lr must be > 0, got {top.model.pretrain_lr}")
@@ -365,22 +375,25 @@ def validate(cfg: DictConfig) -> DictConfig:
         _check(st.eta > 0 and st.tau > 0, f"strategy.eta and strategy.tau must be > 0, got {st.eta} and {st.tau}")
         _check(0 <= st.beta_1 < 1 and 0 <= st.beta_2 < 1, "strategy.beta_1 and beta_2 must be in [0, 1)")
     d = top.dataset
-    _check(0 < d.test_fraction < 1, f"dataset.test_fraction must be in (0, 1), got {d.test_fraction}")
-    if ds_name in ("watch", "digits"):
+    if not plugin:
+        _check(0 < d.test_fraction < 1, f"dataset.test_fraction must be in (0, 1), got {d.test_fraction}")
+    if plugin:
+        devices = d.num_clients
+    elif ds_name in ("watch", "digits"):
         _check(0 < d.holdout_fraction < 1 and d.test_fraction + d.holdout_fraction < 0.9,
                f"dataset: test_fraction + holdout_fraction must leave training data, got {d.test_fraction} + {d.holdout_fraction}")
-    if ds_name == "watch":
+    if ds_name == "watch" and not plugin:
         _check(d.window_s > 0 and 0 <= d.overlap < 1, "dataset: need window_s > 0 and overlap in [0, 1)")
         _check(d.device in ("subject_side", "subject"), f"dataset.device must be subject_side or subject, got '{d.device}'")
         _check(set(d.pretrain_subjects) <= set(range(1, 11)) and 0 < len(set(d.pretrain_subjects)) < 10,
                f"dataset.pretrain_subjects must be 1-9 distinct subjects out of 1..10, got {list(d.pretrain_subjects)}")
         devices = (10 - len(set(d.pretrain_subjects))) * (2 if d.device == "subject_side" else 1)
-    else:
+    elif not plugin:
         _check(d.num_clients >= 1 and d.alpha > 0, "dataset: need num_clients >= 1 and alpha > 0")
         devices = d.num_clients
-    if ds_name == "digits":
+    if ds_name == "digits" and not plugin:
         _check(0 < d.pretrain_fraction < 1, f"dataset.pretrain_fraction must be in (0, 1), got {d.pretrain_fraction}")
-    if ds_name == "fashion":
+    if ds_name == "fashion" and not plugin:
         _check(1000 <= d.pretrain_size <= 50000, f"dataset.pretrain_size must be in [1000, 50000], got {d.pretrain_size}")
         _check(1 <= d.server_test_size <= 10000, f"dataset.server_test_size must be in [1, 10000], got {d.server_test_size}")
     _check(top.clients_per_round <= devices,
@@ -456,8 +469,29 @@ def validate(cfg: DictConfig) -> DictConfig:
     return top
 
 
+# a plugin data set's keys that are fedtiny's: passed to its loader only if it takes them
+PLUGIN_DATASET_KEYS = ("name", "num_clients")
+
+
+def _plugin_dataset(node: dict) -> DictConfig:
+    """A data set named by ``_target_``: its keys checked against the loader's signature
+    (fedtiny.plugins), ``num_clients`` required (the federation is sized before data loads),
+    ``name`` defaulting to the loader's module."""
+    fn = resolve(node[TARGET], "dataset._target_")
+    n = node.get("num_clients")
+    _check(isinstance(n, int) and not isinstance(n, bool) and n >= 1,
+           f"dataset.num_clients: a plugin data set says how many devices its loader returns (an int >= 1), got {n!r}")
+    name = node.get("name") or str(node[TARGET]).rsplit(".", 2)[-2]
+    _check(isinstance(name, str), f"dataset.name must be a string, got {name!r}")
+    given = {k: v for k, v in node.items() if k != TARGET and k not in PLUGIN_DATASET_KEYS}
+    check_arguments(fn, given, "dataset", supplied=PLUGIN_DATASET_KEYS)
+    return OmegaConf.create({**node, "name": name})
+
+
 def num_devices(cfg: DictConfig) -> int:
     d = cfg.dataset
+    if TARGET in d:
+        return int(d.num_clients)
     if d.name == "watch":
         return (10 - len(set(d.pretrain_subjects))) * (2 if d.device == "subject_side" else 1)
     return int(d.num_clients)
@@ -470,11 +504,64 @@ def dataset_dict(cfg: DictConfig) -> dict:
     values = [float(x) for v in (out.get("field_shift") or {}).values() for x in (v if isinstance(v, list) else [v])]
     if not any(values):
         out.pop("field_shift", None)
+    if TARGET in out:  # a plugin's data file changed in place names another backbone (size, modification time)
+        files = {k: v for k, v in out.items() if isinstance(v, str) and k != TARGET and Path(v).expanduser().is_file()}
+        if files:
+            out["_files"] = {k: [Path(v).expanduser().stat().st_size, Path(v).expanduser().stat().st_mtime_ns]
+                             for k, v in sorted(files.items())}
     return out
 
 
-def compose(overrides: list[str]) -> DictConfig:
-    """Compose ``conf/config.yaml`` with Hydra overrides and validate it (no output directory)."""
+def split_config_dirs(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Hydra's ``--config-dir DIR`` / ``-cd DIR`` / ``--config-dir=DIR`` taken out of a command
+    line: (the directories, the rest)."""
+    dirs, rest, it = [], [], iter(argv)
+    for arg in it:
+        if arg in ("--config-dir", "-cd"):
+            value = next(it, None)
+            if value is None:
+                raise ConfigError(f"{arg} needs a directory")
+            dirs.append(value)
+        elif arg.startswith("--config-dir="):
+            dirs.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return dirs, rest
+
+
+def _searchpath(overrides: list[str], config_dirs: list[str]) -> list[str]:
+    """The overrides, with the user's config directories added to ``hydra.searchpath`` (so a
+    plugin's groups compose here as they do under Hydra's own ``--config-dir``)."""
+    if not config_dirs:
+        return list(overrides)
+    for d in config_dirs:
+        _check(Path(d).expanduser().is_dir(), f"--config-dir {d}: no such directory")
+    paths = [f"file://{Path(d).expanduser().resolve()}" for d in config_dirs]
+    out, given = [], []
+    for ov in overrides:
+        if ov.split("=", 1)[0] == "hydra.searchpath":
+            given = [p.strip() for p in ov.split("=", 1)[1].strip().strip("[]").split(",") if p.strip()]
+        else:
+            out.append(ov)
+    return [f"hydra.searchpath=[{','.join(paths + given)}]", *out]
+
+
+def search_dirs(overrides: list[str]) -> list[Path]:
+    """The config directories a composition searches: fedtiny's conf/, then every ``file://``
+    entry of a ``hydra.searchpath`` override."""
+    out = [conf_dir()]
+    for ov in overrides:
+        if ov.split("=", 1)[0] == "hydra.searchpath":
+            out += [Path(p.strip()[len("file://"):]) for p in ov.split("=", 1)[1].strip().strip("[]").split(",")
+                    if p.strip().startswith("file://")]
+    return out
+
+
+def compose(overrides: list[str], config_dirs: list[str] = ()) -> DictConfig:
+    """Compose ``conf/config.yaml`` with Hydra overrides and validate it (no output directory).
+    ``config_dirs`` (``--config-dir``) and ``hydra.searchpath=[file://...]`` overrides add a
+    user's config groups (plugins)."""
+    overrides = _searchpath(list(overrides), list(config_dirs))
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -487,7 +574,7 @@ def compose(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(explain(err)) from None
+        raise ConfigError(explain(err, search_dirs(overrides))) from None
     return validate(cfg)
 
 
@@ -510,7 +597,7 @@ def _nearest(word: str, choices) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
-def explain(err: BaseException) -> str:
+def explain(err: BaseException, dirs: list[Path] | None = None) -> str:
     """One line for a Hydra/OmegaConf composition error, with the hint Hydra's message buries
     (the options of a group, the keys of a node, the nearest spelling)."""
     import re
@@ -519,7 +606,7 @@ def explain(err: BaseException) -> str:
     m = re.match(r"In '[^']*': Could not find '([^']+/[^'/]+)'", text)
     if m:
         group, option = m.group(1).rsplit("/", 1)
-        options = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml")) if (conf_dir() / group).is_dir() else []
+        options = sorted({p.stem for d in (dirs or [conf_dir()]) for p in (d / group).glob("*.yaml")})
         return (f"{group}={option}: no such {group} option (available: {', '.join(options) or 'none'})"
                 f"{_nearest(option, options)}")
     m = re.match(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' (?:is )?not in", text)

@@ -1,9 +1,11 @@
 """The data interface of fedtiny: what a task hands to the experiment.
 
-A *task* is a function ``build(cfg) -> FederatedTask`` registered under a name with
-:func:`register_task`. To plug in your own data set, write such a function (returning float32
-samples shaped ``(N, H, W, C)`` and integer labels) and register it; select it with
-``fedtiny dataset.name=<your name>`` (see ``conf/dataset/`` for the shared options).
+A built-in task is a function ``build(cfg) -> FederatedTask`` registered under a name with
+:func:`register_task`. Your own data set is a plugin: any importable function returning a
+:class:`FederatedTask` (float32 samples shaped ``(N, H, W, C)``, integer labels), named by
+``_target_`` in a dataset config of your own config directory and called with that config's
+other keys as keyword arguments (``fedtiny.plugins``; the worked example is
+``examples/csv_timeseries``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedtiny.errors import ConfigError
+from fedtiny.plugins import TARGET, call, plain, resolve
 
 
 @dataclass
@@ -91,9 +94,29 @@ def task_names() -> list[str]:
 
 
 def build_task(name: str, cfg) -> FederatedTask:
+    """The task of a dataset config: its ``_target_`` loader (a plugin, fedtiny.plugins) or the
+    built-in registered under ``name``."""
+    if cfg is not None and TARGET in cfg:
+        return _plugin_task(cfg)
     if name not in _TASKS:
         raise ConfigError(f"unknown dataset '{name}' (known: {', '.join(task_names())})")
     return _TASKS[name](cfg)
+
+
+def _plugin_task(cfg) -> FederatedTask:
+    target = cfg[TARGET]
+    fn = resolve(target, "dataset._target_")
+    node = plain(cfg)
+    given = {k: v for k, v in node.items() if k not in (TARGET, "name", "num_clients")}
+    try:
+        task = call(fn, given, {"name": node.get("name"), "num_clients": node.get("num_clients")})
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the user's loader failed: its reason, in one line
+        raise ConfigError(f"dataset: {target} failed: {type(err).__name__}: {err}") from err
+    if not isinstance(task, FederatedTask):
+        raise ConfigError(f"dataset: {target} returned {type(task).__name__}, not a fedtiny.data.FederatedTask")
+    return task
 
 
 def temporal_split(n: int, fractions: tuple[float, ...], gap: int) -> list[np.ndarray]:

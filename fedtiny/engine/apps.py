@@ -76,11 +76,12 @@ _COMPOSED: dict[str, str] = {}  # overrides -> config JSON (composing takes Hydr
 
 
 def _config_from_run(context: Context) -> str:
-    from fedtiny.config import compose
+    from fedtiny.config import compose, split_config_dirs
 
     overrides = str(context.run_config.get("overrides", ""))
     if overrides not in _COMPOSED:
-        _COMPOSED[overrides] = config_json(compose(overrides.split()))
+        dirs, rest = split_config_dirs(overrides.split())  # --config-dir DIR works in the overrides too
+        _COMPOSED[overrides] = config_json(compose(rest, dirs))
     return _COMPOSED[overrides]
 
 
@@ -91,8 +92,9 @@ server_app = ServerApp()
 @server_app.main()
 def flwr_main(grid: Grid, context: Context) -> None:
     """Entry point for ``flwr run .``: compose the config from the run config's overrides."""
-    from fedtiny.config import compose
+    from fedtiny.config import compose, split_config_dirs
 
-    cfg = compose(str(context.run_config.get("overrides", "")).split())
+    dirs, rest = split_config_dirs(str(context.run_config.get("overrides", "")).split())
+    cfg = compose(rest, dirs)
     out_dir = Path(str(context.run_config.get("output-dir", "outputs/flwr-run"))) / time.strftime("%Y-%m-%d_%H-%M-%S")
     run_server(grid, prepare_output(cfg, out_dir), out_dir, {"backend": "flower"})

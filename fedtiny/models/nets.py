@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fedtiny.errors import ConfigError
+from fedtiny.plugins import call, resolve
 
 
 def imu_cnn(input_shape: tuple[int, int, int], num_classes: int, width: int = 32) -> nn.Sequential:
@@ -44,6 +45,25 @@ def image_cnn(input_shape: tuple[int, int, int], num_classes: int, width: int = 
 
 
 ARCHITECTURES = {"imu_cnn": imu_cnn, "image_cnn": image_cnn}
+
+
+def model_name(model_cfg) -> str:
+    """What runs and reports call a backbone: its ``_target_`` (a plugin) or its ``arch``."""
+    return str(model_cfg.get("_target_") or model_cfg.get("arch"))
+
+
+def build_backbone(model_cfg, input_shape: tuple[int, int, int], num_classes: int) -> nn.Sequential:
+    """The float backbone of a model config: the plugin its ``_target_`` names, called as
+    ``fn(input_shape, num_classes, width)``, or the built-in ``arch``."""
+    target = model_cfg.get("_target_")
+    if not target:
+        return build_net(model_cfg.arch, input_shape, num_classes, int(model_cfg.width))
+    net = call(resolve(target, "model._target_"), {},
+               {"input_shape": tuple(input_shape), "num_classes": int(num_classes), "width": int(model_cfg.width)})
+    if not isinstance(net, nn.Sequential):
+        raise ConfigError(f"model._target_: {target} returned {type(net).__name__}; fedtiny exports an nn.Sequential "
+                          "of Conv2d (incl. depthwise), ReLU/ReLU6, AdaptiveAvgPool2d(1), Flatten and Linear")
+    return net
 
 
 def build_net(name: str, input_shape: tuple[int, int, int], num_classes: int, width: int) -> nn.Sequential:

@@ -24,7 +24,7 @@ from torch import nn
 
 from fedtiny.data.base import FederatedTask, Split
 from fedtiny.models.export import export_int8
-from fedtiny.models.nets import build_net, to_nchw
+from fedtiny.models.nets import build_backbone, model_name, to_nchw
 from fedtiny.trainer import Model, TrainConfig, Trainer
 from fedtiny.trainer.model_format import VERSION, to_bytes
 
@@ -65,7 +65,7 @@ def int8_accuracy(model: Model, split: Split) -> float:
 
 def train_float(task: FederatedTask, model_cfg, seed: int, progress=None) -> nn.Sequential:
     torch.manual_seed(seed)
-    net = build_net(model_cfg.arch, task.input_shape, task.num_classes, model_cfg.width)
+    net = build_backbone(model_cfg, task.input_shape, task.num_classes)
     opt = torch.optim.Adam(net.parameters(), lr=model_cfg.pretrain_lr, weight_decay=1e-4)
     x, y = to_nchw(task.pretrain.x), torch.as_tensor(task.pretrain.y)
     gen = torch.Generator().manual_seed(seed)
@@ -90,8 +90,10 @@ def get_backbone(task: FederatedTask, dataset_cfg: dict, model_cfg, seed: int, c
     from omegaconf import OmegaConf
 
     model_dict = OmegaConf.to_container(model_cfg, resolve=True) if not isinstance(model_cfg, dict) else model_cfg
-    path = Path(cache_dir).expanduser() / f"{task.name}-{model_dict['arch']}-{cache_key(dataset_cfg, model_dict, seed)}"
-    net = build_net(model_cfg.arch, task.input_shape, task.num_classes, model_cfg.width)
+    if model_dict.get("_target_") is None:  # a built-in backbone keeps the cache key it had before plugins
+        model_dict = {k: v for k, v in model_dict.items() if k != "_target_"}
+    path = Path(cache_dir).expanduser() / f"{task.name}-{model_name(model_dict).rsplit('.', 1)[-1]}-{cache_key(dataset_cfg, model_dict, seed)}"
+    net = build_backbone(model_cfg, task.input_shape, task.num_classes)
     if (path / "report.json").exists():
         net.load_state_dict(torch.load(path / "float.pt", weights_only=True))
         net.eval()
@@ -99,7 +101,7 @@ def get_backbone(task: FederatedTask, dataset_cfg: dict, model_cfg, seed: int, c
         return Backbone((path / "model.ftm").read_bytes(), net, report, path)
 
     t0 = time.perf_counter()
-    log(f"pretraining {model_cfg.arch} on {len(task.pretrain)} vendor samples ({model_cfg.pretrain_epochs} epochs)")
+    log(f"pretraining {model_name(model_cfg)} on {len(task.pretrain)} vendor samples ({model_cfg.pretrain_epochs} epochs)")
     net = train_float(task, model_cfg, seed)
     rng = np.random.default_rng(seed)
     calib = task.pretrain.x[rng.permutation(len(task.pretrain))[: model_cfg.calibration_samples]]
@@ -129,10 +131,11 @@ def get_backbone(task: FederatedTask, dataset_cfg: dict, model_cfg, seed: int, c
 def main(argv: list[str] | None = None) -> None:
     import sys
 
-    from fedtiny.config import compose, dataset_dict
+    from fedtiny.config import compose, dataset_dict, split_config_dirs
     from fedtiny.data import build_task
 
-    cfg = compose(sys.argv[1:] if argv is None else argv)
+    dirs, overrides = split_config_dirs(sys.argv[1:] if argv is None else argv)
+    cfg = compose(overrides, dirs)
     task = build_task(cfg.dataset.name, cfg.dataset)
     bb = get_backbone(task, dataset_dict(cfg), cfg.model, cfg.seed, cfg.cache_dir)
     print(json.dumps(bb.report, indent=2))

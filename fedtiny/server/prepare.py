@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedtiny.config import num_devices
 from fedtiny.errors import ConfigError
+from fedtiny.models.nets import model_name
 from fedtiny.client.context import RunContext, config_json, run_context
 
 
@@ -25,7 +26,7 @@ def prepare_output(cfg: DictConfig, out_dir: Path, log=print) -> RunContext:
                           f"for {num_devices(cfg)} (dataset.num_clients); set dataset.num_clients="
                           f"{len(state.task.clients)} or make the task return {num_devices(cfg)}")
     r = state.backbone.report
-    log(f"backbone {cfg.model.arch}: field accuracy float {r['float_field_accuracy']:.3f} / int8 "
+    log(f"backbone {model_name(cfg.model)}: field accuracy float {r['float_field_accuracy']:.3f} / int8 "
         f"{r['int8_field_accuracy']:.3f}; vendor val float {r['float_vendor_val_accuracy']:.3f} / int8 "
         f"{r['int8_vendor_val_accuracy']:.3f}  ({state.backbone.path})")
     warning = int8_warning(r, float(cfg.model.int8_max_drop))

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from fedtiny.budgets.energy import Board
 from fedtiny.config import num_devices
 from fedtiny.errors import ConfigError, RunFailed
+from fedtiny.models.nets import model_name
 from fedtiny.client.context import RunContext
 from fedtiny.client.records import expected_shapes, params_to_record, record_to_params
 from fedtiny.client.round import settings
@@ -123,7 +124,7 @@ def run_server(grid: Grid, state: RunContext, out_dir: Path, engine: dict | None
             f"on average (max {1e3 * max(loop.checkpoint_seconds):.1f} ms), in {out_dir / 'checkpoints'}")
     summary = recorder.finish({
         "clients": len(state.task.clients), "clients_answering": len(node_of), "seed": int(cfg.seed),
-        "dataset": cfg.dataset.name, "strategy": cfg.strategy.name, "model": cfg.model.arch,
+        "dataset": cfg.dataset.name, "strategy": cfg.strategy.name, "model": model_name(cfg.model),
         "trainable_parameters": evaluator.plan.param_count,
         "client_arena_bytes": plan(model, TrainConfig(lr=float(cfg.client.lr), momentum=float(cfg.client.momentum),
                                                       batch_size=int(cfg.client.batch_size),
