@@ -33,8 +33,16 @@ def _decoy(home: Path) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def flwr_env(tmp_path_factory, cache_dir):
+    """A fresh FLWR_HOME; the plugin example installed (pip) into a directory on PYTHONPATH
+    before the first `flwr run` starts the local SuperLink, whose SuperNodes inherit it."""
     home = tmp_path_factory.mktemp("flwr-home")
-    env = dict(os.environ, FLWR_HOME=str(home), FEDTINY_CACHE=str(cache_dir), FLWR_TELEMETRY_ENABLED="0")
+    site = tmp_path_factory.mktemp("flwr-site")
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                          str(site), str(ROOT / "examples" / "csv_timeseries")], capture_output=True, text=True,
+                         timeout=600)
+    assert pip.returncode == 0, pip.stderr
+    env = dict(os.environ, FLWR_HOME=str(home), FEDTINY_CACHE=str(cache_dir), FLWR_TELEMETRY_ENABLED="0",
+               PYTHONPATH=str(site))
     env.pop("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", None)  # the guide's export sets it
     yield home, env
     from fedtiny.engine.flower_local import stop
@@ -65,6 +73,20 @@ def test_flwr_run_as_the_user_guide_writes_it(flwr_env, tmp_path_factory):
     summary = json.loads((ROOT / "outputs" / "flwr-run" / new[-1] / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["rounds"] == 5 and summary["clients_answering"] == 12
 
+    # a plugin (examples/csv_timeseries) through --config-dir in the overrides: the SuperNodes import it
+    data = tmp_path_factory.mktemp("flwr-data") / "sensors.csv"
+    subprocess.run([sys.executable, "-m", "fedtiny_csv.demo", str(data)], env=env, check=True, capture_output=True)
+    conf = ROOT / "examples" / "csv_timeseries" / "conf"
+    overrides = f"--config-dir {conf} experiment=csv_quick dataset.path={data} rounds=2"
+    r = subprocess.run(["bash", "-c", f"{export}\nflwr run . --stream --federation-config 'num-supernodes=8' "
+                        f"--run-config 'overrides=\"{overrides}\"'"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    newest = sorted((ROOT / "outputs" / "flwr-run").glob("*"))[-1]
+    summary = json.loads((newest / "summary.json").read_text())
+    assert summary["dataset"] == "csv_ts" and summary["model"] == "fedtiny_csv.nets.tcn"
+    assert summary["status"] == "ok" and summary["failed_total"] == 0 and summary["clients_answering"] == 8
+
     # too few simulated SuperNodes: the run fails at once and says what to pass
     t0 = time.monotonic()
     r = subprocess.run(["bash", "-c", f"{export}\nflwr run . --stream --run-config 'overrides=\"rounds=1\"'"],
@@ -72,7 +94,7 @@ def test_flwr_run_as_the_user_guide_writes_it(flwr_env, tmp_path_factory):
     assert time.monotonic() - t0 < 120
     assert 'the federation has 2 simulated SuperNodes but the experiment has 12 devices' in r.stdout + r.stderr
     assert 'num-supernodes=12' in r.stdout + r.stderr
-    assert sorted(x["status"] for x in _runs(env)) == ["finished:completed", "finished:failed"]
+    assert sorted(x["status"] for x in _runs(env)) == ["finished:completed"] * 2 + ["finished:failed"]
 
     # `fedtiny flower stop` stops this FLWR_HOME's SuperLink and SuperExec, not a look-alike
     other = tmp_path_factory.mktemp("other-flwr-home")
