@@ -32,8 +32,7 @@ from serial import SerialBase, SerialException
 from fedtiny.budgets.ble import AirCounter, LinkParams
 
 
-
-class _bluez_connect_lock:
+class _BluezConnectLock:
     """An exclusive lock across this machine's processes (a file lock under the temp directory)
     for connecting through BlueZ; the wait runs in a thread so the event loop goes on."""
 
@@ -131,7 +130,7 @@ class Serial(SerialBase):
         tries = 0
         while True:
             tries += 1
-            async with _bluez_connect_lock():
+            async with _BluezConnectLock():
                 target = await _bluez_known_device(self._address) or self._address
                 self._client = BleakClient(target, disconnected_callback=lambda _c: self._on_lost(), timeout=20.0)
                 try:
