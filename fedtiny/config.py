@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from fedtiny.errors import ConfigError
-from fedtiny.plugins import TARGET, check_arguments, resolve
+from fedtiny.plugins import DATASET_KEYS, TARGET, check_arguments, nearest, resolve
 from fedtiny.trainer.runtime import (MAX_BATCH, MAX_EPOCHS, MAX_LR, MAX_PROX_MU, MAX_WEIGHT_DECAY, PRECISIONS,
                                      ROUNDINGS)
 
@@ -375,29 +375,9 @@ def validate(cfg: DictConfig) -> DictConfig:
         _check(st.eta > 0 and st.tau > 0, f"strategy.eta and strategy.tau must be > 0, got {st.eta} and {st.tau}")
         _check(0 <= st.beta_1 < 1 and 0 <= st.beta_2 < 1, "strategy.beta_1 and beta_2 must be in [0, 1)")
     d = top.dataset
-    if not plugin:
-        _check(0 < d.test_fraction < 1, f"dataset.test_fraction must be in (0, 1), got {d.test_fraction}")
-    if plugin:
-        devices = d.num_clients
-    elif ds_name in ("watch", "digits"):
-        _check(0 < d.holdout_fraction < 1 and d.test_fraction + d.holdout_fraction < 0.9,
-               f"dataset: test_fraction + holdout_fraction must leave training data, got {d.test_fraction} + {d.holdout_fraction}")
-    if ds_name == "watch" and not plugin:
-        _check(d.window_s > 0 and 0 <= d.overlap < 1, "dataset: need window_s > 0 and overlap in [0, 1)")
-        _check(d.device in ("subject_side", "subject"), f"dataset.device must be subject_side or subject, got '{d.device}'")
-        _check(set(d.pretrain_subjects) <= set(range(1, 11)) and 0 < len(set(d.pretrain_subjects)) < 10,
-               f"dataset.pretrain_subjects must be 1-9 distinct subjects out of 1..10, got {list(d.pretrain_subjects)}")
-        devices = (10 - len(set(d.pretrain_subjects))) * (2 if d.device == "subject_side" else 1)
-    elif not plugin:
-        _check(d.num_clients >= 1 and d.alpha > 0, "dataset: need num_clients >= 1 and alpha > 0")
-        devices = d.num_clients
-    if ds_name == "digits" and not plugin:
-        _check(0 < d.pretrain_fraction < 1, f"dataset.pretrain_fraction must be in (0, 1), got {d.pretrain_fraction}")
-    if ds_name == "fashion" and not plugin:
-        _check(1000 <= d.pretrain_size <= 50000, f"dataset.pretrain_size must be in [1000, 50000], got {d.pretrain_size}")
-        _check(1 <= d.server_test_size <= 10000, f"dataset.server_test_size must be in [1, 10000], got {d.server_test_size}")
+    devices = d.num_clients if plugin else _builtin_dataset_devices(ds_name, d)  # a plugin's: checked above
     _check(top.clients_per_round <= devices,
-           f"clients_per_round={top.clients_per_round} exceeds the {devices} devices of dataset '{ds_name}'")
+           f"clients_per_round={top.clients_per_round} exceeds the {devices} devices of dataset '{d.name}'")
     f = top.faults
     _check(len(f.malformed_kinds) >= 1 and all(k in MALFORMED_KINDS for k in f.malformed_kinds),
            f"faults.malformed_kinds must be a non-empty list of {list(MALFORMED_KINDS)}, got {list(f.malformed_kinds)}")
@@ -469,8 +449,27 @@ def validate(cfg: DictConfig) -> DictConfig:
     return top
 
 
-# a plugin data set's keys that are fedtiny's: passed to its loader only if it takes them
-PLUGIN_DATASET_KEYS = ("name", "num_clients")
+def _builtin_dataset_devices(ds_name: str, d) -> int:
+    """Check a built-in data set's ranges; return its number of devices."""
+    _check(0 < d.test_fraction < 1, f"dataset.test_fraction must be in (0, 1), got {d.test_fraction}")
+    if ds_name in ("watch", "digits"):
+        _check(0 < d.holdout_fraction < 1 and d.test_fraction + d.holdout_fraction < 0.9,
+               f"dataset: test_fraction + holdout_fraction must leave training data, got {d.test_fraction} + {d.holdout_fraction}")
+    if ds_name == "watch":
+        _check(d.window_s > 0 and 0 <= d.overlap < 1, "dataset: need window_s > 0 and overlap in [0, 1)")
+        _check(d.device in ("subject_side", "subject"), f"dataset.device must be subject_side or subject, got '{d.device}'")
+        _check(set(d.pretrain_subjects) <= set(range(1, 11)) and 0 < len(set(d.pretrain_subjects)) < 10,
+               f"dataset.pretrain_subjects must be 1-9 distinct subjects out of 1..10, got {list(d.pretrain_subjects)}")
+        devices = (10 - len(set(d.pretrain_subjects))) * (2 if d.device == "subject_side" else 1)
+    else:
+        _check(d.num_clients >= 1 and d.alpha > 0, "dataset: need num_clients >= 1 and alpha > 0")
+        devices = d.num_clients
+    if ds_name == "digits":
+        _check(0 < d.pretrain_fraction < 1, f"dataset.pretrain_fraction must be in (0, 1), got {d.pretrain_fraction}")
+    if ds_name == "fashion":
+        _check(1000 <= d.pretrain_size <= 50000, f"dataset.pretrain_size must be in [1000, 50000], got {d.pretrain_size}")
+        _check(1 <= d.server_test_size <= 10000, f"dataset.server_test_size must be in [1, 10000], got {d.server_test_size}")
+    return devices
 
 
 def _plugin_dataset(node: dict) -> DictConfig:
@@ -483,8 +482,8 @@ def _plugin_dataset(node: dict) -> DictConfig:
            f"dataset.num_clients: a plugin data set says how many devices its loader returns (an int >= 1), got {n!r}")
     name = node.get("name") or str(node[TARGET]).rsplit(".", 2)[-2]
     _check(isinstance(name, str), f"dataset.name must be a string, got {name!r}")
-    given = {k: v for k, v in node.items() if k != TARGET and k not in PLUGIN_DATASET_KEYS}
-    check_arguments(fn, given, "dataset", supplied=PLUGIN_DATASET_KEYS)
+    given = {k: v for k, v in node.items() if k != TARGET and k not in DATASET_KEYS}
+    check_arguments(fn, given, "dataset", supplied=DATASET_KEYS)
     return OmegaConf.create({**node, "name": name})
 
 
@@ -505,10 +504,10 @@ def dataset_dict(cfg: DictConfig) -> dict:
     if not any(values):
         out.pop("field_shift", None)
     if TARGET in out:  # a plugin's data file changed in place names another backbone (size, modification time)
-        files = {k: v for k, v in out.items() if isinstance(v, str) and k != TARGET and Path(v).expanduser().is_file()}
-        if files:
-            out["_files"] = {k: [Path(v).expanduser().stat().st_size, Path(v).expanduser().stat().st_mtime_ns]
-                             for k, v in sorted(files.items())}
+        files = {k: Path(v).expanduser() for k, v in out.items() if isinstance(v, str) and k != TARGET}
+        stats = {k: f.stat() for k, f in sorted(files.items()) if f.is_file()}
+        if stats:
+            out["_files"] = {k: [st.st_size, st.st_mtime_ns] for k, st in stats.items()}
     return out
 
 
@@ -537,24 +536,24 @@ def _searchpath(overrides: list[str], config_dirs: list[str]) -> list[str]:
     for d in config_dirs:
         _check(Path(d).expanduser().is_dir(), f"--config-dir {d}: no such directory")
     paths = [f"file://{Path(d).expanduser().resolve()}" for d in config_dirs]
-    out, given = [], []
-    for ov in overrides:
-        if ov.split("=", 1)[0] == "hydra.searchpath":
-            given = [p.strip() for p in ov.split("=", 1)[1].strip().strip("[]").split(",") if p.strip()]
-        else:
-            out.append(ov)
+    given = [p for ov in overrides for p in _searchpath_entries(ov) or []]
+    out = [ov for ov in overrides if _searchpath_entries(ov) is None]
     return [f"hydra.searchpath=[{','.join(paths + given)}]", *out]
 
 
 def search_dirs(overrides: list[str]) -> list[Path]:
     """The config directories a composition searches: fedtiny's conf/, then every ``file://``
     entry of a ``hydra.searchpath`` override."""
-    out = [conf_dir()]
-    for ov in overrides:
-        if ov.split("=", 1)[0] == "hydra.searchpath":
-            out += [Path(p.strip()[len("file://"):]) for p in ov.split("=", 1)[1].strip().strip("[]").split(",")
-                    if p.strip().startswith("file://")]
-    return out
+    return [conf_dir()] + [Path(p[len("file://"):]) for ov in overrides for p in _searchpath_entries(ov) or []
+                           if p.startswith("file://")]
+
+
+def _searchpath_entries(override: str) -> list[str] | None:
+    """The entries of a ``hydra.searchpath=[a,b]`` override; None for any other override."""
+    key, _, value = override.partition("=")
+    if key != "hydra.searchpath":
+        return None
+    return [p.strip() for p in value.strip().strip("[]").split(",") if p.strip()]
 
 
 def compose(overrides: list[str], config_dirs: list[str] = ()) -> DictConfig:
@@ -587,14 +586,7 @@ def _unknown_key(path: list[str], parent: DictConfig) -> str:
     nearest spelling."""
     keys = sorted(str(k) for k in parent.keys())
     owner = ".".join(path[:-1]) or "the config"
-    return f"unknown key '{'.'.join(path)}' ({owner} has: {', '.join(keys)}){_nearest(path[-1], keys)}"
-
-
-def _nearest(word: str, choices) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
+    return f"unknown key '{'.'.join(path)}' ({owner} has: {', '.join(keys)}){nearest(path[-1], keys)}"
 
 
 def explain(err: BaseException, dirs: list[Path] | None = None) -> str:
@@ -608,7 +600,7 @@ def explain(err: BaseException, dirs: list[Path] | None = None) -> str:
         group, option = m.group(1).rsplit("/", 1)
         options = sorted({p.stem for d in (dirs or [conf_dir()]) for p in (d / group).glob("*.yaml")})
         return (f"{group}={option}: no such {group} option (available: {', '.join(options) or 'none'})"
-                f"{_nearest(option, options)}")
+                f"{nearest(option, options)}")
     m = re.match(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' (?:is )?not in", text)
     if m:
         path = m.group(1).split(".")

@@ -28,6 +28,7 @@ from typing import Any
 from fedtiny.errors import ConfigError
 
 TARGET = "_target_"
+DATASET_KEYS = ("name", "num_clients")  # fedtiny's keys of a plugin data set: passed only if its loader takes them
 
 
 def resolve(path: Any, where: str) -> Callable:
@@ -65,7 +66,7 @@ def check_arguments(fn: Callable, given: Mapping[str, Any], where: str, supplied
     unknown = sorted(set(given) - set(named)) if not takes_any else []
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown} for {_name(fn)} (it takes: "
-                          f"{', '.join(sorted(set(named) - set(supplied))) or 'nothing'}){_nearest(unknown[0], named)}")
+                          f"{', '.join(sorted(set(named) - set(supplied))) or 'nothing'}){nearest(unknown[0], named)}")
     missing = [n for n, p in named.items() if p.default is p.empty and n not in given and n not in supplied]
     if missing:
         raise ConfigError(f"{where}: {_name(fn)} needs {', '.join(missing)} (no default), add it to the config")
@@ -98,7 +99,8 @@ def _name(fn: Callable) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
-def _nearest(word: str, choices) -> str:
+def nearest(word: str, choices) -> str:
+    """'; did you mean X?' for the closest of `choices` to `word`, or nothing."""
     import difflib
 
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedtiny.errors import ConfigError
-from fedtiny.plugins import TARGET, call, plain, resolve
+from fedtiny.plugins import DATASET_KEYS, TARGET, call, plain, resolve
 
 
 @dataclass
@@ -107,9 +107,9 @@ def _plugin_task(cfg) -> FederatedTask:
     target = cfg[TARGET]
     fn = resolve(target, "dataset._target_")
     node = plain(cfg)
-    given = {k: v for k, v in node.items() if k not in (TARGET, "name", "num_clients")}
+    given = {k: v for k, v in node.items() if k != TARGET and k not in DATASET_KEYS}
     try:
-        task = call(fn, given, {"name": node.get("name"), "num_clients": node.get("num_clients")})
+        task = call(fn, given, {k: node.get(k) for k in DATASET_KEYS})
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001 - the user's loader failed: its reason, in one line
