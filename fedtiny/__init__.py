@@ -15,7 +15,7 @@ it (``tests/test_layers.py`` checks every import, and that there is no cycle):
 6. devices: links, protocol, bridge, emulated fleet; the board backend
 7. server: strategies, aggregation, the recorder, a run on any Flower Grid
 8. engine: how a federation runs: the Flower apps, simulation, local Flower deployment
-9. cli, report, __main__: the ``fedtiny`` command
+9. cli, report, export, __main__: the ``fedtiny`` command; the federated model out to devices
 
 The config sits with data and models, not with errors: it checks values against the trainer's
 compiled bounds (``FT_MAX_*``, through the binding) and the registry of architectures, so each

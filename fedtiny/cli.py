@@ -6,6 +6,8 @@
                                       unfinished run of a sweep directory); a changed setting is refused
     fedtiny pretrain [overrides...]   pretrain, quantize and cache the backbone only
     fedtiny report DIR                table and budget/Pareto plots of a sweep directory
+    fedtiny import MODEL.tflite       an int8 .tflite as fedtiny's model (MODEL.ftny), checked against TFLite Micro
+    fedtiny export RUN_DIR [--format tflite,c,ftny]  the run's federated model for devices (RUN_DIR/export/)
     fedtiny board info URL            ask a board (serial port or socket://host:port) who it is
     fedtiny board serve URL [--port P]  own a board's link and serve it on a local TCP port (a bridge)
     fedtiny board cancel URL          stop a TRAIN the board is running
@@ -319,6 +321,70 @@ def _sweep(argv: list[str]) -> int:
     return 0
 
 
+def _import(argv: list[str]) -> int:
+    """``fedtiny import MODEL.tflite``: an int8 .tflite as fedtiny's model file."""
+    import argparse
+
+    import numpy as np
+
+    from fedtiny.models.tflite import import_tflite, int8_view, tflite_micro_outputs
+    from fedtiny.trainer import Model
+    from fedtiny.trainer.model_format import to_bytes
+
+    ap = argparse.ArgumentParser(prog="fedtiny import", description="turn an int8 .tflite into fedtiny's model: "
+                                 "an int8 prefix and a float trainable head; print what each operator became and "
+                                 "check the int8 forward against TFLite Micro's interpreter")
+    ap.add_argument("model", metavar="MODEL.tflite")
+    ap.add_argument("--trainable-layers", type=int, default=2, help="layers of the float head (default 2)")
+    ap.add_argument("--out", default=None, help="the fedtiny model file to write (default: MODEL.ftny beside it)")
+    ap.add_argument("--check", type=int, default=64, metavar="N",
+                    help="random int8 inputs run through TFLite Micro and fedtiny (default 64; 0: none)")
+    a = ap.parse_args(argv)
+    try:
+        spec, imported = import_tflite(a.model, a.trainable_layers)
+    except ConfigError as err:
+        print(f"fedtiny import: {err}", file=sys.stderr)
+        return 2
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{a.model}: {len(imported.spec.layers)} layers, input {spec.input_shape}, "
+                  f"{spec.num_classes} classes")
+    for col in ("operator", "fedtiny layer", "shape", "quantization"):
+        table.add_column(col)
+    for row in imported.table():
+        table.add_row(*row)
+    Console().print(table)
+    out = Path(a.out) if a.out else Path(a.model).with_suffix(".ftny")
+    data = to_bytes(spec)
+    out.write_bytes(data)
+    print(f"wrote {out} ({len(data):,} B): layers 0-{spec.first_trainable - 1} int8, "
+          f"{spec.first_trainable}-{len(spec.layers) - 1} the float head")
+    if a.check > 0:
+        xq = np.random.default_rng(0).integers(-128, 128, (a.check, *spec.input_shape)).astype(np.int8)
+        ref = tflite_micro_outputs(int8_view(Path(a.model).read_bytes()), xq)
+        if ref is None:
+            print("TFLite Micro check skipped: the tflite-micro package is not installed")
+        else:
+            got = Model(imported.spec).forward(xq)[-1].int8.reshape(len(xq), -1)
+            same = int(np.all(ref == got, axis=1).sum())
+            print(f"int8 forward against TFLite Micro's interpreter: {same} of {len(xq)} random inputs equal "
+                  f"byte for byte{'' if same == len(xq) else ' (MISMATCH)'}")
+            if same != len(xq):
+                return 1
+    return 0
+
+
+def _export(argv: list[str]) -> int:
+    from fedtiny.export import main as export_main
+
+    try:
+        return export_main(argv)
+    except ConfigError as err:
+        print(f"fedtiny export: {err}", file=sys.stderr)
+        return 2
+
+
 def _flower(argv: list[str]) -> int:
     from fedtiny.engine.flower_local import main as flower_main
 
@@ -331,7 +397,8 @@ def _report(argv: list[str]) -> int:
     return report_main(argv)
 
 
-SUBCOMMANDS = {"pretrain": _pretrain, "board": _board, "emulate": _emulate, "report": _report, "flower": _flower}
+SUBCOMMANDS = {"pretrain": _pretrain, "board": _board, "emulate": _emulate, "report": _report, "flower": _flower,
+               "import": _import, "export": _export}
 
 
 def _stopped(signum, _frame) -> None:

@@ -94,8 +94,9 @@ DATASETS: dict[str, type] = {"watch": WatchData, "digits": DigitsData, "fashion"
 
 @dataclass
 class ModelCfg:
-    arch: str = "imu_cnn"  # a built-in backbone (fedtiny.models.nets.ARCHITECTURES), unless _target_ names one
+    arch: str = "imu_cnn"  # a built-in backbone (fedtiny.models.nets.ARCHITECTURES), "tflite", unless _target_ names one
     _target_: Optional[str] = None  # a plugin backbone: fn(input_shape, num_classes, width) -> nn.Sequential
+    path: Optional[str] = None  # arch=tflite: the int8 .tflite file imported instead of pretraining
     width: int = 32
     trainable_layers: int = 2
     pretrain_epochs: int = 40
@@ -338,10 +339,17 @@ def validate(cfg: DictConfig) -> DictConfig:
     if top.model[TARGET] is not None:  # a plugin backbone: called as fn(input_shape, num_classes, width)
         check_arguments(resolve(top.model[TARGET], "model._target_"), {}, "model",
                         supplied=("input_shape", "num_classes", "width"))
+    elif top.model.arch == "tflite":  # an int8 .tflite imported (fedtiny.models.tflite): read it now
+        from fedtiny.models.tflite import read_tflite
+
+        _check(bool(top.model.path), "model.path: arch=tflite needs the .tflite file (model.path=/path/to/model.tflite)")
+        layers = len(read_tflite(str(Path(top.model.path).expanduser())).spec.layers)
+        _check(top.model.trainable_layers <= layers,
+               f"model.trainable_layers: {top.model.path} has {layers} layers, got {top.model.trainable_layers}")
     else:
         _check(top.model.arch in ARCHITECTURES,
-               f"model.arch: unknown architecture '{top.model.arch}' (known: {', '.join(sorted(ARCHITECTURES))}; "
-               "or name your own with model._target_)")
+               f"model.arch: unknown architecture '{top.model.arch}' (known: {', '.join(sorted(ARCHITECTURES))}, "
+               "tflite; or name your own with model._target_)")
     for key in ("width", "trainable_layers", "pretrain_epochs", "pretrain_batch_size", "calibration_samples"):
         _check(getattr(top.model, key) >= 1, f"model.{key} must be >= 1, got {getattr(top.model, key)}")
     _check(top.model.pretrain_lr > 0, f"model.pretrain_lr must be > 0, got {top.model.pretrain_lr}")

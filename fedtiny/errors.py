@@ -64,6 +64,11 @@ class ConfigError(FedtinyError, ValueError):
     """A configuration value is invalid."""
 
 
+class TFLiteError(ConfigError):
+    """A ``.tflite`` file fedtiny cannot read (damaged, not a TFLite flatbuffer) or cannot import
+    (an operator, data type or quantization its int8 layers do not have); the message names it."""
+
+
 class RunFailed(FedtinyError, RuntimeError):
     """A run finished without aggregating any update: its results would only show the
     pretrained model. ``summary.json`` is still written, with ``status`` ``failed`` (clients

@@ -15,9 +15,13 @@ GROUPS = {g: sorted(p.stem for p in (conf_dir() / g).glob("*.yaml")) for g in ("
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 
 
+# options that need a value no default can give: model=tflite reads the .tflite it names
+NEEDS = {("model", "tflite"): [f"model.path={Path(__file__).parent / 'data' / 'digits_litert_int8.tflite'}"]}
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
 def test_every_group_option_composes(group, option):
-    cfg = compose([f"{group}={option}"])
+    cfg = compose([f"{group}={option}", *NEEDS.get((group, option), [])])
     assert cfg.rounds >= 1
 
 

@@ -153,12 +153,18 @@ class RunContext:
 
     def transfer_proxy(self):
         """A backbone pretrained like the run's one without one vendor group, and that group's data
-        split in two (fine-tune, score), as int8 model inputs."""
+        split in two (fine-tune, score), as int8 model inputs. An imported ``.tflite`` is its own
+        proxy, with all the vendor data."""
         from fedtiny.models.export import export_int8
         from fedtiny.models.pretrain import train_float
 
         cfg, task = self.cfg, self.task
         rng = np.random.default_rng(int(cfg.seed))
+        if self.backbone.net is None:  # an imported .tflite: trained elsewhere, so all vendor data is unseen by it
+            order = rng.permutation(len(task.pretrain))
+            tune, score = order[: len(order) // 2], order[len(order) // 2 :]
+            q, v = self.model.quantize_input, task.pretrain
+            return (self.model, q(v.x[tune]), v.y[tune].astype(np.uint8), q(v.x[score]), v.y[score].astype(np.uint8))
         groups = task.pretrain_groups
         if groups is not None and len(np.unique(groups)) > 1:
             held = groups == np.max(groups)

@@ -22,7 +22,7 @@ from torch import nn
 from fedtiny.errors import ConfigError
 from fedtiny.models.nets import to_nchw
 from fedtiny.trainer.model_format import LayerSpec, ModelSpec
-from fedtiny.trainer.quant import quantize_multipliers
+from fedtiny.trainer.quant import tflite_multipliers
 
 
 @dataclass
@@ -99,6 +99,46 @@ def _layout(m: nn.Module, in_shape: tuple[int, int, int]) -> tuple[str, np.ndarr
     raise ConfigError(f"grouped convolution with {m.groups} groups is not supported by the device trainer")
 
 
+def weight_axes(kind: str, ndim: int) -> tuple[int, ...]:
+    """The axes a layer's weight reduces over for one scale per output channel (the output
+    channel is axis 0, or the last axis of a depthwise weight (KH, KW, C_OUT))."""
+    return (0, 1) if kind == "dwconv2d" else tuple(range(1, ndim))
+
+
+def quantize_layer(layer: LayerSpec, w: np.ndarray, b: np.ndarray, in_scale: float, in_zp: int,
+                   out_lo: float, out_hi: float) -> np.ndarray:
+    """Make `layer` (conv2d, dwconv2d or fc, in the trainer's weight layout) a frozen int8 layer
+    with TFLite's conventions: per-channel symmetric float32 weight scales, int32 bias in units of
+    input scale x weight scale, the output's range [out_lo, out_hi] as asymmetric int8 and the
+    requantization from float32 scales (:func:`~fedtiny.trainer.quant.tflite_multipliers`).
+    Returns the weight scales (what a ``.tflite`` file stores)."""
+    w, b = np.asarray(w, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    w_scale = (np.maximum(np.abs(w).max(axis=weight_axes(layer.type, w.ndim)), 1e-12) / 127.0).astype(np.float32)
+    shaped = w_scale.astype(np.float64) if layer.type == "dwconv2d" else \
+        w_scale.astype(np.float64).reshape((-1,) + (1,) * (w.ndim - 1))
+    out_scale, out_zp = _asym(out_lo, out_hi)
+    layer.trainable = False
+    layer.weights = np.clip(np.round(w / shaped), -127, 127).astype(np.int8)
+    layer.bias = np.clip(np.round(b / (float(np.float32(in_scale)) * w_scale.astype(np.float64))),
+                         -(2**31), 2**31 - 1).astype(np.int32)
+    layer.multiplier, layer.shift = tflite_multipliers(in_scale, w_scale, out_scale)
+    layer.input_offset, layer.output_offset, layer.out_scale = -int(in_zp), out_zp, out_scale
+    layer.act_min, layer.act_max = activation_range(layer.act, out_scale, out_zp)
+    return w_scale
+
+
+def activation_range(act: str, scale: float, zero_point: int) -> tuple[int, int]:
+    """The int8 clamp of a fused activation, as TFLite computes it (``zp + round(f / scale)`` in
+    float32, halves away from zero)."""
+    def q(f: float) -> int:
+        v = np.float32(f) / np.float32(scale)
+        return int(zero_point) + int(np.sign(v) * np.floor(np.abs(v) + np.float32(0.5)))
+
+    lo = max(-128, q(0.0)) if act in ("relu", "relu6") else -128
+    hi = min(127, q(6.0)) if act == "relu6" else 127
+    return lo, hi
+
+
 def export_int8(net: nn.Sequential, calib_x: np.ndarray, num_classes: int, trainable_layers: int) -> ModelSpec:
     """Quantize `net` (eval mode) with calibration samples `calib_x` (NHWC float32)."""
     net.eval()
@@ -125,17 +165,37 @@ def export_int8(net: nn.Sequential, calib_x: np.ndarray, num_classes: int, train
             spec.layers.append(LayerSpec(kind, g.in_shape, g.out_shape, act=g.act, trainable=True,
                                          weights=w.astype(np.float32), bias=b.astype(np.float32), **geo))
             continue
-        axes = tuple(range(1, w.ndim)) if kind != "dwconv2d" else (0, 1)
-        w_scale = np.maximum(np.abs(w).max(axis=axes), 1e-12) / 127.0
-        shaped = w_scale.reshape((-1,) + (1,) * (w.ndim - 1)) if kind != "dwconv2d" else w_scale
-        w_q = np.clip(np.round(w / shaped), -127, 127).astype(np.int8)
-        out_scale, out_zp = _asym(g.out_min, g.out_max)
-        b_q = np.clip(np.round(b / (scale * w_scale)), -(2**31), 2**31 - 1).astype(np.int32)
-        mult, shift = quantize_multipliers(scale * w_scale / out_scale)
-        lo = out_zp if g.act in ("relu", "relu6") else -128
-        hi = min(127, out_zp + int(round(6.0 / out_scale))) if g.act == "relu6" else 127
-        spec.layers.append(LayerSpec(kind, g.in_shape, g.out_shape, act=g.act, input_offset=-zp, output_offset=out_zp,
-                                     act_min=lo, act_max=hi, out_scale=out_scale, weights=w_q, bias=b_q,
-                                     multiplier=mult, shift=shift, **geo))
-        scale, zp = out_scale, out_zp
+        layer = LayerSpec(kind, g.in_shape, g.out_shape, act=g.act, **geo)
+        quantize_layer(layer, w, b, scale, zp, g.out_min, g.out_max)
+        spec.layers.append(layer)
+        scale, zp = layer.out_scale, layer.output_offset
+    return spec
+
+
+def quantize_head(model_bytes: bytes, params: list[tuple[np.ndarray, np.ndarray]], calib_q: np.ndarray) -> ModelSpec:
+    """The model with its trainable head set to `params` and quantized to int8 like the frozen
+    prefix (:func:`quantize_layer`): each head layer's output range from the float forward of
+    `calib_q` (int8 model inputs). Every layer of the result is int8."""
+    from fedtiny.trainer import Model
+    from fedtiny.trainer.model_format import from_bytes
+
+    spec = from_bytes(model_bytes)
+    first = spec.first_trainable
+    head = [lay for lay in spec.layers[first:]]
+    if len(params) != len(head):
+        raise ConfigError(f"{len(params)} parameter pairs for a head of {len(head)} layers")
+    for lay, (w, b) in zip(head, params):
+        if lay.has_params:
+            lay.weights, lay.bias = np.asarray(w, np.float32).reshape(lay.weights.shape), np.asarray(b, np.float32)
+    model = Model(spec)
+    outputs = model.forward(calib_q)
+    scale, zp = model.feature_quant
+    for k, lay in enumerate(head):
+        if lay.has_params:
+            real = outputs[first + k].real
+            quantize_layer(lay, lay.weights, lay.bias, scale, zp, float(real.min()), float(real.max()))
+        else:  # pooling and flatten keep their input's quantization, as the int8 kernels need
+            lay.trainable, lay.out_scale, lay.output_offset = False, float(np.float32(scale)), int(zp)
+            lay.act_min, lay.act_max = activation_range(lay.act, lay.out_scale, lay.output_offset)
+        scale, zp = lay.out_scale, lay.output_offset
     return spec

@@ -5,6 +5,8 @@ average pooling, Flatten and Linear. Inputs are NHWC numpy arrays; the nets take
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -48,7 +50,10 @@ ARCHITECTURES = {"imu_cnn": imu_cnn, "image_cnn": image_cnn}
 
 
 def model_name(model_cfg) -> str:
-    """What runs and reports call a backbone: its ``_target_`` (a plugin) or its ``arch``."""
+    """What runs and reports call a backbone: its ``_target_`` (a plugin), ``tflite-<file name>``
+    (an imported .tflite) or its ``arch``."""
+    if model_cfg.get("arch") == "tflite" and not model_cfg.get("_target_"):
+        return f"tflite-{Path(str(model_cfg.get('path'))).stem}"
     return str(model_cfg.get("_target_") or model_cfg.get("arch"))
 
 

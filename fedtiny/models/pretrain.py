@@ -28,7 +28,7 @@ from fedtiny.models.nets import build_backbone, model_name, to_nchw
 from fedtiny.trainer import Model, TrainConfig, Trainer
 from fedtiny.trainer.model_format import VERSION, to_bytes
 
-CACHE_SCHEMA = 1
+CACHE_SCHEMA = 2  # 2: int8 requantization from float32 scales, as TFLite computes it
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Backbone:
     """A cached pretrained model: int8 model bytes, the float net, and the export report."""
 
     model_bytes: bytes
-    net: nn.Sequential
+    net: nn.Sequential | None  # None for an imported .tflite (nothing pretrained)
     report: dict
     path: Path
 
@@ -90,6 +90,9 @@ def get_backbone(task: FederatedTask, dataset_cfg: dict, model_cfg, seed: int, c
     from omegaconf import OmegaConf
 
     model_dict = OmegaConf.to_container(model_cfg, resolve=True) if not isinstance(model_cfg, dict) else model_cfg
+    if model_dict.get("arch") == "tflite" and not model_dict.get("_target_"):
+        return tflite_backbone(task, dataset_cfg, model_dict, cache_dir, log)
+    model_dict = {k: v for k, v in model_dict.items() if k != "path" or v is not None}  # keys of before .tflite
     if model_dict.get("_target_") is None:  # a built-in backbone keeps the cache key it had before plugins
         model_dict = {k: v for k, v in model_dict.items() if k != "_target_"}
     path = Path(cache_dir).expanduser() / f"{task.name}-{model_name(model_dict).rsplit('.', 1)[-1]}-{cache_key(dataset_cfg, model_dict, seed)}"
@@ -126,6 +129,53 @@ def get_backbone(task: FederatedTask, dataset_cfg: dict, model_cfg, seed: int, c
     (path / "report.json").write_text(json.dumps(report, indent=2))  # written last: marks the entry complete
     log("backbone: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()))
     return Backbone(data, net, report, path)
+
+
+def tflite_backbone(task: FederatedTask, dataset_cfg: dict, model_cfg: dict, cache_dir: str | Path,
+                    log=print) -> Backbone:
+    """The backbone of ``model.arch=tflite``: the int8 ``.tflite`` at ``model.path`` imported
+    (:mod:`fedtiny.models.tflite`), its last ``trainable_layers`` layers made the float head.
+    Nothing is pretrained; ``net`` is None. The report's ``float_*`` accuracies are the file's
+    own (every layer int8, as TFLite Micro runs it), ``int8_*`` fedtiny's model (int8 prefix,
+    float head); both on the vendor validation split and the held-out field data."""
+    from fedtiny.errors import ConfigError
+    from fedtiny.models.tflite import import_tflite
+
+    file = Path(str(model_cfg["path"])).expanduser()
+    spec, imported = import_tflite(file, int(model_cfg["trainable_layers"]))
+    if tuple(spec.input_shape) != tuple(task.input_shape) or spec.num_classes != task.num_classes:
+        raise ConfigError(f"model.path: {file} takes {tuple(spec.input_shape)} inputs and gives {spec.num_classes} "
+                          f"classes; dataset {task.name} has {tuple(task.input_shape)} and {task.num_classes}")
+    key = cache_key(dataset_cfg, {"tflite_sha256": imported.sha256, "trainable_layers": model_cfg["trainable_layers"]}, 0)
+    path = Path(cache_dir).expanduser() / f"{task.name}-{model_name(model_cfg)}-{key}"
+    if (path / "report.json").exists():
+        return Backbone((path / "model.ftm").read_bytes(), None, json.loads((path / "report.json").read_text()), path)
+    data = to_bytes(spec)
+    model, as_file = Model(data), Model(imported.spec)
+
+    def file_accuracy(split: Split) -> float:
+        logits = as_file.forward(as_file.quantize_input(split.x))[-1].int8
+        return float((logits.reshape(len(split), -1).argmax(1) == split.y).mean())
+
+    report = {
+        "source": f"tflite {file.name} (sha256 {imported.sha256[:16]})",
+        "float_vendor_val_accuracy": file_accuracy(task.pretrain_val),
+        "int8_vendor_val_accuracy": int8_accuracy(model, task.pretrain_val),
+        "float_field_accuracy": file_accuracy(task.server_test),
+        "int8_field_accuracy": int8_accuracy(model, task.server_test),
+        "trainable_layers": int(model_cfg["trainable_layers"]),
+        "first_trainable": model.first_trainable,
+        "model_bytes": len(data),
+        "pretrain_seconds": 0.0,
+    }
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / "model.ftm.tmp"
+    tmp.write_bytes(data)
+    tmp.replace(path / "model.ftm")
+    (path / "report.json").write_text(json.dumps(report, indent=2))
+    log(f"imported {file} ({len(imported.spec.layers)} layers, the last {model_cfg['trainable_layers']} trainable): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in report.items() if isinstance(v, float) and k != "pretrain_seconds"))
+    return Backbone(data, None, report, path)
 
 
 def main(argv: list[str] | None = None) -> None:
