@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs inside the virtme-ng VM of scripts/ble_bluez_tier.sh: BlueZ on a vhci controller, then the
-# BLE tests through bleak's BlueZ backend. Arguments: python, output directory, pytest arguments.
+# BLE tests through bleak's BlueZ backend. Arguments: python, output directory, the test files
+# (comma-separated), pytest arguments.
 set -euo pipefail
-PY=$1; OUT=$2; shift 2
+PY=$1; OUT=$2; IFS=, read -r -a FILES <<< "$3"; shift 3
 cd "$(dirname "$0")/.."
 modprobe hci_vhci
 mkdir -p /run/dbus /var/lib/bluetooth
@@ -13,6 +14,6 @@ dbus-daemon --system --fork
 export FEDTINY_BLE_STACK=bluez PYTHONDONTWRITEBYTECODE=1 FLWR_TELEMETRY_ENABLED=0 HOME=/tmp/bluez-home
 mkdir -p "$HOME"
 echo "guest: $(uname -r), $("$PY" -c 'import bleak; print("bleak", bleak.__version__ if hasattr(bleak, "__version__") else "")'), $(/usr/libexec/bluetooth/bluetoothd --version 2>/dev/null | sed 's/^/bluetoothd /')"
-"$PY" -m pytest -p no:cacheprovider -q tests/test_ble_link.py tests/test_ble_federated.py --basetemp="$OUT/pytest" \
+"$PY" -m pytest -p no:cacheprovider -q "${FILES[@]}" --basetemp="$OUT/pytest" \
     "$@" 2>&1 | tee "$OUT/pytest.log"
 exit "${PIPESTATUS[0]}"

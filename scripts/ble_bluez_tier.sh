@@ -3,19 +3,23 @@
 # virtme-ng VM (the host's filesystem, read-only, with writable overlays), loads hci_vhci, starts
 # D-Bus and bluetoothd, and runs the BLE tests with FEDTINY_BLE_STACK=bluez: bleak's own BlueZ
 # backend, the virtual air's host-facing controller on /dev/vhci.
-#   bash scripts/ble_bluez_tier.sh [--install] [--kvm] [extra pytest arguments]
+#   bash scripts/ble_bluez_tier.sh [--install] [--kvm] [--link] [extra pytest arguments]
 # --install: apt-get linux-image-amd64 bluez dbus qemu-system-x86 busybox-static, pip virtme-ng
 # --kvm: use KVM (much faster where nested virtualisation works; it hangs on some CI hosts)
+# --link: only tests/test_ble_link.py (about 5 minutes under TCG; CI runs this), not the
+#         federations of tests/test_ble_federated.py (8-10 minutes each under TCG)
 # Exit status 77 (and one line saying what is missing) when the tier cannot run here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 KVM=--disable-kvm
 INSTALL=0
+FILES="tests/test_ble_link.py,tests/test_ble_federated.py"
 while [ $# -gt 0 ]; do
     case "$1" in
         --install) INSTALL=1; shift ;;
         --kvm) KVM=""; shift ;;
+        --link) FILES="tests/test_ble_link.py"; shift ;;
         *) break ;;
     esac
 done
@@ -49,6 +53,6 @@ echo "bluez tier: booting $kernel in a virtme-ng VM (${KVM:-kvm}); log in $out"
 status=0
 args=$(printf ' %q' "$@")  # the pytest arguments survive the guest's command line (e.g. -k "a or b")
 vng $KVM -r "$kernel" --memory 4G --cpus 2 --rwdir "$out" \
-    --exec "bash $(pwd)/scripts/ble_bluez_guest.sh $(command -v "$PY") $out$args" || status=$?
+    --exec "bash $(pwd)/scripts/ble_bluez_guest.sh $(command -v "$PY") $out $FILES$args" || status=$?
 cat "$out/pytest.log" 2>/dev/null | tail -n 30
 exit $status

@@ -112,6 +112,7 @@ def four_faulty(tmp_path_factory, cache_dir):
     finally:
         fleet.stop()
     result["air_log"] = (work / "air.log").read_text()
+    result["bridge_logs"] = [(work / f"board{i}.bridge.log").read_text() for i in range(4)]
     return result
 
 
@@ -120,7 +121,12 @@ def test_four_boards_over_a_misbehaving_air_end_as_the_simulated_run(four_faulty
         assert (b["accuracy"], b["loss"], b["bytes_up_payload"]) == (s["accuracy"], s["loss"], s["bytes_up_payload"])
         if int(b["round"]) > 0:
             assert int(b["on_board"]) == 4 and int(b["failed"]) == 0, b
-    assert four_faulty["summary"]["restarts"]["link_reconnects"] == 3
+    # the three injected drops; through BlueZ under nested emulation (the tier) also every write
+    # that timed out (bleak's BlueZ write waited over 10 s): each reopened its link and repeated
+    # the request under its seq, so it ran once (next test); the bumble stack (CI) has none
+    timeouts = sum(log.count("BLE write failed: TimeoutError") for log in four_faulty["bridge_logs"])
+    assert timeouts == 0 or os.environ.get("FEDTINY_BLE_STACK") == "bluez", four_faulty["bridge_logs"]
+    assert four_faulty["summary"]["restarts"]["link_reconnects"] == 3 + timeouts, four_faulty["bridge_logs"]
 
 
 def test_nothing_ran_twice_and_every_fault_happened(four_faulty):
