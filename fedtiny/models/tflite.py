@@ -490,7 +490,8 @@ def read_tflite(data: bytes | bytearray | str | Path, source: str | None = None)
     try:
         model_format.validate(model_format.to_bytes(spec))
     except ModelFormatError as err:
-        raise TFLiteError(f"{source}: fedtiny's trainer cannot hold the imported model: {err}") from err
+        raise TFLiteError(f"{source}: fedtiny's trainer cannot hold the imported model ({err}); its output is "
+                          f"{spec.layers[-1].out_shape} (a classifier's logits are expected)") from err
     return Imported(spec, scales, ops_out, hashlib.sha256(raw).hexdigest(), source)
 
 
