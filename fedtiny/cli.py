@@ -8,6 +8,7 @@
     fedtiny report DIR                table and budget/Pareto plots of a sweep directory
     fedtiny import MODEL.tflite       an int8 .tflite as fedtiny's model (MODEL.ftny), checked against TFLite Micro
     fedtiny export RUN_DIR [--format tflite,c,ftny]  the run's federated model for devices (RUN_DIR/export/)
+    fedtiny deploy RUN_DIR --to URL...  the run's model into boards' inactive slots, activated once checked
     fedtiny board info URL            ask a board (serial port or socket://host:port) who it is
     fedtiny board serve URL [--port P]  own a board's link and serve it on a local TCP port (a bridge)
     fedtiny board cancel URL          stop a TRAIN the board is running
@@ -385,6 +386,16 @@ def _export(argv: list[str]) -> int:
         return 2
 
 
+def _deploy(argv: list[str]) -> int:
+    from fedtiny.export import deploy_main
+
+    try:
+        return deploy_main(argv)
+    except ConfigError as err:
+        print(f"fedtiny deploy: {err}", file=sys.stderr)
+        return 2
+
+
 def _flower(argv: list[str]) -> int:
     from fedtiny.engine.flower_local import main as flower_main
 
@@ -398,7 +409,7 @@ def _report(argv: list[str]) -> int:
 
 
 SUBCOMMANDS = {"pretrain": _pretrain, "board": _board, "emulate": _emulate, "report": _report, "flower": _flower,
-               "import": _import, "export": _export}
+               "import": _import, "export": _export, "deploy": _deploy}
 
 
 def _stopped(signum, _frame) -> None:

@@ -19,11 +19,13 @@ installed, how many of the exported model's outputs it computed equal to fedtiny
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from fedtiny.errors import ConfigError
+from fedtiny.trainer.model_format import ModelSpec
 
 FORMATS = ("tflite", "c", "ftny")
 
@@ -51,6 +53,17 @@ def final_model(run_dir: Path, log=print):
     return run, trainer, params, c.round
 
 
+def final_spec(model_bytes: bytes, params) -> ModelSpec:
+    """The run's model file with its trainable head set to `params` (per layer: weights, bias)."""
+    from fedtiny.trainer import model_format as mf
+
+    spec = mf.from_bytes(model_bytes)
+    for lay, (w, b) in zip(spec.layers[spec.first_trainable:], params):
+        if lay.has_params:
+            lay.weights, lay.bias = np.asarray(w, np.float32).reshape(lay.weights.shape), np.asarray(b, np.float32)
+    return spec
+
+
 def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, out_dir: str | Path | None = None,
                log=print) -> dict:
     """Write the run's final model in `formats` into `out_dir` (default ``RUN_DIR/export``);
@@ -73,11 +86,7 @@ def export_run(run_dir: str | Path, formats: tuple[str, ...] = FORMATS, out_dir:
     record: dict = {"run": str(run_dir), "round": rnd, "float_head_field_accuracy": round(float(head_acc), 6),
                     "field_samples": int(len(test_y)), "files": {}}
 
-    spec = mf.from_bytes(model.to_bytes())
-    first = spec.first_trainable
-    for lay, (w, b) in zip(spec.layers[first:], params):
-        if lay.has_params:
-            lay.weights, lay.bias = np.asarray(w, np.float32).reshape(lay.weights.shape), np.asarray(b, np.float32)
+    spec = final_spec(model.to_bytes(), params)
     if "ftny" in formats:
         _write(out / "model.ftny", mf.to_bytes(spec), record)
     if "tflite" in formats or "c" in formats:
@@ -139,3 +148,48 @@ def main(argv: list[str]) -> int:
     if "tflite_micro" in record:
         print(f"TFLite Micro: {record['tflite_micro']}")
     return 0
+
+
+def deploy_main(argv: list[str]) -> int:
+    """``fedtiny deploy RUN_DIR --to URL...``: the run's final model to boards, over their links."""
+    import argparse
+    import sys
+    import time
+
+    from serial import SerialException
+
+    from fedtiny.devices.link import BoardClient, BoardError
+    from fedtiny.trainer import model_format as mf
+
+    ap = argparse.ArgumentParser(prog="fedtiny deploy", description="send a run's final model (model.ftny: int8 "
+                                 "prefix, fine-tuned float head) to boards: chunked and CRC-checked into the "
+                                 "inactive one of two slots, activated only after the board loaded and evaluated "
+                                 "it, rolled back otherwise")
+    ap.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (its newest checkpoint is deployed)")
+    ap.add_argument("--to", nargs="+", required=True, metavar="URL",
+                    help="board URLs: serial ports, socket://host:port (a bridge), ble://...")
+    ap.add_argument("--version", type=int, default=None,
+                    help="the model version the boards report in HELLO (default: seconds since 1970)")
+    ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply (default 10)")
+    a = ap.parse_args(argv)
+    version = a.version if a.version is not None else int(time.time())
+    run, _trainer, params, rnd = final_model(Path(a.run_dir), log=lambda *_: None)
+    data = mf.to_bytes(final_spec(run.model.to_bytes(), params))
+    print(f"deploying round {rnd} of {a.run_dir} ({len(data):,} B, CRC-32 {zlib.crc32(data):08x}) as version {version}")
+    failed = 0
+    for url in a.to:
+        client = None
+        try:
+            client = BoardClient(url, timeout=a.timeout, retries=2)
+            r = client.deploy(data, version)
+            acc = f"{r['correct']}/{r['count']} ({r['accuracy']:.3f}), loss {r['loss']:.4f}" if r["count"] else \
+                "no local data to evaluate on"
+            print(f"board {url}: version {r['version']} active (CRC-32 {r['crc32']:08x}); on-device evaluation {acc}")
+        except (BoardError, SerialException, OSError, ValueError) as err:
+            failed += 1
+            print(f"fedtiny deploy: board {url}: {err} (its previous model stays active)", file=sys.stderr)
+        finally:
+            if client is not None:
+                client.close()
+    return 1 if failed else 0
+

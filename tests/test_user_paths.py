@@ -27,7 +27,7 @@ def fedtiny(args: list[str], cwd: Path, cache_dir: Path, timeout: float = 600) -
 
 
 HELP = [[], ["pretrain"], ["report"], ["resume"], ["board"], ["board", "info"], ["board", "serve"],
-        ["board", "cancel"], ["emulate"], ["flower"]]
+        ["board", "cancel"], ["emulate"], ["flower"], ["import"], ["export"], ["deploy"]]
 
 
 @pytest.mark.parametrize("sub", HELP, ids=lambda s: " ".join(s) or "fedtiny")
@@ -38,12 +38,12 @@ def test_every_subcommand_answers_help(sub, tmp_path, cache_dir):
         assert "usage" in r.stdout.lower() and "Traceback" not in r.stdout + r.stderr
     if not sub:  # the overview names every subcommand before Hydra's help
         for name in ("pretrain", "report", "resume", "board info", "board serve", "board cancel", "emulate",
-                     "flower stop"):
+                     "flower stop", "import", "export", "deploy"):
             assert f"fedtiny {name}" in r.stdout
 
 
 def test_a_subcommand_without_its_arguments_fails_with_usage(tmp_path, cache_dir):
-    for sub in (["board"], ["report"], ["emulate"], ["resume"]):
+    for sub in (["board"], ["report"], ["emulate"], ["resume"], ["import"], ["export"], ["deploy"]):
         r = fedtiny(sub, tmp_path, cache_dir, timeout=60)
         assert r.returncode == 2 and "usage" in r.stderr and "Traceback" not in r.stderr, sub
 

@@ -6,7 +6,8 @@
  *   HELLO     -> "FTBD", u32 protocol 1, u32 SRAM KiB, char[8] trainer version, u32 model CRC-32
  *                (0: none), u32 local samples, u32 the trainable layer local samples enter (0: int8
  *                boundary features; k > 0: cached float32 features, see local_data), u32 TRAINs
- *                run since boot (repeats answered from the last reply not counted)
+ *                run since boot (repeats answered from the last reply not counted), u32 deployed
+ *                model version (0: none), u32 its CRC-32 (see DEPLOY)
  *   LOAD      u32 offset, u32 total, bytes -> u32 status, u32 bytes received
  *             (the model file in chunks; loaded and checked when the last chunk arrives)
  *   PARAMS    u32 offset, f32 values -> u32 status (the global model's trainable values, all layers
@@ -22,7 +23,8 @@
  *             tensor names, as the simulated client; with clip > 0 through ft_codec_encode_update)
  *   UPDATE    u32 offset -> up to 1024 bytes of the update: u32 tensors, then per tensor u8 name
  *             length, name, u32 blob length, blob
- *   EVALUATE  -> u32 status, f32 loss, u32 correct, u32 count
+ *   EVALUATE  -> u32 status, f32 loss, u32 correct, u32 count (the trained values after a TRAIN,
+ *             else the model's own: the deployed model after boot or DEPLOY_COMMIT)
  *   RESET     -> u32 0 (forget model and update)
  *   STATS     -> u32 status, RAM budget, static RAM, stack peak (of the last TRAIN/PROFILE, from a
  *             stack painted when it started), arena bytes used, arena size, then the
@@ -33,6 +35,16 @@
  *   SPIN      u32 n (<= 2^28) -> u32 status, u32 counter ticks of ft_hal_spin(n) (4n instructions)
  *   CANCEL    -> u32 status: stops a TRAIN in progress (its reply becomes ERROR CANCELLED, sent
  *             first); idle, it just answers
+ *   DEPLOY    u32 version, u32 total, u32 CRC-32 -> u32 status, u32 slot (a model update begins: the
+ *             inactive one of two slots is erased and receives it; the active model keeps running)
+ *   DEPLOY_DATA  u32 offset, bytes -> u32 status, u32 bytes received (in order; a chunk the slot
+ *             already holds is acknowledged again, a gap is refused with BAD_DATA)
+ *   DEPLOY_COMMIT -> u32 status, u32 version, u32 CRC-32, f32 loss, u32 correct, u32 count: the slot's
+ *             CRC is checked, the model loaded and evaluated on the local data; only then is the slot
+ *             made the active one (a generation above the other's). If any step fails the slot is
+ *             marked bad, the previous model is loaded again (roll back), and the reply is ERROR with
+ *             the failing step's status. HELLO reports the active slot's version and CRC; at boot
+ *             the active slot is loaded (a slot whose CRC no longer matches falls back to the other).
  *   anything else -> ERROR with u32 FT_ERR_UNSUPPORTED
  * TRAIN's fields are bounded before anything runs (ERROR BAD_CONFIG otherwise): epochs in
  * [1, FT_MAX_EPOCHS], batch in [1, FT_MAX_BATCH], finite lr in (0, FT_MAX_LR], momentum in [0, 1),
@@ -48,6 +60,9 @@
  * Local data lives where a board's flash would hold it: a "FTDS" block at FT_DATA_ADDR (see
  * local_data): int8 features of the frozen prefix, or float32 features cached at the layer the
  * device's update scheme starts from; TRAIN runs with the start layer the block declares.
+ * Deployed models live in two slots at FT_SLOT_ADDR, where a board's flash would hold them (on
+ * the emulated board: PSRAM, which does not outlive QEMU; a port with flash replaces
+ * slot_erase and slot_program with its flash driver).
  */
 #include <stdint.h>
 #include <string.h>
@@ -75,6 +90,43 @@ static ft_proto_rx rx;
 static ft_model model;
 static ft_trainer trainer;
 static uint32_t model_len, model_ok, model_crc, update_len, n_params;
+
+#ifndef FT_SLOT_ADDR
+#define FT_SLOT_ADDR 0x21800000u
+#endif
+#define FT_SLOT_MAGIC 0x4C535446u /* "FTSL" */
+#define FT_SLOT_BYTES ((uint32_t)sizeof model_buf)
+enum { SLOT_EMPTY = 0, SLOT_WRITING = 1, SLOT_GOOD = 2, SLOT_BAD = 3 };
+typedef struct {
+    uint32_t magic, state, version, length, crc, generation, received, reserved;
+} ft_slot;
+static uint32_t deploying = 2u; /* the slot a DEPLOY is filling (2: none) */
+
+static ft_slot *slot_header(uint32_t i) { return (ft_slot *)(FT_SLOT_ADDR + i * (FT_SLOT_BYTES + sizeof(ft_slot))); }
+static uint8_t *slot_data(uint32_t i) { return (uint8_t *)slot_header(i) + sizeof(ft_slot); }
+static void slot_erase(uint32_t i) { memset(slot_header(i), 0, sizeof(ft_slot) + FT_SLOT_BYTES); }
+static void slot_program(void *dst, const void *src, uint32_t n) { memcpy(dst, src, n); }
+static void slot_state(uint32_t i, uint32_t state, uint32_t generation)
+{
+    ft_slot h = *slot_header(i);
+    h.state = state;
+    h.generation = generation;
+    slot_program(slot_header(i), &h, sizeof h);
+}
+static int slot_good(uint32_t i)
+{
+    const ft_slot *h = slot_header(i);
+    return h->magic == FT_SLOT_MAGIC && h->state == SLOT_GOOD && h->length <= FT_SLOT_BYTES;
+}
+/* the active slot: the good one of the highest generation (-1: none) */
+static int32_t active_slot(void)
+{
+    const int g0 = slot_good(0), g1 = slot_good(1);
+    if (g0 && g1) {
+        return slot_header(1)->generation > slot_header(0)->generation ? 1 : 0;
+    }
+    return g0 ? 0 : g1 ? 1 : -1;
+}
 
 static uint32_t get32(const uint8_t *b) { return (uint32_t)b[0] | ((uint32_t)b[1] << 8) | ((uint32_t)b[2] << 16) | ((uint32_t)b[3] << 24); }
 static void put32(uint8_t *b, uint32_t v)
@@ -528,9 +580,181 @@ static void cmd_spin(const ft_frame *f)
     reply(f, (uint8_t)(f->type | FT_PROTO_REPLY), r, 8);
 }
 
+/* Make the model in model_buf (copied from `src` first, unless NULL) the board's model: load
+ * it, and take its trainable values as the global ones (params0). */
+static ft_status install(const uint8_t *src, uint32_t total)
+{
+    model_ok = 0;
+    memset(&trainer, 0, sizeof trainer);
+    if (total > sizeof model_buf) {
+        return FT_ERR_TRUNCATED;
+    }
+    if (src != NULL) {
+        memcpy(model_buf, src, total);
+    }
+    model_len = total;
+    ft_status st = ft_model_load(&model, model_buf, total);
+    n_params = 0;
+    for (int32_t k = model.first_trainable; st == FT_OK && k < model.num_layers; k++) {
+        const ft_layer *l = &model.layers[k];
+        if (n_params + (uint32_t)(l->weight_count + l->bias_count) > sizeof params0 / sizeof params0[0]) {
+            st = FT_ERR_ARENA_TOO_SMALL;
+            break;
+        }
+        if (l->weight_count > 0) {
+            memcpy(params0 + n_params, l->w_f32, (size_t)l->weight_count * sizeof(float));
+            memcpy(params0 + n_params + l->weight_count, l->b_f32, (size_t)l->bias_count * sizeof(float));
+        }
+        n_params += (uint32_t)(l->weight_count + l->bias_count);
+    }
+    model_ok = st == FT_OK;
+    model_crc = ft_crc32(model_buf, total);
+    return st;
+}
+
+/* A trainer holding the model's own trainable values, for EVALUATE on the local data (no
+ * local data: FT_ERR_BAD_DATA). */
+static ft_status evaluate_model(ft_stats *s)
+{
+    ft_dataset d;
+    int32_t start = 0;
+    if (!model_ok) {
+        return FT_ERR_NOT_INITIALIZED;
+    }
+    if (!local_data(&d, &start)) {
+        return FT_ERR_BAD_DATA;
+    }
+    ft_train_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.lr = 0.01f;
+    cfg.batch_size = 1;
+    cfg.start_layer = start;
+    ft_status st = ft_trainer_init(&trainer, &model, &cfg, arena, sizeof arena);
+    uint32_t off = 0;
+    for (int32_t k = 0; st == FT_OK && k < model.num_layers - model.first_trainable; k++) {
+        const ft_layer *l = &model.layers[model.first_trainable + k];
+        st = ft_trainer_set_layer_params(&trainer, k, params0 + off, params0 + off + l->weight_count);
+        off += (uint32_t)(l->weight_count + l->bias_count);
+    }
+    return st == FT_OK ? ft_trainer_evaluate(&trainer, &d, 0, s) : st;
+}
+
+/* The active slot's model, loaded (at boot, and after a failed update); a slot whose bytes no
+ * longer match its CRC is marked bad and the other one tried. Returns the slot, or -1. */
+static int32_t boot_model(void)
+{
+    for (int tries = 0; tries < 2; tries++) {
+        const int32_t a = active_slot();
+        if (a < 0) {
+            return -1;
+        }
+        const ft_slot *h = slot_header((uint32_t)a);
+        if (ft_crc32(slot_data((uint32_t)a), h->length) == h->crc && install(slot_data((uint32_t)a), h->length) == FT_OK) {
+            ft_stats s;
+            (void)evaluate_model(&s); /* EVALUATE answers at once after boot */
+            return a;
+        }
+        slot_state((uint32_t)a, SLOT_BAD, h->generation);
+    }
+    model_ok = 0;
+    return -1;
+}
+
+static void cmd_deploy(const ft_frame *f)
+{
+    uint8_t r[24];
+    if (f->length != 12u) {
+        reply_status(f, FT_ERR_TRUNCATED);
+        return;
+    }
+    const uint32_t version = get32(f->payload), total = get32(f->payload + 4), crc = get32(f->payload + 8);
+    if (total == 0u || total > FT_SLOT_BYTES) {
+        reply_status(f, FT_ERR_TRUNCATED);
+        return;
+    }
+    const int32_t a = active_slot();
+    deploying = a == 0 ? 1u : 0u; /* the inactive slot; the active model keeps running */
+    slot_erase(deploying);
+    const ft_slot h = {FT_SLOT_MAGIC, SLOT_WRITING, version, total, crc, 0u, 0u, 0u};
+    slot_program(slot_header(deploying), &h, sizeof h);
+    put32(r, FT_OK);
+    put32(r + 4, deploying);
+    reply(f, (uint8_t)(f->type | FT_PROTO_REPLY), r, 8);
+}
+
+static void cmd_deploy_data(const ft_frame *f)
+{
+    uint8_t r[8];
+    ft_slot *h = deploying < 2u ? slot_header(deploying) : NULL;
+    if (h == NULL || h->state != SLOT_WRITING) {
+        reply_status(f, FT_ERR_NOT_INITIALIZED);
+        return;
+    }
+    const uint32_t off = f->length >= 4u ? get32(f->payload) : 0xFFFFFFFFu, n = f->length >= 4u ? f->length - 4u : 0u;
+    if (f->length < 4u || off > h->received || n > h->length - off) {
+        reply_status(f, f->length < 4u ? FT_ERR_TRUNCATED : FT_ERR_BAD_DATA); /* a gap, or beyond the model */
+        return;
+    }
+    if (off + n > h->received) { /* new bytes (a chunk it holds already is acknowledged again) */
+        slot_program(slot_data(deploying) + off, f->payload + 4, n);
+        ft_slot nh = *h;
+        nh.received = off + n;
+        slot_program(h, &nh, sizeof nh);
+    }
+    put32(r, FT_OK);
+    put32(r + 4, h->received);
+    reply(f, (uint8_t)(f->type | FT_PROTO_REPLY), r, 8);
+}
+
+static void cmd_deploy_commit(const ft_frame *f)
+{
+    uint8_t r[24];
+    ft_slot *h = deploying < 2u ? slot_header(deploying) : NULL;
+    if (h == NULL || h->state != SLOT_WRITING) {
+        reply_status(f, FT_ERR_NOT_INITIALIZED);
+        return;
+    }
+    const uint32_t s_new = deploying;
+    const int32_t previous = active_slot();
+    ft_status st = h->received == h->length ? FT_OK : FT_ERR_TRUNCATED;
+    if (st == FT_OK && ft_crc32(slot_data(s_new), h->length) != h->crc) {
+        st = FT_ERR_BAD_CRC;
+    }
+    if (st == FT_OK) {
+        st = install(slot_data(s_new), h->length);
+    }
+    ft_stats s = {0};
+    if (st == FT_OK) {
+        st = evaluate_model(&s);
+        if (st == FT_ERR_BAD_DATA && !local_data(&(ft_dataset){0}, &(int32_t){0})) {
+            st = FT_OK; /* no local data to evaluate on: loading is the check */
+        }
+    }
+    deploying = 2u;
+    if (st != FT_OK) { /* roll back: the new slot is bad, the previous model runs again */
+        slot_state(s_new, SLOT_BAD, 0u);
+        if (previous >= 0) {
+            boot_model();
+        } else {
+            model_ok = 0;
+        }
+        reply_status(f, (uint32_t)st);
+        return;
+    }
+    const uint32_t gen = previous >= 0 ? slot_header((uint32_t)previous)->generation + 1u : 1u;
+    slot_state(s_new, SLOT_GOOD, gen);
+    put32(r, FT_OK);
+    put32(r + 4, h->version);
+    put32(r + 8, h->crc);
+    put32(r + 12, fbits(s.loss));
+    put32(r + 16, (uint32_t)s.correct);
+    put32(r + 20, (uint32_t)s.count);
+    reply(f, (uint8_t)(f->type | FT_PROTO_REPLY), r, 24);
+}
+
 static void handle(const ft_frame *f)
 {
-    uint8_t r[36];
+    uint8_t r[44];
     switch (f->type) {
     case FT_MSG_HELLO: {
         ft_dataset d;
@@ -545,7 +769,10 @@ static void handle(const ft_frame *f)
         put32(r + 24, have ? (uint32_t)d.count : 0u);
         put32(r + 28, (uint32_t)start);
         put32(r + 32, trains_run);
-        reply(f, (uint8_t)(f->type | FT_PROTO_REPLY), r, 36);
+        const int32_t a = active_slot();
+        put32(r + 36, a >= 0 ? slot_header((uint32_t)a)->version : 0u);
+        put32(r + 40, a >= 0 ? slot_header((uint32_t)a)->crc : 0u);
+        reply(f, (uint8_t)(f->type | FT_PROTO_REPLY), r, 44);
         break;
     }
     case FT_MSG_LOAD: {
@@ -561,22 +788,7 @@ static void handle(const ft_frame *f)
         model_len = off + n;
         ft_status st = FT_OK;
         if (model_len == total) {
-            st = ft_model_load(&model, model_buf, total);
-            n_params = 0;
-            for (int32_t k = model.first_trainable; st == FT_OK && k < model.num_layers; k++) {
-                const ft_layer *l = &model.layers[k];
-                if (n_params + (uint32_t)(l->weight_count + l->bias_count) > sizeof params0 / sizeof params0[0]) {
-                    st = FT_ERR_ARENA_TOO_SMALL;
-                    break;
-                }
-                if (l->weight_count > 0) {
-                    memcpy(params0 + n_params, l->w_f32, (size_t)l->weight_count * sizeof(float));
-                    memcpy(params0 + n_params + l->weight_count, l->b_f32, (size_t)l->bias_count * sizeof(float));
-                }
-                n_params += (uint32_t)(l->weight_count + l->bias_count);
-            }
-            model_ok = st == FT_OK;
-            model_crc = ft_crc32(model_buf, total);
+            st = install(NULL, total);
         }
         if (st != FT_OK) {
             reply_status(f, (uint32_t)st);
@@ -633,8 +845,9 @@ static void handle(const ft_frame *f)
         ft_dataset d;
         ft_stats s = {0};
         int32_t start = 0;
+        /* after a TRAIN: the trained values; else the model's (global) values */
         ft_status st = model_ok && trainer.initialized && local_data(&d, &start) ? ft_trainer_evaluate(&trainer, &d, 0, &s)
-                                                                         : FT_ERR_NOT_INITIALIZED;
+                                                                         : evaluate_model(&s);
         if (st != FT_OK) {
             reply_status(f, (uint32_t)st);
             break;
@@ -646,6 +859,15 @@ static void handle(const ft_frame *f)
         reply(f, (uint8_t)(f->type | FT_PROTO_REPLY), r, 16);
         break;
     }
+    case FT_MSG_DEPLOY:
+        cmd_deploy(f);
+        break;
+    case FT_MSG_DEPLOY_DATA:
+        cmd_deploy_data(f);
+        break;
+    case FT_MSG_DEPLOY_COMMIT:
+        cmd_deploy_commit(f);
+        break;
     case FT_MSG_RESET:
         model_ok = 0;
         update_len = 0;
@@ -681,6 +903,7 @@ int main(void)
 {
     ft_hal_init();
     ft_proto_rx_init(&rx);
+    (void)boot_model(); /* the deployed model, if a slot holds one */
     ft_frame f;
     for (;;) {
         uint8_t b;

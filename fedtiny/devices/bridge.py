@@ -64,13 +64,17 @@ class Bridge:
                 rx = P.Receiver()
                 last: tuple | None = None  # (type, seq, payload) of the last request and its reply
                 while True:
+                    # a client silent in the middle of a frame: its stale start is dropped (as a board does)
+                    self.request.settimeout(P.BYTE_TIMEOUT if rx.pending else None)
                     try:
                         data = self.request.recv(4096)
+                    except TimeoutError:
+                        data = None
                     except OSError:
                         return
-                    if not data:
+                    if data == b"":
                         return
-                    for f in rx.feed(data):
+                    for f in (rx.feed(data) if data is not None else rx.expire()):
                         if f.type == P.CANCEL:  # not behind the lock: it must reach a busy board
                             self.request.sendall(bridge.cancel(f))
                             continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 import threading
 import time
+import zlib
 
 import numpy as np
 
@@ -142,8 +143,35 @@ class BoardClient:
         model_crc, samples = struct.unpack_from("<II", p, 20)
         start = struct.unpack_from("<I", p, 28)[0] if len(p) >= 32 else 0  # older firmware: int8 features
         trains = struct.unpack_from("<I", p, 32)[0] if len(p) >= 36 else None  # older firmware: not counted
+        deployed, deployed_crc = struct.unpack_from("<II", p, 36) if len(p) >= 44 else (None, None)
         return {"protocol": proto, "sram_kb": sram, "trainer_version": version, "model_crc32": model_crc,
-                "samples": samples, "start_layer": start, "trains_run": trains}
+                "samples": samples, "start_layer": start, "trains_run": trains, "deployed_version": deployed,
+                "deployed_crc32": deployed_crc}
+
+    def deploy(self, data: bytes, version: int, stop_after: int | None = None) -> dict:
+        """Send a model file as the board's next deployed model (``fedtiny deploy``): DEPLOY
+        (version, size, CRC-32) erases the inactive slot, DEPLOY_DATA chunks fill it,
+        DEPLOY_COMMIT makes the board check the CRC, load and evaluate the model and only then
+        activate it (else it rolls back and the reply is an error naming the failing step).
+        Returns the board's evaluation of the new model. `stop_after` chunks: stop there
+        without committing (tests: a transfer cut short)."""
+        if not 0 < version < 2**32:
+            raise ValueError(f"version must be in [1, 2^32), got {version}")
+        crc = zlib.crc32(data) & 0xFFFFFFFF
+        self._fields("<II", self.request(P.DEPLOY, struct.pack("<III", version, len(data), crc)), "DEPLOY")
+        chunk = P.MAX_PAYLOAD - 4
+        for k, off in enumerate(range(0, len(data), chunk)):
+            if stop_after is not None and k >= stop_after:
+                return {"committed": False, "bytes_sent": off}
+            st, received = self._fields("<II", self.request(P.DEPLOY_DATA, struct.pack("<I", off)
+                                                            + data[off : off + chunk]), "DEPLOY_DATA")
+            if received != min(off + chunk, len(data)):
+                raise BoardError(f"DEPLOY_DATA: the board holds {received} bytes after offset {off}")
+        st, ver, crc_b, loss, correct, count = self._fields("<IIIfII", self.request(P.DEPLOY_COMMIT), "DEPLOY_COMMIT")
+        if (ver, crc_b) != (version, crc):
+            raise BoardError(f"DEPLOY_COMMIT: the board activated version {ver} CRC {crc_b:08x}, not {version} {crc:08x}")
+        return {"committed": True, "version": ver, "crc32": crc_b, "loss": loss, "correct": correct, "count": count,
+                "accuracy": correct / count if count else None}
 
     def load_model(self, data: bytes) -> None:
         chunk = P.MAX_PAYLOAD - 8

@@ -24,6 +24,7 @@ HELLO, LOAD, TRAIN, UPDATE, EVALUATE, RESET, PARAMS, STATS, PROFILE, SPIN, CANCE
     1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x7F)
 
 BRIDGE = 12  # answered by a bridge itself, never by a board: its counters as JSON (a board says UNSUPPORTED)
+DEPLOY, DEPLOY_DATA, DEPLOY_COMMIT = 13, 14, 15  # a model update into the board's inactive slot (fedtiny deploy)
 ACK = 0x7E  # a board's "working on it" for a SLOW request (same seq, empty payload)
 SLOW = frozenset({TRAIN, PROFILE, SPIN})  # requests that run for seconds on a board; acknowledged first
 BOARD_BYTE_TIMEOUT = 0.050  # FT_PROTO_BYTE_TIMEOUT_MS: the board expires a partial frame after this silence

@@ -44,6 +44,10 @@ typedef enum {
     FT_MSG_PROFILE = 9,  /* one profiled forward pass of the whole model (int8 prefix included) */
     FT_MSG_SPIN = 10,    /* counter ticks of a loop of known length (calibration) */
     FT_MSG_CANCEL = 11,  /* stop a running TRAIN (it replies ERROR CANCELLED); replies u32 status */
+    /* 12 is a bridge's own request (its counters); a board answers UNSUPPORTED */
+    FT_MSG_DEPLOY = 13,        /* a model update: u32 version, u32 total, u32 CRC-32 -> u32 status, u32 slot */
+    FT_MSG_DEPLOY_DATA = 14,   /* u32 offset, bytes (in order) -> u32 status, u32 bytes received */
+    FT_MSG_DEPLOY_COMMIT = 15, /* verify, load, evaluate, activate (or roll back) -> status, version, CRC, eval */
     FT_MSG_ACK = 0x7E,   /* sent at once for TRAIN, PROFILE and SPIN (same seq, empty): working on it */
     FT_MSG_ERROR = 0x7F  /* reply: u32 ft_status, text */
 } ft_msg_type;
