@@ -72,13 +72,15 @@ typedef struct {
     cmsis_nn_activation activation;
 } cmsis_nn_fc_params;
 
-/* Convolution, per-channel quantization. bias_data may be NULL. */
+/* Convolution, per-channel quantization. bias_data may be NULL. upscale_dims (CMSIS-NN v7.0.0's
+ * signature) may be NULL or {1, 1, 1, 1}; the bundled kernel has no transposed convolution. */
 arm_cmsis_nn_status arm_convolve_s8(const cmsis_nn_context *ctx,
                                     const cmsis_nn_conv_params *conv_params,
                                     const cmsis_nn_per_channel_quant_params *quant_params,
                                     const cmsis_nn_dims *input_dims, const int8_t *input_data,
                                     const cmsis_nn_dims *filter_dims, const int8_t *filter_data,
                                     const cmsis_nn_dims *bias_dims, const int32_t *bias_data,
+                                    const cmsis_nn_dims *upscale_dims,
                                     const cmsis_nn_dims *output_dims, int8_t *output_data);
 int32_t arm_convolve_s8_get_buffer_size(const cmsis_nn_dims *input_dims, const cmsis_nn_dims *filter_dims);
 

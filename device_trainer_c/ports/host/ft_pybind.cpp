@@ -345,10 +345,10 @@ PYBIND11_MODULE(_core, m) {
                                 int act_min, int act_max, py::sequence out_dims, arr<int8_t> out, arr<uint8_t> ctx_buf) {
         cmsis_nn_conv_params p{in_off, out_off, tile(stride), tile(pad), tile(dil), {act_min, act_max}};
         cmsis_nn_per_channel_quant_params q{mult.mutable_data(), shift.mutable_data()};
-        cmsis_nn_dims id = dims(in_dims), fd = dims(w_dims), od = dims(out_dims), bd{1, 1, 1, od.c};
+        cmsis_nn_dims id = dims(in_dims), fd = dims(w_dims), od = dims(out_dims), bd{1, 1, 1, od.c}, up{1, 1, 1, 1};
         cmsis_nn_context ctx = context(ctx_buf);
         return static_cast<int>(arm_convolve_s8(&ctx, &p, &q, &id, in.data(), &fd, w.data(), &bd,
-                                                bias.size() ? bias.data() : nullptr, &od, out.mutable_data()));
+                                                bias.size() ? bias.data() : nullptr, &up, &od, out.mutable_data()));
     });
     m.def("arm_depthwise_conv_s8", [](const arr<int8_t> &in, py::sequence in_dims, const arr<int8_t> &w,
                                       py::sequence w_dims, const arr<int32_t> &bias, arr<int32_t> mult,

@@ -23,12 +23,16 @@ arm_cmsis_nn_status arm_convolve_s8(const cmsis_nn_context *ctx,
                                     const cmsis_nn_dims *input_dims, const int8_t *input_data,
                                     const cmsis_nn_dims *filter_dims, const int8_t *filter_data,
                                     const cmsis_nn_dims *bias_dims, const int32_t *bias_data,
+                                    const cmsis_nn_dims *upscale_dims,
                                     const cmsis_nn_dims *output_dims, int8_t *output_data)
 {
     (void)ctx;
     (void)bias_dims;
     if (filter_dims->c != input_dims->c || filter_dims->n != output_dims->c) {
         return ARM_CMSIS_NN_ARG_ERROR;
+    }
+    if (upscale_dims != NULL && (upscale_dims->h != 1 || upscale_dims->w != 1)) {
+        return ARM_CMSIS_NN_NO_IMPL_ERROR; /* transposed convolution (upscaling by 2) is CMSIS-NN's only */
     }
     const int32_t in_h = input_dims->h, in_w = input_dims->w, in_c = input_dims->c;
     const int32_t k_h = filter_dims->h, k_w = filter_dims->w;
