@@ -158,3 +158,14 @@ def test_a_cmsis_nn_older_than_v7_is_refused_with_the_reason(trees, tmp_path):
     proc = subprocess.run(["cmake", "-S", str(C_ROOT), "-B", str(tmp_path / "b"), f"-DFEDTINY_CMSIS_NN_DIR={old}"],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "needs CMSIS-NN v7.0.0 or later" in proc.stderr
+
+
+@needs_cortex_m
+def test_the_kernel_benchmark_prints_its_table(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernels_m4.py"), "--cmsis-nn",
+                           str(archive_dir() / TREES["v7.0.0"])], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [ln.split() for ln in proc.stdout.splitlines()[2:]]
+    assert [r[0].split("_")[0] for r in rows] == ["fc", "conv", "conv", "conv", "depthwise", "depthwise", "avgpool"]
+    assert all(len(r) == 4 and r[3].endswith("x") and float(r[1]) > 0 and float(r[2]) > 0 for r in rows), rows

@@ -79,7 +79,8 @@ ft_status ft_layer_forward_s8(const ft_layer *l, const int8_t *input, int8_t *ou
     case FT_LAYER_DWCONV2D: {
         const cmsis_nn_dw_conv_params p = {l->input_offset, l->output_offset, l->ch_mult, {l->stride_w, l->stride_h},
                                            {l->pad_w, l->pad_h}, {l->dil_w, l->dil_h}, act};
-        rc = arm_depthwise_conv_s8(&ctx, &p, &quant, &in, input, &filter, l->w_s8, &bias, l->b_s32, &out, output);
+        rc = arm_depthwise_conv_wrapper_s8(&ctx, &p, &quant, &in, input, &filter, l->w_s8, &bias, l->b_s32, &out,
+                                           output);
         break;
     }
     case FT_LAYER_FC: {
