@@ -51,7 +51,8 @@ out=$(mktemp -d /tmp/fedtiny-bluez.XXXXXX)
 echo "bluez tier: booting $kernel in a virtme-ng VM (${KVM:-kvm}); log in $out"
 # the guest sees this checkout read-only: byte code, caches and results go to /tmp (an overlay)
 status=0
-args=$(printf ' %q' "$@")  # the pytest arguments survive the guest's command line (e.g. -k "a or b")
+args=""  # the pytest arguments survive the guest's command line (e.g. -k "a or b"); none: none (not '')
+if [ $# -gt 0 ]; then args=$(printf ' %q' "$@"); fi
 vng $KVM -r "$kernel" --memory 4G --cpus 2 --rwdir "$out" \
     --exec "bash $(pwd)/scripts/ble_bluez_guest.sh $(command -v "$PY") $out $FILES$args" || status=$?
 cat "$out/pytest.log" 2>/dev/null | tail -n 30
