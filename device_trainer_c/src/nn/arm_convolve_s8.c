@@ -6,16 +6,64 @@
  * Direct loops: no scratch buffer is needed.
  */
 #include "fedtiny/ft_nn.h"
+#include "ft_nn_dot.h"
 #include "ft_nn_support.h"
 
 #include <stddef.h>
+#include <string.h>
 
+/* One window of the input in the weights' layout (KH, KW, C_IN), padding as the value that adds
+ * nothing (-input_offset): the im2col column the DSP core multiplies with every filter row. The
+ * same size on every build, so the trainer's arena plan is the board's. */
 int32_t arm_convolve_s8_get_buffer_size(const cmsis_nn_dims *input_dims, const cmsis_nn_dims *filter_dims)
 {
     (void)input_dims;
-    (void)filter_dims;
-    return 0;
+    return (filter_dims->h * filter_dims->w * filter_dims->c + 3) & ~3;
 }
+
+#if FT_NN_DSP
+static void ft_conv_dsp(const cmsis_nn_conv_params *p, const cmsis_nn_per_channel_quant_params *q,
+                        const cmsis_nn_dims *id, const int8_t *in, const cmsis_nn_dims *fd, const int8_t *w,
+                        const int32_t *bias, const cmsis_nn_dims *od, int8_t *out, int8_t *col)
+{
+    const int32_t in_c = id->c, k_h = fd->h, k_w = fd->w, depth = k_h * k_w * in_c, out_c = od->c;
+    const int8_t pad_value = (int8_t)(-p->input_offset);
+    int32_t acc[64];
+    for (int32_t oy = 0; oy < od->h; oy++) {
+        for (int32_t ox = 0; ox < od->w; ox++) {
+            const int32_t y0 = oy * p->stride.h - p->padding.h, x0 = ox * p->stride.w - p->padding.w;
+            const int8_t *x = col;
+            if (k_h == 1 && k_w == 1 && y0 >= 0 && x0 >= 0 && y0 < id->h && x0 < id->w) { /* the pixel itself */
+                x = in + ((size_t)y0 * id->w + x0) * in_c;
+            } else {
+                int8_t *c = col;
+                for (int32_t ky = 0; ky < k_h; ky++) {
+                    const int32_t iy = y0 + ky * p->dilation.h;
+                    for (int32_t kx = 0; kx < k_w; kx++, c += in_c) {
+                        const int32_t ix = x0 + kx * p->dilation.w;
+                        if (iy < 0 || iy >= id->h || ix < 0 || ix >= id->w) {
+                            memset(c, pad_value, (size_t)in_c);
+                        } else {
+                            memcpy(c, in + ((size_t)iy * id->w + ix) * in_c, (size_t)in_c);
+                        }
+                    }
+                }
+            }
+            int8_t *o = out + ((size_t)oy * od->w + ox) * out_c;
+            for (int32_t o0 = 0; o0 < out_c; o0 += 64) {
+                const int32_t n = out_c - o0 < 64 ? out_c - o0 : 64;
+                ft_nn_dot_rows(x, w + (size_t)o0 * depth, bias != NULL ? bias + o0 : NULL, depth, n, p->input_offset,
+                               acc);
+                for (int32_t i = 0; i < n; i++) {
+                    const int32_t v = ft_nn_add(ft_nn_requantize(acc[i], q->multiplier[o0 + i], q->shift[o0 + i]),
+                                                p->output_offset);
+                    o[o0 + i] = (int8_t)ft_nn_clamp(v, p->activation.min, p->activation.max);
+                }
+            }
+        }
+    }
+}
+#endif
 
 arm_cmsis_nn_status arm_convolve_s8(const cmsis_nn_context *ctx,
                                     const cmsis_nn_conv_params *conv_params,
@@ -34,6 +82,17 @@ arm_cmsis_nn_status arm_convolve_s8(const cmsis_nn_context *ctx,
     if (upscale_dims != NULL && (upscale_dims->h != 1 || upscale_dims->w != 1)) {
         return ARM_CMSIS_NN_NO_IMPL_ERROR; /* transposed convolution (upscaling by 2) is CMSIS-NN's only */
     }
+#if FT_NN_DSP
+    if (ctx != NULL && ctx->buf != NULL && ctx->size >= arm_convolve_s8_get_buffer_size(input_dims, filter_dims)) {
+        for (int32_t b = 0; b < input_dims->n; b++) {
+            ft_conv_dsp(conv_params, quant_params, input_dims,
+                        input_data + (size_t)b * input_dims->h * input_dims->w * input_dims->c, filter_dims,
+                        filter_data, bias_data, output_dims,
+                        output_data + (size_t)b * output_dims->h * output_dims->w * output_dims->c, (int8_t *)ctx->buf);
+        }
+        return ARM_CMSIS_NN_SUCCESS;
+    }
+#endif
     const int32_t in_h = input_dims->h, in_w = input_dims->w, in_c = input_dims->c;
     const int32_t k_h = filter_dims->h, k_w = filter_dims->w;
     const int32_t out_h = output_dims->h, out_w = output_dims->w, out_c = output_dims->c;

@@ -3,6 +3,7 @@
  * Output channel oc = ic * ch_mult + m reads input channel ic; filter [1, HK, WK, C_OUT].
  */
 #include "fedtiny/ft_nn.h"
+#include "ft_nn_dot.h"
 #include "ft_nn_support.h"
 
 #include <stddef.h>
@@ -76,6 +77,114 @@ arm_cmsis_nn_status arm_depthwise_conv_s8(const cmsis_nn_context *ctx,
     return ARM_CMSIS_NN_SUCCESS;
 }
 
+#if FT_NN_DSP
+/* The taps k in [lo, hi) whose input position base + k * dilation lies in [0, size). */
+static void ft_taps(int32_t base, int32_t dilation, int32_t size, int32_t k, int32_t *lo, int32_t *hi)
+{
+    *lo = base < 0 ? (-base + dilation - 1) / dilation : 0;
+    *hi = size - base <= 0 ? 0 : (size - base + dilation - 1) / dilation;
+    if (*hi > k) {
+        *hi = k;
+    }
+}
+
+static inline int32_t ft_dw_out(int32_t acc, const cmsis_nn_dw_conv_params *p, int32_t mult, int32_t shift)
+{
+    const int32_t v = ft_nn_add(ft_nn_requantize(acc, mult, shift), p->output_offset);
+    return ft_nn_clamp(v, p->activation.min, p->activation.max);
+}
+
+/* One output pixel: every channel over n_y x n_x taps (n_y, n_x >= 1), four channels at a time
+ * with their accumulators in registers; px/wk point at the first tap's channel 0. */
+__attribute__((noinline)) static void ft_dw_pixel(const int8_t *px, const int8_t *wk, int32_t n_y, int32_t n_x,
+                                                  size_t row, size_t step, size_t wrow, int32_t c_n,
+                                                  const cmsis_nn_dw_conv_params *p,
+                                                  const cmsis_nn_per_channel_quant_params *q, const int32_t *bias,
+                                                  int8_t *o)
+{
+    const int32_t off = p->input_offset, off2 = (int32_t)(((uint32_t)(uint16_t)off << 16) | (uint16_t)off);
+    const int32_t quads = c_n & ~3;
+    for (int32_t c = 0; c < quads; c += 4) {
+        int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+        const int8_t *xr = px + c, *wr = wk + c;
+#define FT_DW_TAP(xp, wp)                                                                                        \
+    do {                                                                                                         \
+        const int32_t x = ft_word(xp), v = ft_word(wp);                                                          \
+        const int32_t x02 = __sxtab16(off2, x), x13 = ft_sxtab16_ror8(off2, x);                                  \
+        const int32_t v02 = __sxtb16(v), v13 = ft_sxtb16_ror8(v);                                                \
+        a0 = __smlabb(x02, v02, a0);                                                                             \
+        a2 = __smlatt(x02, v02, a2);                                                                             \
+        a1 = __smlabb(x13, v13, a1);                                                                             \
+        a3 = __smlatt(x13, v13, a3);                                                                             \
+    } while (0)
+        if (n_x == 3) { /* the 3x3 fast path: a row of taps unrolled */
+            for (int32_t ky = 0; ky < n_y; ky++, xr += row, wr += wrow) {
+                FT_DW_TAP(xr, wr);
+                FT_DW_TAP(xr + step, wr + c_n);
+                FT_DW_TAP(xr + 2 * step, wr + 2 * c_n);
+            }
+        } else {
+            for (int32_t ky = 0; ky < n_y; ky++, xr += row, wr += wrow) {
+                const int8_t *x_p = xr, *w_p = wr;
+                for (int32_t kx = 0; kx < n_x; kx++, x_p += step, w_p += c_n) {
+                    FT_DW_TAP(x_p, w_p);
+                }
+            }
+        }
+#undef FT_DW_TAP
+        if (bias != NULL) {
+            a0 = ft_nn_add(a0, bias[c]), a1 = ft_nn_add(a1, bias[c + 1]);
+            a2 = ft_nn_add(a2, bias[c + 2]), a3 = ft_nn_add(a3, bias[c + 3]);
+        }
+        o[c] = (int8_t)ft_dw_out(a0, p, q->multiplier[c], q->shift[c]);
+        o[c + 1] = (int8_t)ft_dw_out(a1, p, q->multiplier[c + 1], q->shift[c + 1]);
+        o[c + 2] = (int8_t)ft_dw_out(a2, p, q->multiplier[c + 2], q->shift[c + 2]);
+        o[c + 3] = (int8_t)ft_dw_out(a3, p, q->multiplier[c + 3], q->shift[c + 3]);
+    }
+    for (int32_t c = quads; c < c_n; c++) { /* the last channels when C is not a multiple of 4 */
+        int32_t a = bias != NULL ? bias[c] : 0;
+        const int8_t *xr = px + c, *wr = wk + c;
+        for (int32_t ky = 0; ky < n_y; ky++, xr += row, wr += wrow) {
+            for (int32_t kx = 0; kx < n_x; kx++) {
+                a = ft_nn_add(a, ((int32_t)xr[(size_t)kx * step] + off) * (int32_t)wr[(size_t)kx * c_n]);
+            }
+        }
+        o[c] = (int8_t)ft_dw_out(a, p, q->multiplier[c], q->shift[c]);
+    }
+}
+
+/* Depth multiplier 1 on the DSP extension: four channels at a time (channels are contiguous in
+ * input, weights and output); SXTB16/SXTAB16 widen them to halfword pairs and SMLABB/SMLATT add
+ * each channel's product to its own accumulator. Padding is skipped, as in the reference. */
+static void ft_dw_dsp(const cmsis_nn_dw_conv_params *p, const cmsis_nn_per_channel_quant_params *q,
+                      const cmsis_nn_dims *id, const int8_t *in, const cmsis_nn_dims *fd, const int8_t *w,
+                      const int32_t *bias, const cmsis_nn_dims *od, int8_t *out)
+{
+    const int32_t c_n = id->c, k_w = fd->w;
+    for (int32_t oy = 0; oy < od->h; oy++) {
+        const int32_t y0 = oy * p->stride.h - p->padding.h;
+        int32_t ky0, ky1;
+        ft_taps(y0, p->dilation.h, id->h, fd->h, &ky0, &ky1);
+        for (int32_t ox = 0; ox < od->w; ox++) {
+            const int32_t x0 = ox * p->stride.w - p->padding.w;
+            int32_t kx0, kx1;
+            ft_taps(x0, p->dilation.w, id->w, k_w, &kx0, &kx1);
+            int8_t *o = out + ((size_t)oy * od->w + ox) * c_n;
+            if (ky1 <= ky0 || kx1 <= kx0) { /* the window lies wholly in the padding: the bias alone */
+                for (int32_t c = 0; c < c_n; c++) {
+                    o[c] = (int8_t)ft_dw_out(bias != NULL ? bias[c] : 0, p, q->multiplier[c], q->shift[c]);
+                }
+                continue;
+            }
+            const int8_t *px = in + ((size_t)(y0 + ky0 * p->dilation.h) * id->w + (size_t)(x0 + kx0 * p->dilation.w)) * c_n;
+            const int8_t *wk = w + ((size_t)ky0 * k_w + kx0) * c_n;
+            ft_dw_pixel(px, wk, ky1 - ky0, kx1 - kx0, (size_t)p->dilation.h * id->w * c_n, (size_t)p->dilation.w * c_n,
+                        (size_t)k_w * c_n, c_n, p, q, bias, o);
+        }
+    }
+}
+#endif
+
 arm_cmsis_nn_status arm_depthwise_conv_wrapper_s8(const cmsis_nn_context *ctx,
                                                   const cmsis_nn_dw_conv_params *dw_conv_params,
                                                   const cmsis_nn_per_channel_quant_params *quant_params,
@@ -84,6 +193,16 @@ arm_cmsis_nn_status arm_depthwise_conv_wrapper_s8(const cmsis_nn_context *ctx,
                                                   const cmsis_nn_dims *bias_dims, const int32_t *bias_data,
                                                   const cmsis_nn_dims *output_dims, int8_t *output_data)
 {
+#if FT_NN_DSP
+    if (dw_conv_params->ch_mult == 1 && output_dims->c == input_dims->c && filter_dims->c == input_dims->c) {
+        for (int32_t b = 0; b < input_dims->n; b++) {
+            ft_dw_dsp(dw_conv_params, quant_params, input_dims,
+                      input_data + (size_t)b * input_dims->h * input_dims->w * input_dims->c, filter_dims, filter_data,
+                      bias_data, output_dims, output_data + (size_t)b * output_dims->h * output_dims->w * output_dims->c);
+        }
+        return ARM_CMSIS_NN_SUCCESS;
+    }
+#endif
     return arm_depthwise_conv_s8(ctx, dw_conv_params, quant_params, input_dims, input_data, filter_dims, filter_data,
                                  bias_dims, bias_data, output_dims, output_data);
 }

@@ -5,6 +5,7 @@
  * Per-tensor (arm_fully_connected_s8) and per-channel (arm_fully_connected_per_channel_s8).
  */
 #include "fedtiny/ft_nn.h"
+#include "ft_nn_dot.h"
 #include "ft_nn_support.h"
 
 #include <stddef.h>
@@ -19,6 +20,24 @@ static void ft_fc_rows(const cmsis_nn_fc_params *p, const int32_t *mult, const i
                        int32_t batches, int32_t depth, int32_t out_c, const int8_t *input, const int8_t *filter,
                        const int32_t *bias, int8_t *output)
 {
+#if FT_NN_DSP
+    if (p->filter_offset == 0) { /* per-channel layers (TFLite's): the DSP core */
+        for (int32_t b = 0; b < batches; b++) {
+            int32_t acc[64];
+            for (int32_t o0 = 0; o0 < out_c; o0 += 64) { /* 64 outputs at a time: a bounded stack */
+                const int32_t n = out_c - o0 < 64 ? out_c - o0 : 64;
+                ft_nn_dot_rows(input + (size_t)b * depth, filter + (size_t)o0 * depth, bias != NULL ? bias + o0 : NULL,
+                          depth, n, p->input_offset, acc);
+                for (int32_t i = 0; i < n; i++) {
+                    const int32_t ch = per_channel ? o0 + i : 0;
+                    const int32_t v = ft_nn_add(ft_nn_requantize(acc[i], mult[ch], shift[ch]), p->output_offset);
+                    output[(size_t)b * out_c + o0 + i] = (int8_t)ft_nn_clamp(v, p->activation.min, p->activation.max);
+                }
+            }
+        }
+        return;
+    }
+#endif
     for (int32_t b = 0; b < batches; b++) {
         const int8_t *in = input + (size_t)b * depth;
         for (int32_t o = 0; o < out_c; o++) {
