@@ -73,7 +73,7 @@ def main() -> int:
     print(f"instructions per MAC on the emulated Cortex-M4 (CMSIS-NN: {a.cmsis_nn.name})")
     print(f"{'layer':<32} {'bundled':>8} {'CMSIS-NN':>9} {'ratio':>6}")
     for name in ours:
-        print(f"{name:<32} {ours[name]:8.2f} {theirs[name]:9.2f} {ours[name] / theirs[name]:5.1f}x")
+        print(f"{name:<32} {ours[name]:8.2f} {theirs[name]:9.2f} {ours[name] / theirs[name]:5.2f}x")
     return 0
 
 
