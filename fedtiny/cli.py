@@ -322,7 +322,20 @@ def _sweep(argv: list[str]) -> int:
     return 0
 
 
+def _one_line_config_errors(name: str, main, argv: list[str]) -> int:
+    """``main(argv)``'s exit status; a ConfigError is one line, ``fedtiny NAME: reason``, exit 2."""
+    try:
+        return main(argv)
+    except ConfigError as err:
+        print(f"fedtiny {name}: {err}", file=sys.stderr)
+        return 2
+
+
 def _import(argv: list[str]) -> int:
+    return _one_line_config_errors("import", _import_model, argv)
+
+
+def _import_model(argv: list[str]) -> int:
     """``fedtiny import MODEL.tflite``: an int8 .tflite as fedtiny's model file."""
     import argparse
 
@@ -341,11 +354,7 @@ def _import(argv: list[str]) -> int:
     ap.add_argument("--check", type=int, default=64, metavar="N",
                     help="random int8 inputs run through TFLite Micro and fedtiny (default 64; 0: none)")
     a = ap.parse_args(argv)
-    try:
-        spec, imported = import_tflite(a.model, a.trainable_layers)
-    except ConfigError as err:
-        print(f"fedtiny import: {err}", file=sys.stderr)
-        return 2
+    spec, imported = import_tflite(a.model, a.trainable_layers)
     from rich.console import Console
     from rich.table import Table
 
@@ -379,21 +388,13 @@ def _import(argv: list[str]) -> int:
 def _export(argv: list[str]) -> int:
     from fedtiny.export import main as export_main
 
-    try:
-        return export_main(argv)
-    except ConfigError as err:
-        print(f"fedtiny export: {err}", file=sys.stderr)
-        return 2
+    return _one_line_config_errors("export", export_main, argv)
 
 
 def _deploy(argv: list[str]) -> int:
     from fedtiny.export import deploy_main
 
-    try:
-        return deploy_main(argv)
-    except ConfigError as err:
-        print(f"fedtiny deploy: {err}", file=sys.stderr)
-        return 2
+    return _one_line_config_errors("deploy", deploy_main, argv)
 
 
 def _flower(argv: list[str]) -> int:
