@@ -10,6 +10,7 @@
 
 #include "fedtiny/ft_model.h"
 #include "ft_hal.h"
+#include "nn_test_util.h"
 #include "semihost.h"
 
 static uint8_t scratch[32768] __attribute__((aligned(8)));
@@ -17,26 +18,7 @@ static int8_t in_buf[16384], out_buf[16384], w_buf[16384];
 static int32_t b_buf[256], m_buf[256], s_buf[256];
 
 static uint32_t rng = 0x12345678u;
-static uint32_t next(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 17;
-    rng ^= rng << 5;
-    return rng;
-}
-
-static void put_u32(char *line, size_t *n, uint32_t v)
-{
-    char digits[12];
-    int k = 0;
-    do {
-        digits[k++] = (char)('0' + v % 10u);
-        v /= 10u;
-    } while (v > 0u);
-    while (k > 0) {
-        line[(*n)++] = digits[--k];
-    }
-}
+static uint32_t next(void) { return ft_xorshift32(&rng); }
 
 static void report(const char *name, uint32_t ticks, uint32_t macs, uint32_t reps)
 {
@@ -46,7 +28,7 @@ static void report(const char *name, uint32_t ticks, uint32_t macs, uint32_t rep
     const uint32_t v[3] = {ticks, macs, reps};
     for (int i = 0; i < 3; i++) {
         line[n++] = ' ';
-        put_u32(line, &n, v[i]);
+        ft_put_u32(line, &n, v[i]);
     }
     line[n++] = '\n';
     line[n] = '\0';

@@ -18,6 +18,7 @@
 
 #include "fedtiny/ft_model.h"
 #include "fedtiny/ft_trainer.h"
+#include "nn_test_util.h"
 
 #ifdef FT_NN_CHECK_SEMIHOST
 #include "semihost.h"
@@ -39,13 +40,7 @@ static uint8_t labels[32];
 static float params[4096];
 
 static uint32_t rng = 0x2545F491u;
-static uint32_t next(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 17;
-    rng ^= rng << 5;
-    return rng;
-}
+static uint32_t next(void) { return ft_xorshift32(&rng); }
 static int32_t between(int32_t lo, int32_t hi) { return lo + (int32_t)(next() % (uint32_t)(hi - lo + 1)); }
 
 static void say(const char *tag, uint32_t crc, int32_t count)
@@ -58,16 +53,7 @@ static void say(const char *tag, uint32_t crc, int32_t count)
         line[n++] = "0123456789abcdef"[(crc >> (4 * i)) & 0xFu];
     }
     line[n++] = ' ';
-    char digits[12];
-    int k = 0;
-    uint32_t v = (uint32_t)count;
-    do {
-        digits[k++] = (char)('0' + v % 10u);
-        v /= 10u;
-    } while (v > 0u);
-    while (k > 0) {
-        line[n++] = digits[--k];
-    }
+    ft_put_u32(line, &n, (uint32_t)count);
     line[n++] = '\n';
     line[n] = '\0';
     out_line(line);
