@@ -89,8 +89,8 @@ def host(trees, model_file, tmp_path_factory) -> dict[str, str]:
 
 def test_the_cmsis_nn_builds_compute_the_bundled_builds_bytes_on_the_host(host):
     lines = host["bundled"].splitlines()
-    assert [ln.split()[0] for ln in lines] == ["conv", "depthwise", "fc", "avgpool", "forward", "train", "END"]
-    assert all(int(ln.split()[2]) > CASES // 10 for ln in lines[:4]), lines  # cases that ran, per kernel
+    assert [ln.split()[0] for ln in lines] == ["conv", "depthwise", "fc", "avgpool", "fc_tensor", "forward", "train", "END"]
+    assert all(int(ln.split()[2]) > CASES // 10 for ln in lines[:5]), lines  # cases that ran, per kernel
     for name in TREES:
         assert host[name] == host["bundled"], name
 
@@ -113,10 +113,10 @@ def test_the_cmsis_nn_builds_compute_the_bundled_builds_bytes_on_the_emulated_m4
                               capture_output=True, text=True, timeout=600)
         text = proc.stdout + proc.stderr  # semihosting console output arrives on QEMU's stderr
         lines = [ln for ln in text.splitlines() if ln.split()[:1] and ln.split()[0] in
-                 ("conv", "depthwise", "fc", "avgpool", "forward", "train", "END", "ERROR")]
+                 ("conv", "depthwise", "fc", "avgpool", "fc_tensor", "forward", "train", "END", "ERROR")]
         assert proc.returncode == 0 and lines[-1:] == ["END"], (name, text[-1000:])
         outs[name] = lines
-    assert len(outs["bundled"]) == 7 and not any(ln.startswith("ERROR") for ln in outs["bundled"])
+    assert len(outs["bundled"]) == 8 and not any(ln.startswith("ERROR") for ln in outs["bundled"])
     for name in TREES:
         assert outs[name] == outs["bundled"], name
 

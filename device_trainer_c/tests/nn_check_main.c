@@ -5,7 +5,9 @@
  * For each frozen layer type (convolution, depthwise, fully connected, average pooling) it runs
  * `cases` random layers through ft_layer_forward_s8 (the call the trainer makes: random shapes,
  * strides, padding, dilation, depth multipliers, offsets, per-channel multipliers and shifts,
- * clamps) and prints the CRC-32 of every output and status. Given a fedtiny model file it also
+ * clamps) and prints the CRC-32 of every output and status; then `cases` per-tensor fully
+ * connected layers with a weight offset through arm_fully_connected_s8 (the trainer's layers are
+ * per-channel with symmetric weights, so this API is called directly). Given a fedtiny model file it also
  * runs its int8 prefix on random inputs and trains its head for two epochs on those features with
  * random labels, and prints the CRC-32 of the features and of the trained values' bits. Equal
  * lines from two builds mean equal bytes.
@@ -17,6 +19,7 @@
 #include <string.h>
 
 #include "fedtiny/ft_model.h"
+#include "fedtiny/ft_nn.h"
 #include "fedtiny/ft_trainer.h"
 #include "nn_test_util.h"
 
@@ -125,7 +128,8 @@ static uint32_t kernel_digest(int32_t type, int32_t cases, int32_t *ran)
                 l.ch_mult = 1;
             } else {
                 ok = window(&l, 5, 2);
-                l.ch_mult = between(1, 3);
+                l.ch_mult = between(1, 5);
+                l.ch_mult = l.ch_mult == 5 ? 8 : l.ch_mult; /* 1, 2, 3, 4 or 8 */
             }
             l.out_c = l.in_c * l.ch_mult;
             l.weight_count = l.k_h * l.k_w * l.out_c;
@@ -170,6 +174,43 @@ static uint32_t kernel_digest(int32_t type, int32_t cases, int32_t *ran)
         if (st == FT_OK) {
             crc = ft_crc32((const uint8_t *)out_buf, (uint32_t)ft_layer_out_count(&l)) ^ (crc * 0x9E3779B1u);
         }
+        (*ran)++;
+    }
+    return crc;
+}
+
+/* Per-tensor fully connected layers with a weight offset, through arm_fully_connected_s8. */
+static uint32_t fc_tensor_digest(int32_t cases, int32_t *ran)
+{
+    uint32_t crc = 0;
+    *ran = 0;
+    for (int32_t t = 0; t < cases; t++) {
+        const int32_t batches = between(1, 3), depth = between(1, 128), out_c = between(1, 64);
+        const cmsis_nn_fc_params p = {between(-127, 128), between(-127, 128), between(-128, 127),
+                                      {between(-128, 0), 127}};
+        const cmsis_nn_per_tensor_quant_params q = {(int32_t)(0x40000000u + (next() & 0x3FFFFFFFu)), between(-12, 1)};
+        const cmsis_nn_dims in_d = {batches, 1, 1, depth}, w_d = {depth, 1, 1, out_c}, b_d = {1, 1, 1, out_c};
+        const cmsis_nn_dims out_d = {batches, 1, 1, out_c};
+        for (int32_t i = 0; i < depth * out_c; i++) {
+            w_buf[i] = (int8_t)between(-128, 127);
+        }
+        for (int32_t i = 0; i < batches * depth; i++) {
+            in_buf[i] = (int8_t)(next() & 0xFFu);
+        }
+        for (int32_t c = 0; c < out_c; c++) {
+            b_buf[c] = between(-20000, 20000);
+        }
+        const int32_t need = arm_fully_connected_s8_get_buffer_size(&w_d);
+        if (need < 0 || need > (int32_t)sizeof scratch) {
+            continue;
+        }
+        const cmsis_nn_context ctx = {scratch, need};
+        memset(out_buf, 0x5A, (size_t)(batches * out_c));
+        const arm_cmsis_nn_status st = arm_fully_connected_s8(&ctx, &p, &q, &in_d, in_buf, &w_d, w_buf, &b_d,
+                                                              (t % 3) ? b_buf : NULL, &out_d, out_buf);
+        const uint32_t words[2] = {(uint32_t)st, (uint32_t)t};
+        crc = ft_crc32((const uint8_t *)out_buf, (uint32_t)(batches * out_c)) ^ (crc * 0x9E3779B1u) ^
+              ft_crc32((const uint8_t *)words, sizeof words);
         (*ran)++;
     }
     return crc;
@@ -256,6 +297,9 @@ static void run(int32_t cases, const uint8_t *model, uint32_t model_size)
         const uint32_t crc = kernel_digest(kinds[i].type, cases, &ran);
         say(kinds[i].name, crc, ran);
     }
+    int32_t ran = 0;
+    const uint32_t crc = fc_tensor_digest(cases, &ran);
+    say("fc_tensor", crc, ran);
     if (model != NULL) {
         model_digest(model, model_size);
     }

@@ -52,7 +52,7 @@ static void ft_conv_dsp(const cmsis_nn_conv_params *p, const cmsis_nn_per_channe
             int8_t *o = out + ((size_t)oy * od->w + ox) * out_c;
             for (int32_t o0 = 0; o0 < out_c; o0 += 64) {
                 const int32_t n = out_c - o0 < 64 ? out_c - o0 : 64;
-                ft_nn_dot_rows(x, w + (size_t)o0 * depth, bias != NULL ? bias + o0 : NULL, depth, n, p->input_offset,
+                ft_nn_dot_rows(x, w + (size_t)o0 * depth, bias != NULL ? bias + o0 : NULL, depth, n, p->input_offset, 0,
                                acc);
                 for (int32_t i = 0; i < n; i++) {
                     const int32_t v = ft_nn_add(ft_nn_requantize(acc[i], q->multiplier[o0 + i], q->shift[o0 + i]),

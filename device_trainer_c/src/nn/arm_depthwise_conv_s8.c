@@ -7,6 +7,7 @@
 #include "ft_nn_support.h"
 
 #include <stddef.h>
+#include <string.h>
 
 int32_t arm_depthwise_conv_wrapper_s8_get_buffer_size(const cmsis_nn_dw_conv_params *dw_conv_params,
                                                       const cmsis_nn_dims *input_dims,
@@ -94,24 +95,47 @@ static inline int32_t ft_dw_out(int32_t acc, const cmsis_nn_dw_conv_params *p, i
     return ft_nn_clamp(v, p->activation.min, p->activation.max);
 }
 
-/* One output pixel: every channel over n_y x n_x taps (n_y, n_x >= 1), four channels at a time
- * with their accumulators in registers; px/wk point at the first tap's channel 0. */
-__attribute__((noinline)) static void ft_dw_pixel(const int8_t *px, const int8_t *wk, int32_t n_y, int32_t n_x,
-                                                  size_t row, size_t step, size_t wrow, int32_t c_n,
-                                                  const cmsis_nn_dw_conv_params *p,
-                                                  const cmsis_nn_per_channel_quant_params *q, const int32_t *bias,
-                                                  int8_t *o)
+/* One tap's input for four output channels c..c+3 as two halfword pairs, the input offset added:
+ * x02 feeds channels c and c+2, x13 channels c+1 and c+3. `mult` is the depth multiplier's case:
+ * 1 (channels c..c+3 read input channels c..c+3), 2 (input channels c/2 and c/2+1, each read
+ * twice) or 4 (any multiple of 4: one input channel read four times). */
+static inline __attribute__((always_inline)) void ft_dw_in(const int8_t *xp, int32_t mult, int32_t off2,
+                                                           int32_t *x02, int32_t *x13)
+{
+    if (mult == 1) {
+        const int32_t x = ft_word(xp);
+        *x02 = __sxtab16(off2, x);
+        *x13 = ft_sxtab16_ror8(off2, x);
+    } else if (mult == 2) {
+        uint16_t h;
+        memcpy(&h, xp, 2);
+        *x02 = *x13 = __sxtab16(off2, (int32_t)((uint32_t)h | ((uint32_t)h << 8))); /* bytes 0, 2 = x[0], x[1] */
+    } else {
+        const uint32_t b = (uint8_t)*xp;
+        *x02 = *x13 = __sxtab16(off2, (int32_t)(b | (b << 16)));
+    }
+}
+
+/* One output pixel: every output channel over n_y x n_x taps (n_y, n_x >= 1), four channels at a
+ * time with their accumulators in registers; px/wk point at the first tap's channel 0, `row` and
+ * `step` step the input, `wrow` and c_out the weights. */
+static inline __attribute__((always_inline)) void ft_dw_pixel(const int8_t *px, const int8_t *wk, int32_t n_y,
+                                                              int32_t n_x, size_t row, size_t step, size_t wrow,
+                                                              int32_t c_out, int32_t mult, int32_t ch_mult,
+                                                              const cmsis_nn_dw_conv_params *p,
+                                                              const cmsis_nn_per_channel_quant_params *q,
+                                                              const int32_t *bias, int8_t *o)
 {
     const int32_t off = p->input_offset, off2 = (int32_t)(((uint32_t)(uint16_t)off << 16) | (uint16_t)off);
-    const int32_t quads = c_n & ~3;
+    const int32_t quads = c_out & ~3;
     for (int32_t c = 0; c < quads; c += 4) {
         int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-        const int8_t *xr = px + c, *wr = wk + c;
+        const int8_t *xr = px + (mult == 1 ? c : mult == 2 ? c >> 1 : c / ch_mult), *wr = wk + c;
 #define FT_DW_TAP(xp, wp)                                                                                        \
     do {                                                                                                         \
-        const int32_t x = ft_word(xp), v = ft_word(wp);                                                          \
-        const int32_t x02 = __sxtab16(off2, x), x13 = ft_sxtab16_ror8(off2, x);                                  \
-        const int32_t v02 = __sxtb16(v), v13 = ft_sxtb16_ror8(v);                                                \
+        int32_t x02, x13;                                                                                        \
+        ft_dw_in(xp, mult, off2, &x02, &x13);                                                                    \
+        const int32_t v = ft_word(wp), v02 = __sxtb16(v), v13 = ft_sxtb16_ror8(v);                               \
         a0 = __smlabb(x02, v02, a0);                                                                             \
         a2 = __smlatt(x02, v02, a2);                                                                             \
         a1 = __smlabb(x13, v13, a1);                                                                             \
@@ -120,13 +144,13 @@ __attribute__((noinline)) static void ft_dw_pixel(const int8_t *px, const int8_t
         if (n_x == 3) { /* the 3x3 fast path: a row of taps unrolled */
             for (int32_t ky = 0; ky < n_y; ky++, xr += row, wr += wrow) {
                 FT_DW_TAP(xr, wr);
-                FT_DW_TAP(xr + step, wr + c_n);
-                FT_DW_TAP(xr + 2 * step, wr + 2 * c_n);
+                FT_DW_TAP(xr + step, wr + c_out);
+                FT_DW_TAP(xr + 2 * step, wr + 2 * c_out);
             }
         } else {
             for (int32_t ky = 0; ky < n_y; ky++, xr += row, wr += wrow) {
                 const int8_t *x_p = xr, *w_p = wr;
-                for (int32_t kx = 0; kx < n_x; kx++, x_p += step, w_p += c_n) {
+                for (int32_t kx = 0; kx < n_x; kx++, x_p += step, w_p += c_out) {
                     FT_DW_TAP(x_p, w_p);
                 }
             }
@@ -141,26 +165,41 @@ __attribute__((noinline)) static void ft_dw_pixel(const int8_t *px, const int8_t
         o[c + 2] = (int8_t)ft_dw_out(a2, p, q->multiplier[c + 2], q->shift[c + 2]);
         o[c + 3] = (int8_t)ft_dw_out(a3, p, q->multiplier[c + 3], q->shift[c + 3]);
     }
-    for (int32_t c = quads; c < c_n; c++) { /* the last channels when C is not a multiple of 4 */
+    for (int32_t c = quads; c < c_out; c++) { /* the last channels when C_OUT is not a multiple of 4 */
         int32_t a = bias != NULL ? bias[c] : 0;
-        const int8_t *xr = px + c, *wr = wk + c;
+        const int8_t *xr = px + c / ch_mult, *wr = wk + c;
         for (int32_t ky = 0; ky < n_y; ky++, xr += row, wr += wrow) {
             for (int32_t kx = 0; kx < n_x; kx++) {
-                a = ft_nn_add(a, ((int32_t)xr[(size_t)kx * step] + off) * (int32_t)wr[(size_t)kx * c_n]);
+                a = ft_nn_add(a, ((int32_t)xr[(size_t)kx * step] + off) * (int32_t)wr[(size_t)kx * c_out]);
             }
         }
         o[c] = (int8_t)ft_dw_out(a, p, q->multiplier[c], q->shift[c]);
     }
 }
 
-/* Depth multiplier 1 on the DSP extension: four channels at a time (channels are contiguous in
- * input, weights and output); SXTB16/SXTAB16 widen them to halfword pairs and SMLABB/SMLATT add
- * each channel's product to its own accumulator. Padding is skipped, as in the reference. */
+#define FT_DW_PIXEL_FN(name, mult)                                                                               \
+    __attribute__((noinline)) static void name(const int8_t *px, const int8_t *wk, int32_t n_y, int32_t n_x,     \
+                                               size_t row, size_t step, size_t wrow, int32_t c_out,              \
+                                               int32_t ch_mult, const cmsis_nn_dw_conv_params *p,                \
+                                               const cmsis_nn_per_channel_quant_params *q, const int32_t *bias,  \
+                                               int8_t *o)                                                        \
+    {                                                                                                            \
+        ft_dw_pixel(px, wk, n_y, n_x, row, step, wrow, c_out, mult, mult == 4 ? ch_mult : mult, p, q, bias, o);  \
+    }
+FT_DW_PIXEL_FN(ft_dw_pixel_m1, 1)
+FT_DW_PIXEL_FN(ft_dw_pixel_m2, 2)
+FT_DW_PIXEL_FN(ft_dw_pixel_m4, 4)
+#undef FT_DW_PIXEL_FN
+
+/* Depth multiplier 1, 2 or a multiple of 4 on the DSP extension: four output channels at a time
+ * (contiguous in weights and output); SXTB16/SXTAB16 widen them to halfword pairs and
+ * SMLABB/SMLATT add each channel's product to its own accumulator. Padding is skipped, as in the
+ * reference. */
 static void ft_dw_dsp(const cmsis_nn_dw_conv_params *p, const cmsis_nn_per_channel_quant_params *q,
                       const cmsis_nn_dims *id, const int8_t *in, const cmsis_nn_dims *fd, const int8_t *w,
                       const int32_t *bias, const cmsis_nn_dims *od, int8_t *out)
 {
-    const int32_t c_n = id->c, k_w = fd->w;
+    const int32_t c_in = id->c, c_out = od->c, k_w = fd->w, m = p->ch_mult;
     for (int32_t oy = 0; oy < od->h; oy++) {
         const int32_t y0 = oy * p->stride.h - p->padding.h;
         int32_t ky0, ky1;
@@ -169,17 +208,24 @@ static void ft_dw_dsp(const cmsis_nn_dw_conv_params *p, const cmsis_nn_per_chann
             const int32_t x0 = ox * p->stride.w - p->padding.w;
             int32_t kx0, kx1;
             ft_taps(x0, p->dilation.w, id->w, k_w, &kx0, &kx1);
-            int8_t *o = out + ((size_t)oy * od->w + ox) * c_n;
+            int8_t *o = out + ((size_t)oy * od->w + ox) * c_out;
             if (ky1 <= ky0 || kx1 <= kx0) { /* the window lies wholly in the padding: the bias alone */
-                for (int32_t c = 0; c < c_n; c++) {
+                for (int32_t c = 0; c < c_out; c++) {
                     o[c] = (int8_t)ft_dw_out(bias != NULL ? bias[c] : 0, p, q->multiplier[c], q->shift[c]);
                 }
                 continue;
             }
-            const int8_t *px = in + ((size_t)(y0 + ky0 * p->dilation.h) * id->w + (size_t)(x0 + kx0 * p->dilation.w)) * c_n;
-            const int8_t *wk = w + ((size_t)ky0 * k_w + kx0) * c_n;
-            ft_dw_pixel(px, wk, ky1 - ky0, kx1 - kx0, (size_t)p->dilation.h * id->w * c_n, (size_t)p->dilation.w * c_n,
-                        (size_t)k_w * c_n, c_n, p, q, bias, o);
+            const int8_t *px = in + ((size_t)(y0 + ky0 * p->dilation.h) * id->w + (size_t)(x0 + kx0 * p->dilation.w)) * c_in;
+            const int8_t *wk = w + ((size_t)ky0 * k_w + kx0) * c_out;
+            const size_t row = (size_t)p->dilation.h * id->w * c_in, step = (size_t)p->dilation.w * c_in;
+            const size_t wrow = (size_t)k_w * c_out;
+            if (m == 1) {
+                ft_dw_pixel_m1(px, wk, ky1 - ky0, kx1 - kx0, row, step, wrow, c_out, m, p, q, bias, o);
+            } else if (m == 2) {
+                ft_dw_pixel_m2(px, wk, ky1 - ky0, kx1 - kx0, row, step, wrow, c_out, m, p, q, bias, o);
+            } else {
+                ft_dw_pixel_m4(px, wk, ky1 - ky0, kx1 - kx0, row, step, wrow, c_out, m, p, q, bias, o);
+            }
         }
     }
 }
@@ -194,7 +240,9 @@ arm_cmsis_nn_status arm_depthwise_conv_wrapper_s8(const cmsis_nn_context *ctx,
                                                   const cmsis_nn_dims *output_dims, int8_t *output_data)
 {
 #if FT_NN_DSP
-    if (dw_conv_params->ch_mult == 1 && output_dims->c == input_dims->c && filter_dims->c == input_dims->c) {
+    const int32_t m = dw_conv_params->ch_mult;
+    if ((m == 1 || m == 2 || (m > 0 && m % 4 == 0)) && output_dims->c == input_dims->c * m &&
+        filter_dims->c == output_dims->c) {
         for (int32_t b = 0; b < input_dims->n; b++) {
             ft_dw_dsp(dw_conv_params, quant_params, input_dims,
                       input_data + (size_t)b * input_dims->h * input_dims->w * input_dims->c, filter_dims, filter_data,
