@@ -10,7 +10,9 @@ under ``-icount shift=0`` (one instruction per virtual nanosecond; the FPGAIO co
 calibrated by a spin loop of known length in the same run) and prints a table. Instructions are
 not cycles (loads, stores and branches take more than one cycle on a Cortex-M4); ``-O2``
 (Release), ``-mcpu=cortex-m4 -mfpu=fpv4-sp-d16``, ``__ARM_FEATURE_DSP`` defined by the compiler.
-For average pooling the count is per input element.
+For average pooling the count is per input element. A second table gives the float32 training
+kernels of the trainable layers (forward, and backward per MAC of the weight and input
+gradients), float weights and the int8 view of QAS training; CMSIS-NN has no part in them.
 """
 
 from __future__ import annotations
@@ -73,7 +75,15 @@ def main() -> int:
     print(f"instructions per MAC on the emulated Cortex-M4 (CMSIS-NN: {a.cmsis_nn.name})")
     print(f"{'layer':<32} {'bundled':>8} {'CMSIS-NN':>9} {'ratio':>6}")
     for name in ours:
-        print(f"{name:<32} {ours[name]:8.2f} {theirs[name]:9.2f} {ours[name] / theirs[name]:5.2f}x")
+        if not name.startswith("f32_"):
+            print(f"{name:<32} {ours[name]:8.2f} {theirs[name]:9.2f} {ours[name] / theirs[name]:5.2f}x")
+    print()
+    print("float32 training kernels (fedtiny's own; backward = weight and input gradients, 2 MACs each)")
+    print(f"{'layer':<32} {'forward':>8} {'backward':>9}")
+    for name in ours:
+        if name.startswith("f32_") and name.endswith("_fwd"):
+            base = name.removesuffix("_fwd")
+            print(f"{base.removeprefix('f32_'):<32} {ours[name]:8.2f} {ours[base + '_bwd']:9.2f}")
     return 0
 
 

@@ -166,6 +166,10 @@ def test_the_kernel_benchmark_prints_its_table(tmp_path):
                            str(archive_dir() / TREES["v7.0.0"])], capture_output=True, text=True, cwd=tmp_path,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [ln.split() for ln in proc.stdout.splitlines()[2:]]
-    assert [r[0].split("_")[0] for r in rows] == ["fc", "conv", "conv", "conv", "depthwise", "depthwise", "avgpool"]
+    int8_table, f32_table = proc.stdout.split("\n\n")
+    rows = [ln.split() for ln in int8_table.splitlines()[2:]]
+    assert [r[0].split("_")[0] for r in rows] == ["fc", "conv", "conv", "conv", "depthwise", "depthwise", "depthwise", "avgpool"]
     assert all(len(r) == 4 and r[3].endswith("x") and float(r[1]) > 0 and float(r[2]) > 0 for r in rows), rows
+    rows = [ln.split() for ln in f32_table.splitlines()[2:]]
+    assert [r[0].split("_")[0] for r in rows] == ["fc", "fc", "conv", "conv", "depthwise"], rows
+    assert all(len(r) == 3 and float(r[1]) > 0 and float(r[2]) > 0 for r in rows), rows

@@ -390,6 +390,43 @@ static inline float ft_sgd(const ft_train_config *c, float p, float g, float inv
     return p - c->lr * ft_sgd_dir(c, p, g, inv_n, m, a);
 }
 
+/* ft_sgd over n float weights w[j * ws] with gradients g[j * gs] (momentum and anchor alongside
+ * the gradient), with the per-weight tests for momentum and anchor taken once: the same
+ * operations as ft_sgd, weight by weight. */
+static inline __attribute__((always_inline)) void ft_sgd_run(const ft_train_config *c, float *w, int32_t ws,
+                                                             const float *g, float *m, const float *a, int32_t gs,
+                                                             int32_t n, float inv_n, int has_m, int has_a)
+{
+    const float lr = c->lr, wd = c->weight_decay, mu = c->prox_mu, beta = c->momentum;
+    for (int32_t j = 0; j < n; j++, w += ws, g += gs) {
+        const float p = *w;
+        float d = *g * inv_n + wd * p;
+        if (has_a) {
+            d = d + mu * (p - a[(size_t)j * gs]);
+        }
+        if (has_m) {
+            float *mj = m + (size_t)j * gs;
+            *mj = beta * *mj + d;
+            d = *mj;
+        }
+        *w = p - lr * d;
+    }
+}
+
+static void ft_sgd_row(const ft_train_config *c, float *w, int32_t ws, const float *g, float *m, const float *a,
+                       int32_t gs, int32_t n, float inv_n)
+{
+    if (m != NULL && a != NULL) {
+        ft_sgd_run(c, w, ws, g, m, a, gs, n, inv_n, 1, 1);
+    } else if (m != NULL) {
+        ft_sgd_run(c, w, ws, g, m, NULL, gs, n, inv_n, 1, 0);
+    } else if (a != NULL) {
+        ft_sgd_run(c, w, ws, g, NULL, a, gs, n, inv_n, 0, 1);
+    } else {
+        ft_sgd_run(c, w, ws, g, NULL, NULL, gs, n, inv_n, 0, 0);
+    }
+}
+
 /* QAS step of int8 weight q with scale sc (see FT_PRECISION_INT8). */
 static int8_t ft_step_s8(ft_trainer *tr, int8_t q, float sc, float d)
 {
@@ -425,17 +462,20 @@ ft_status ft_trainer_apply(ft_trainer *tr, int32_t n)
         if (s->gw != NULL) {
             for (int32_t oc = 0; oc < l->out_c; oc++) {
                 const int32_t r = ft_grad_row(s, oc);
-                for (int32_t j = 0; r >= 0 && j < s->row; j++) {
+                if (r >= 0 && s->q == NULL) { /* float weights: the channel's row in one run */
+                    const int32_t gi = ft_grad_index(l, s, oc, 0), dw = l->type == FT_LAYER_DWCONV2D;
+                    const int32_t gs = dw && s->slot == NULL ? l->out_c : 1;
+                    ft_sgd_row(c, s->w + ft_layer_widx_f32(l, oc, 0, s->row), dw ? l->out_c : 1, s->gw + gi,
+                               s->mw != NULL ? s->mw + gi : NULL, s->aw != NULL ? s->aw + gi : NULL, gs, s->row,
+                               inv_n);
+                    continue;
+                }
+                for (int32_t j = 0; r >= 0 && j < s->row; j++) { /* int8 weights (QAS) */
                     const int32_t gi = ft_grad_index(l, s, oc, j);
                     float *mom = s->mw != NULL ? s->mw + gi : NULL;
                     const float *anchor = s->aw != NULL ? s->aw + gi : NULL;
-                    if (s->q != NULL) {
-                        const float w = (float)s->q[gi] * s->qs[r];
-                        s->q[gi] = ft_step_s8(tr, s->q[gi], s->qs[r], ft_sgd_dir(c, w, s->gw[gi], inv_n, mom, anchor));
-                    } else {
-                        const int32_t wi = ft_layer_widx_f32(l, oc, j, s->row);
-                        s->w[wi] = ft_sgd(c, s->w[wi], s->gw[gi], inv_n, mom, anchor);
-                    }
+                    const float w = (float)s->q[gi] * s->qs[r];
+                    s->q[gi] = ft_step_s8(tr, s->q[gi], s->qs[r], ft_sgd_dir(c, w, s->gw[gi], inv_n, mom, anchor));
                 }
             }
         }
