@@ -168,7 +168,7 @@ def test_the_kernel_benchmark_prints_its_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     int8_table, f32_table = proc.stdout.split("\n\n")
     rows = [ln.split() for ln in int8_table.splitlines()[2:]]
-    assert [r[0].split("_")[0] for r in rows] == ["fc", "conv", "conv", "conv", "depthwise", "depthwise", "depthwise", "avgpool"]
+    assert [r[0].split("_")[0] for r in rows] == ["fc", "conv", "conv", "conv", "depthwise", "depthwise", "depthwise", "depthwise", "depthwise", "avgpool"]
     assert all(len(r) == 4 and r[3].endswith("x") and float(r[1]) > 0 and float(r[2]) > 0 for r in rows), rows
     rows = [ln.split() for ln in f32_table.splitlines()[2:]]
     assert [r[0].split("_")[0] for r in rows] == ["fc", "fc", "conv", "conv", "depthwise"], rows

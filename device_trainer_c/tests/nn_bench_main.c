@@ -155,10 +155,17 @@ int main(void)
     bench("conv_3x3_12x12x16to16", &c3, 12u * 12u * 16u * 9u * 16u, 2u);
     ft_layer dw3 = layer(FT_LAYER_DWCONV2D, 16, 16, 32, 3, 1, 1, 32, 1);
     bench("depthwise_3x3_16x16x32", &dw3, 16u * 16u * 32u * 9u, 4u);
+    ft_layer dw1d = layer(FT_LAYER_DWCONV2D, 1, 25, 32, 1, 0, 1, 32, 1); /* the default IMU model's */
+    dw1d.k_w = 3;
+    dw1d.pad_w = 1;
+    dw1d.out_w = 25;
+    bench("depthwise_1d_k3_25x32", &dw1d, 25u * 32u * 3u, 16u);
     ft_layer dw5 = layer(FT_LAYER_DWCONV2D, 12, 12, 8, 5, 2, 1, 16, 2);
     bench("depthwise_5x5_mult2_12x12x8", &dw5, 12u * 12u * 16u * 25u, 4u);
     ft_layer dw4 = layer(FT_LAYER_DWCONV2D, 12, 12, 8, 3, 1, 1, 32, 4);
     bench("depthwise_3x3_mult4_12x12x8", &dw4, 12u * 12u * 32u * 9u, 4u);
+    ft_layer dw3m = layer(FT_LAYER_DWCONV2D, 12, 12, 8, 3, 1, 1, 24, 3);
+    bench("depthwise_3x3_mult3_12x12x8", &dw3m, 12u * 12u * 24u * 9u, 4u);
     ft_layer pool = layer(FT_LAYER_AVGPOOL, 8, 8, 64, 8, 0, 1, 64, 1);
     bench("avgpool_global_8x8x64", &pool, 8u * 8u * 64u, 8u); /* "MACs": input elements */
 

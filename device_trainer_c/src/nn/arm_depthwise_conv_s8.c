@@ -98,9 +98,10 @@ static inline int32_t ft_dw_out(int32_t acc, const cmsis_nn_dw_conv_params *p, i
 /* One tap's input for four output channels c..c+3 as two halfword pairs, the input offset added:
  * x02 feeds channels c and c+2, x13 channels c+1 and c+3. `mult` is the depth multiplier's case:
  * 1 (channels c..c+3 read input channels c..c+3), 2 (input channels c/2 and c/2+1, each read
- * twice) or 4 (any multiple of 4: one input channel read four times). */
-static inline __attribute__((always_inline)) void ft_dw_in(const int8_t *xp, int32_t mult, int32_t off2,
-                                                           int32_t *x02, int32_t *x13)
+ * twice), 4 (any multiple of 4: one input channel read four times) or 0 (any other multiplier:
+ * channel c+i reads the input byte d[i] after xp's, d[0] = 0). */
+static inline __attribute__((always_inline)) void ft_dw_in(const int8_t *xp, int32_t mult, const int32_t *d,
+                                                           int32_t off2, int32_t *x02, int32_t *x13)
 {
     if (mult == 1) {
         const int32_t x = ft_word(xp);
@@ -110,9 +111,12 @@ static inline __attribute__((always_inline)) void ft_dw_in(const int8_t *xp, int
         uint16_t h;
         memcpy(&h, xp, 2);
         *x02 = *x13 = __sxtab16(off2, (int32_t)((uint32_t)h | ((uint32_t)h << 8))); /* bytes 0, 2 = x[0], x[1] */
-    } else {
+    } else if (mult == 4) {
         const uint32_t b = (uint8_t)*xp;
         *x02 = *x13 = __sxtab16(off2, (int32_t)(b | (b << 16)));
+    } else { /* bytes 0 and 2 of each word are the two channels' inputs */
+        *x02 = __sxtab16(off2, (int32_t)((uint32_t)(uint8_t)xp[0] | ((uint32_t)(uint8_t)xp[d[2]] << 16)));
+        *x13 = __sxtab16(off2, (int32_t)((uint32_t)(uint8_t)xp[d[1]] | ((uint32_t)(uint8_t)xp[d[3]] << 16)));
     }
 }
 
@@ -131,10 +135,16 @@ static inline __attribute__((always_inline)) void ft_dw_pixel(const int8_t *px, 
     for (int32_t c = 0; c < quads; c += 4) {
         int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
         const int8_t *xr = px + (mult == 1 ? c : mult == 2 ? c >> 1 : c / ch_mult), *wr = wk + c;
+        int32_t d[4] = {0, 0, 0, 0}; /* the generic multiplier's input channel of c+i, after c's */
+        if (mult == 0) {
+            for (int32_t i = 1; i < 4; i++) {
+                d[i] = (c + i) / ch_mult - c / ch_mult;
+            }
+        }
 #define FT_DW_TAP(xp, wp)                                                                                        \
     do {                                                                                                         \
         int32_t x02, x13;                                                                                        \
-        ft_dw_in(xp, mult, off2, &x02, &x13);                                                                    \
+        ft_dw_in(xp, mult, d, off2, &x02, &x13);                                                                 \
         const int32_t v = ft_word(wp), v02 = __sxtb16(v), v13 = ft_sxtb16_ror8(v);                               \
         a0 = __smlabb(x02, v02, a0);                                                                             \
         a2 = __smlatt(x02, v02, a2);                                                                             \
@@ -184,17 +194,19 @@ static inline __attribute__((always_inline)) void ft_dw_pixel(const int8_t *px, 
                                                const cmsis_nn_per_channel_quant_params *q, const int32_t *bias,  \
                                                int8_t *o)                                                        \
     {                                                                                                            \
-        ft_dw_pixel(px, wk, n_y, n_x, row, step, wrow, c_out, mult, mult == 4 ? ch_mult : mult, p, q, bias, o);  \
+        ft_dw_pixel(px, wk, n_y, n_x, row, step, wrow, c_out, mult, mult == 1 || mult == 2 ? mult : ch_mult, p, q, \
+                    bias, o);                                                                                    \
     }
 FT_DW_PIXEL_FN(ft_dw_pixel_m1, 1)
 FT_DW_PIXEL_FN(ft_dw_pixel_m2, 2)
 FT_DW_PIXEL_FN(ft_dw_pixel_m4, 4)
+FT_DW_PIXEL_FN(ft_dw_pixel_any, 0)
 #undef FT_DW_PIXEL_FN
 
-/* Depth multiplier 1, 2 or a multiple of 4 on the DSP extension: four output channels at a time
- * (contiguous in weights and output); SXTB16/SXTAB16 widen them to halfword pairs and
- * SMLABB/SMLATT add each channel's product to its own accumulator. Padding is skipped, as in the
- * reference. */
+/* Any depth multiplier on the DSP extension (1, 2 and multiples of 4 with fewer loads): four
+ * output channels at a time (contiguous in weights and output); SXTB16/SXTAB16 widen them to
+ * halfword pairs and SMLABB/SMLATT add each channel's product to its own accumulator. Padding is
+ * skipped, as in the reference. */
 static void ft_dw_dsp(const cmsis_nn_dw_conv_params *p, const cmsis_nn_per_channel_quant_params *q,
                       const cmsis_nn_dims *id, const int8_t *in, const cmsis_nn_dims *fd, const int8_t *w,
                       const int32_t *bias, const cmsis_nn_dims *od, int8_t *out)
@@ -223,8 +235,10 @@ static void ft_dw_dsp(const cmsis_nn_dw_conv_params *p, const cmsis_nn_per_chann
                 ft_dw_pixel_m1(px, wk, ky1 - ky0, kx1 - kx0, row, step, wrow, c_out, m, p, q, bias, o);
             } else if (m == 2) {
                 ft_dw_pixel_m2(px, wk, ky1 - ky0, kx1 - kx0, row, step, wrow, c_out, m, p, q, bias, o);
-            } else {
+            } else if (m % 4 == 0) {
                 ft_dw_pixel_m4(px, wk, ky1 - ky0, kx1 - kx0, row, step, wrow, c_out, m, p, q, bias, o);
+            } else {
+                ft_dw_pixel_any(px, wk, ky1 - ky0, kx1 - kx0, row, step, wrow, c_out, m, p, q, bias, o);
             }
         }
     }
@@ -241,8 +255,7 @@ arm_cmsis_nn_status arm_depthwise_conv_wrapper_s8(const cmsis_nn_context *ctx,
 {
 #if FT_NN_DSP
     const int32_t m = dw_conv_params->ch_mult;
-    if ((m == 1 || m == 2 || (m > 0 && m % 4 == 0)) && output_dims->c == input_dims->c * m &&
-        filter_dims->c == output_dims->c) {
+    if (m >= 1 && output_dims->c == input_dims->c * m && filter_dims->c == output_dims->c) {
         for (int32_t b = 0; b < input_dims->n; b++) {
             ft_dw_dsp(dw_conv_params, quant_params, input_dims,
                       input_data + (size_t)b * input_dims->h * input_dims->w * input_dims->c, filter_dims, filter_data,

@@ -211,21 +211,25 @@ static inline void ft_axpy_wq(float *y, float a, const ft_wview *v, int32_t oc, 
 #define FT_W(oc, j, idx) (v->f[(idx)])
 #define FT_DOT(acc, oc, j, idx, x, n) ft_dot_f32((acc), v->f + (idx), (x), (n))
 #define FT_AXPY(y, a, oc, j, idx, n) ft_axpy_f32((y), (a), v->f + (idx), (n))
+#define FT_PLAIN_WEIGHTS 1
 #include "ft_layers_f32_impl.inc"
 #undef FT_NAME
 #undef FT_W
 #undef FT_DOT
 #undef FT_AXPY
+#undef FT_PLAIN_WEIGHTS
 
 #define FT_NAME(x) ft_##x##_int8
 #define FT_W(oc, j, idx) ft_wq(v, (oc), (j), (idx))
 #define FT_DOT(acc, oc, j, idx, x, n) ft_dot_wq((acc), v, (oc), (j), (idx), (x), (n))
 #define FT_AXPY(y, a, oc, j, idx, n) ft_axpy_wq((y), (a), v, (oc), (j), (idx), (n))
+#define FT_PLAIN_WEIGHTS 0
 #include "ft_layers_f32_impl.inc"
 #undef FT_NAME
 #undef FT_W
 #undef FT_DOT
 #undef FT_AXPY
+#undef FT_PLAIN_WEIGHTS
 
 void ft_layer_forward_f32(const ft_layer *l, const ft_wview *w, const float *b, const float *in, float *out)
 {
