@@ -1,5 +1,5 @@
 """Instructions per MAC of fedtiny's int8 kernels on the emulated Cortex-M4, bundled against
-CMSIS-NN, side by side in one run (issue 22).
+CMSIS-NN, side by side in one run.
 
     python benchmarks/kernels_m4.py [--cmsis-nn DIR_OR_ARCHIVE]
 
