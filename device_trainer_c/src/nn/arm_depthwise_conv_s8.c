@@ -79,16 +79,6 @@ arm_cmsis_nn_status arm_depthwise_conv_s8(const cmsis_nn_context *ctx,
 }
 
 #if FT_NN_DSP
-/* The taps k in [lo, hi) whose input position base + k * dilation lies in [0, size). */
-static void ft_taps(int32_t base, int32_t dilation, int32_t size, int32_t k, int32_t *lo, int32_t *hi)
-{
-    *lo = base < 0 ? (-base + dilation - 1) / dilation : 0;
-    *hi = size - base <= 0 ? 0 : (size - base + dilation - 1) / dilation;
-    if (*hi > k) {
-        *hi = k;
-    }
-}
-
 static inline int32_t ft_dw_out(int32_t acc, const cmsis_nn_dw_conv_params *p, int32_t mult, int32_t shift)
 {
     const int32_t v = ft_nn_add(ft_nn_requantize(acc, mult, shift), p->output_offset);
@@ -215,11 +205,11 @@ static void ft_dw_dsp(const cmsis_nn_dw_conv_params *p, const cmsis_nn_per_chann
     for (int32_t oy = 0; oy < od->h; oy++) {
         const int32_t y0 = oy * p->stride.h - p->padding.h;
         int32_t ky0, ky1;
-        ft_taps(y0, p->dilation.h, id->h, fd->h, &ky0, &ky1);
+        ft_nn_taps(y0, p->dilation.h, id->h, fd->h, &ky0, &ky1);
         for (int32_t ox = 0; ox < od->w; ox++) {
             const int32_t x0 = ox * p->stride.w - p->padding.w;
             int32_t kx0, kx1;
-            ft_taps(x0, p->dilation.w, id->w, k_w, &kx0, &kx1);
+            ft_nn_taps(x0, p->dilation.w, id->w, k_w, &kx0, &kx1);
             int8_t *o = out + ((size_t)oy * od->w + ox) * c_out;
             if (ky1 <= ky0 || kx1 <= kx0) { /* the window lies wholly in the padding: the bias alone */
                 for (int32_t c = 0; c < c_out; c++) {

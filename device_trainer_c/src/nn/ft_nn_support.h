@@ -3,7 +3,7 @@
  *   1. left-shift by max(shift, 0) (wrapping 32-bit, like the reference on Cortex-M),
  *   2. saturating-free rounding doubling high multiply: (a*b + 2^30) >> 31,
  *   3. rounding divide by 2^max(-shift, 0), rounding half away from zero.
- * Private to the reference kernels and the trainer.
+ * Private to the reference kernels and the trainer (which also uses ft_nn_taps).
  */
 #ifndef FT_NN_SUPPORT_H
 #define FT_NN_SUPPORT_H
@@ -50,6 +50,17 @@ static inline int32_t ft_nn_add(int32_t acc, int32_t v)
 static inline int32_t ft_nn_clamp(int32_t v, int32_t lo, int32_t hi)
 {
     return v < lo ? lo : (v > hi ? hi : v);
+}
+
+/* The taps k in [*lo, *hi) of a window of k taps whose input position base + k * dilation lies in
+ * [0, size): the part of a convolution window inside the input (empty when *hi <= *lo). */
+static inline void ft_nn_taps(int32_t base, int32_t dilation, int32_t size, int32_t k, int32_t *lo, int32_t *hi)
+{
+    *lo = base < 0 ? (-base + dilation - 1) / dilation : 0;
+    *hi = size - base <= 0 ? 0 : (size - base + dilation - 1) / dilation;
+    if (*hi > k) {
+        *hi = k;
+    }
 }
 
 #endif /* FT_NN_SUPPORT_H */

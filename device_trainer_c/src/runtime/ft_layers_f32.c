@@ -1,5 +1,6 @@
 /* Float32 trainable layers: forward and backward for one sample. See ft_layers_f32.h. */
 #include "ft_layers_f32.h"
+#include "ft_nn_support.h"
 
 #include <stddef.h>
 #include <string.h>
@@ -31,15 +32,6 @@ static float ft_act_f32(int32_t act, float v)
         }                                                                                       \
     }
 
-/* The taps k in [*lo, *hi) of a kernel of size k whose input position base + k * dil lies in
- * [0, size). */
-static inline void ft_span(int32_t base, int32_t dil, int32_t size, int32_t k, int32_t *lo, int32_t *hi)
-{
-    *lo = base < 0 ? (-base + dil - 1) / dil : 0;
-    *hi = size - base <= 0 ? 0 : (size - base + dil - 1) / dil;
-    *hi = *hi > k ? k : *hi;
-}
-
 /* A convolution's window at output position (oy, ox) as runs of contiguous taps: rows ky0..ky1,
  * and per row `runs` runs of `len` values from column kx0 on (input and weights alike): with
  * dilation 1 the row's taps inside the input are one run of (kx1 - kx0) * in_c values, otherwise
@@ -55,8 +47,8 @@ static inline ft_win ft_window(const ft_layer *l, int32_t oy, int32_t ox)
     int32_t kx1;
     w.by = oy * l->stride_h - l->pad_h;
     w.bx = ox * l->stride_w - l->pad_w;
-    ft_span(w.by, l->dil_h, l->in_h, l->k_h, &w.ky0, &w.ky1);
-    ft_span(w.bx, l->dil_w, l->in_w, l->k_w, &w.kx0, &kx1);
+    ft_nn_taps(w.by, l->dil_h, l->in_h, l->k_h, &w.ky0, &w.ky1);
+    ft_nn_taps(w.bx, l->dil_w, l->in_w, l->k_w, &w.kx0, &kx1);
     w.runs = kx1 <= w.kx0 ? 0 : (l->dil_w == 1 ? 1 : kx1 - w.kx0);
     w.len = l->dil_w == 1 ? (kx1 - w.kx0) * l->in_c : l->in_c;
     return w;
