@@ -682,12 +682,22 @@ static void cmd_deploy(const ft_frame *f)
     reply(f, (uint8_t)(f->type | FT_PROTO_REPLY), r, 8);
 }
 
-static void cmd_deploy_data(const ft_frame *f)
+/* The slot a DEPLOY opened and is still being written, or NULL (replied: NOT_INITIALIZED). */
+static ft_slot *writing_slot(const ft_frame *f)
 {
-    uint8_t r[8];
     ft_slot *h = deploying < 2u ? slot_header(deploying) : NULL;
     if (h == NULL || h->state != SLOT_WRITING) {
         reply_status(f, FT_ERR_NOT_INITIALIZED);
+        return NULL;
+    }
+    return h;
+}
+
+static void cmd_deploy_data(const ft_frame *f)
+{
+    uint8_t r[8];
+    ft_slot *h = writing_slot(f);
+    if (h == NULL) {
         return;
     }
     const uint32_t off = f->length >= 4u ? get32(f->payload) : 0xFFFFFFFFu, n = f->length >= 4u ? f->length - 4u : 0u;
@@ -709,9 +719,8 @@ static void cmd_deploy_data(const ft_frame *f)
 static void cmd_deploy_commit(const ft_frame *f)
 {
     uint8_t r[24];
-    ft_slot *h = deploying < 2u ? slot_header(deploying) : NULL;
-    if (h == NULL || h->state != SLOT_WRITING) {
-        reply_status(f, FT_ERR_NOT_INITIALIZED);
+    ft_slot *h = writing_slot(f);
+    if (h == NULL) {
         return;
     }
     const uint32_t s_new = deploying;

@@ -93,7 +93,7 @@ arm_cmsis_nn_status arm_depthwise_conv_s8(const cmsis_nn_context *ctx,
                                           const cmsis_nn_dims *bias_dims, const int32_t *bias_data,
                                           const cmsis_nn_dims *output_dims, int8_t *output_data);
 /* The depthwise entry point the trainer calls: CMSIS-NN picks its fast paths (3x3, ch_mult 1) here;
- * the bundled one runs arm_depthwise_conv_s8. */
+ * the bundled one runs its DSP-extension kernel on Cortex-M4/M7, arm_depthwise_conv_s8 elsewhere. */
 arm_cmsis_nn_status arm_depthwise_conv_wrapper_s8(const cmsis_nn_context *ctx,
                                                   const cmsis_nn_dw_conv_params *dw_conv_params,
                                                   const cmsis_nn_per_channel_quant_params *quant_params,

@@ -1,6 +1,7 @@
 /*
- * Reference int8 depthwise convolution with CMSIS-NN's arithmetic.
- * Output channel oc = ic * ch_mult + m reads input channel ic; filter [1, HK, WK, C_OUT].
+ * Reference int8 depthwise convolution with CMSIS-NN's arithmetic, and the same sums on the DSP
+ * extension (the wrapper, under __ARM_FEATURE_DSP). Output channel oc = ic * ch_mult + m reads
+ * input channel ic; filter [1, HK, WK, C_OUT].
  */
 #include "fedtiny/ft_nn.h"
 #include "ft_nn_dot.h"

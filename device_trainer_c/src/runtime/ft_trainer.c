@@ -370,60 +370,53 @@ ft_status ft_trainer_accumulate(ft_trainer *tr, const ft_dataset *data, const ui
     return FT_OK;
 }
 
+/* The hyperparameters of one SGD step, read from the config once: a float store through a
+ * weight pointer could alias the config and force a reload per weight. */
+typedef struct {
+    float lr, wd, mu, beta, inv_n;
+} ft_sgd_k;
+
 /* The SGD direction d = g/n + wd p + prox (p - anchor), through momentum when enabled;
  * the step is p - lr * d (float) or q - lr * d / s (int8, QAS). */
-static inline float ft_sgd_dir(const ft_train_config *c, float p, float g, float inv_n, float *m, const float *a)
+static inline float ft_sgd_dir(const ft_sgd_k *k, float p, float g, float *m, const float *a)
 {
-    float d = g * inv_n + c->weight_decay * p;
+    float d = g * k->inv_n + k->wd * p;
     if (a != NULL) {
-        d = d + c->prox_mu * (p - *a);
+        d = d + k->mu * (p - *a);
     }
     if (m != NULL) {
-        *m = c->momentum * *m + d;
+        *m = k->beta * *m + d;
         d = *m;
     }
     return d;
 }
 
-static inline float ft_sgd(const ft_train_config *c, float p, float g, float inv_n, float *m, const float *a)
-{
-    return p - c->lr * ft_sgd_dir(c, p, g, inv_n, m, a);
-}
-
-/* ft_sgd over n float weights w[j * ws] with gradients g[j * gs] (momentum and anchor alongside
- * the gradient), with the per-weight tests for momentum and anchor taken once: the same
- * operations as ft_sgd, weight by weight. */
-static inline __attribute__((always_inline)) void ft_sgd_run(const ft_train_config *c, float *w, int32_t ws,
+/* The float step over n weights w[j * ws] with gradients g[j * gs] (momentum and anchor
+ * alongside the gradient); has_m and has_a are constants, so the tests for momentum and anchor
+ * are taken once per run, not per weight. */
+static inline __attribute__((always_inline)) void ft_sgd_run(const ft_sgd_k *k, float *w, int32_t ws,
                                                              const float *g, float *m, const float *a, int32_t gs,
-                                                             int32_t n, float inv_n, int has_m, int has_a)
+                                                             int32_t n, int has_m, int has_a)
 {
-    const float lr = c->lr, wd = c->weight_decay, mu = c->prox_mu, beta = c->momentum;
+    const ft_sgd_k kk = *k;
     for (int32_t j = 0; j < n; j++, w += ws, g += gs) {
         const float p = *w;
-        float d = *g * inv_n + wd * p;
-        if (has_a) {
-            d = d + mu * (p - a[(size_t)j * gs]);
-        }
-        if (has_m) {
-            float *mj = m + (size_t)j * gs;
-            *mj = beta * *mj + d;
-            d = *mj;
-        }
-        *w = p - lr * d;
+        const float d = ft_sgd_dir(&kk, p, *g, has_m ? m + (size_t)j * gs : NULL, has_a ? a + (size_t)j * gs : NULL);
+        *w = p - kk.lr * d;
     }
 }
 
-static void ft_sgd_row(const ft_train_config *c, float *w, int32_t ws, const float *g, float *m, const float *a,
-                       int32_t gs, int32_t n, float inv_n)
+static void ft_sgd_row(const ft_sgd_k *k, float *w, int32_t ws, const float *g, float *m, const float *a,
+                       int32_t gs, int32_t n)
 {
     if (m != NULL && a != NULL) {
-        ft_sgd_run(c, w, ws, g, m, a, gs, n, inv_n, 1, 1);
+        ft_sgd_run(k, w, ws, g, m, a, gs, n, 1, 1);
     } else if (m != NULL) {
-        ft_sgd_run(c, w, ws, g, m, NULL, gs, n, inv_n, 1, 0);
+        ft_sgd_run(k, w, ws, g, m, NULL, gs, n, 1, 0);
     } else if (a != NULL) {
-        ft_sgd_run(c, w, ws, g, NULL, a, gs, n, inv_n, 0, 1);
+        ft_sgd_run(k, w, ws, g, NULL, a, gs, n, 0, 1);
     } else {
-        ft_sgd_run(c, w, ws, g, NULL, NULL, gs, n, inv_n, 0, 0);
+        ft_sgd_run(k, w, ws, g, NULL, NULL, gs, n, 0, 0);
     }
 }
 
@@ -453,8 +446,8 @@ ft_status ft_trainer_apply(ft_trainer *tr, int32_t n)
         return FT_ERR_BAD_CONFIG;
     }
     FT_PROBE(tr, FT_PROBE_BEGIN_APPLY, -1);
-    const float inv_n = 1.0f / (float)n;
     const ft_train_config *c = &tr->cfg;
+    const ft_sgd_k sk = {c->lr, c->weight_decay, c->prox_mu, c->momentum, 1.0f / (float)n};
     const ft_model *m = tr->model;
     for (int32_t k = 0; k < m->num_layers - m->first_trainable; k++) {
         const ft_layer *l = &m->layers[m->first_trainable + k];
@@ -465,9 +458,8 @@ ft_status ft_trainer_apply(ft_trainer *tr, int32_t n)
                 if (r >= 0 && s->q == NULL) { /* float weights: the channel's row in one run */
                     const int32_t gi = ft_grad_index(l, s, oc, 0), dw = l->type == FT_LAYER_DWCONV2D;
                     const int32_t gs = dw && s->slot == NULL ? l->out_c : 1;
-                    ft_sgd_row(c, s->w + ft_layer_widx_f32(l, oc, 0, s->row), dw ? l->out_c : 1, s->gw + gi,
-                               s->mw != NULL ? s->mw + gi : NULL, s->aw != NULL ? s->aw + gi : NULL, gs, s->row,
-                               inv_n);
+                    ft_sgd_row(&sk, s->w + ft_layer_widx_f32(l, oc, 0, s->row), dw ? l->out_c : 1, s->gw + gi,
+                               s->mw != NULL ? s->mw + gi : NULL, s->aw != NULL ? s->aw + gi : NULL, gs, s->row);
                     continue;
                 }
                 for (int32_t j = 0; r >= 0 && j < s->row; j++) { /* int8 weights (QAS) */
@@ -475,15 +467,12 @@ ft_status ft_trainer_apply(ft_trainer *tr, int32_t n)
                     float *mom = s->mw != NULL ? s->mw + gi : NULL;
                     const float *anchor = s->aw != NULL ? s->aw + gi : NULL;
                     const float w = (float)s->q[gi] * s->qs[r];
-                    s->q[gi] = ft_step_s8(tr, s->q[gi], s->qs[r], ft_sgd_dir(c, w, s->gw[gi], inv_n, mom, anchor));
+                    s->q[gi] = ft_step_s8(tr, s->q[gi], s->qs[r], ft_sgd_dir(&sk, w, s->gw[gi], mom, anchor));
                 }
             }
         }
         if (s->gb != NULL) {
-            for (int32_t oc = 0; oc < l->out_c; oc++) {
-                s->b[oc] = ft_sgd(c, s->b[oc], s->gb[oc], inv_n, s->mb != NULL ? s->mb + oc : NULL,
-                                  s->ab != NULL ? s->ab + oc : NULL);
-            }
+            ft_sgd_row(&sk, s->b, 1, s->gb, s->mb, s->ab, 1, l->out_c);
         }
     }
     FT_PROBE(tr, FT_PROBE_APPLY, -1);
