@@ -367,17 +367,25 @@ class Trainer:
     def gradients(self, x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
         """Mean-loss gradients per trainable layer (weight, bias), without updating. A tensor
         the update does not change gives None; with a channel subset, the other channels are 0."""
+        sums, _, _, count = self.gradient_sums(x, y)
+        scale = np.float32(max(1, count))
+        return [(gw / scale if gw is not None else None, gb / scale if gb is not None else None) for gw, gb in sums]
+
+    def gradient_sums(self, x: np.ndarray, y: np.ndarray) -> tuple[list[tuple[np.ndarray | None, np.ndarray | None]],
+                                                                   float, int, int]:
+        """Summed-loss gradients per trainable layer (weight, bias), added one sample at a time in
+        the order given, without updating (None for a tensor the update does not change); and the
+        batch's summed loss, correct count and size. Releases the GIL while the C trainer runs."""
         xs, ys = self._data(x, y)
-        status, *_ = self._handle.accumulate(xs, ys)
+        status, loss, correct, count, _ = self._handle.accumulate(xs, ys)
         self._raise(status, "gradients")
         out = []
         for k, (w, b) in enumerate(self._shapes()):
             gw, gb = np.zeros(w, np.float32), np.zeros(b, np.float32)
             self._raise(self._handle.layer_grads(k, gw.reshape(-1), gb), "gradients")
             kind, bias_on, _ = self._handle.layer_update(k)
-            scale = np.float32(max(1, xs.shape[0]))
-            out.append((gw / scale if kind else None, gb / scale if bias_on else None))
-        return out
+            out.append((gw if kind else None, gb if bias_on else None))
+        return out, float(loss), int(correct), int(count)
 
     def _shapes(self) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
         shapes = []

@@ -302,7 +302,11 @@ PYBIND11_MODULE(_core, m) {
         .def("accumulate", [](TrainerHandle &t, const py::array &x, const arr<uint8_t> &y) {
             ft_dataset d = dataset(x, y, t.tr.plan.sample_size);
             ft_stats s{};
-            ft_status st = ft_trainer_accumulate(&t.tr, &d, nullptr, d.count, &s);
+            ft_status st;
+            {
+                py::gil_scoped_release release;
+                st = ft_trainer_accumulate(&t.tr, &d, nullptr, d.count, &s);
+            }
             return stats(st, s);
         })
         .def("set_anchor", [](TrainerHandle &t) { return static_cast<int>(ft_trainer_set_anchor(&t.tr)); })
