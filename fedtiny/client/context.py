@@ -72,7 +72,8 @@ class RunContext:
         self.run_id = run_id_of(self.config_json)
         self.task: FederatedTask = build_task(self.cfg.dataset.name, self.cfg.dataset)
         self.backbone: Backbone = get_backbone(self.task, dataset_dict(self.cfg), self.cfg.model, self.cfg.seed,
-                                               self.cfg.cache_dir, log=log or (lambda *_: None))
+                                               self.cfg.cache_dir, log=log or (lambda *_: None),
+                                               progress=log is not None and bool(self.cfg.get("progress", False)))
         self.model = Model(self.backbone.model_bytes)
         self._devices: dict[int, DeviceData] = {}
         self._schemes: dict[float, tuple] = {}
@@ -171,9 +172,9 @@ class RunContext:
         else:
             held = rng.random(len(task.pretrain)) < 0.3
         seen, unseen = task.pretrain.take(np.flatnonzero(~held)), task.pretrain.take(np.flatnonzero(held))
-        net = train_float(replace(task, pretrain=seen), cfg.model, int(cfg.seed))
+        float_model = train_float(replace(task, pretrain=seen), cfg.model, int(cfg.seed))
         calib = seen.x[rng.permutation(len(seen))[: int(cfg.model.calibration_samples)]]
-        proxy = Model(export_int8(net, calib, task.num_classes, int(cfg.model.trainable_layers)))
+        proxy = Model(export_int8(float_model, calib, task.num_classes, int(cfg.model.trainable_layers)))
         order = rng.permutation(len(unseen))
         tune, score = order[: len(order) // 2], order[len(order) // 2 :]
         q = proxy.quantize_input

@@ -2,7 +2,8 @@
 
 * Weights: per-channel symmetric int8 (scale = max|w| / 127 per output channel).
 * Activations: per-tensor asymmetric int8 from the min/max observed on calibration data
-  (the range always includes 0; after ReLU the zero point is -128).
+  through the C trainer's float forward (so the same bytes on every machine; the range
+  always includes 0; after ReLU the zero point is -128).
 * Biases: int32 in units of input scale x weight scale; multiplier/shift pairs TFLite-style.
 * The last ``trainable_layers`` layers stay float32 (the trainable suffix); pooling and
   flatten in the frozen prefix keep their input's quantization, as the int8 kernels need.
@@ -31,8 +32,6 @@ class _Group:
     act: str
     in_shape: tuple[int, int, int]   # NHWC, without batch
     out_shape: tuple[int, int, int]
-    out_min: float
-    out_max: float
 
 
 def _act_name(m: nn.Module) -> str | None:
@@ -43,11 +42,11 @@ def _act_name(m: nn.Module) -> str | None:
     return None
 
 
-def _groups(net: nn.Sequential, x: torch.Tensor) -> tuple[list[_Group], float, float]:
-    """Run calibration data through the net, grouping modules with their activation."""
+def _groups(net: nn.Sequential, x: torch.Tensor) -> list[_Group]:
+    """Group the net's modules with their activation, and their shapes (from one sample)."""
     mods = list(net)
     groups: list[_Group] = []
-    cur = x
+    cur = x[:1]
     i = 0
     with torch.no_grad():
         while i < len(mods):
@@ -61,10 +60,10 @@ def _groups(net: nn.Sequential, x: torch.Tensor) -> tuple[list[_Group], float, f
                 act = _act_name(mods[i + 1])
                 out = mods[i + 1](out)
                 i += 1
-            groups.append(_Group(m, act, in_shape, _nhwc_shape(out), float(out.min()), float(out.max())))
+            groups.append(_Group(m, act, in_shape, _nhwc_shape(out)))
             cur = out
             i += 1
-    return groups, float(x.min()), float(x.max())
+    return groups
 
 
 def _nhwc_shape(t: torch.Tensor) -> tuple[int, int, int]:
@@ -139,36 +138,92 @@ def activation_range(act: str, scale: float, zero_point: int) -> tuple[int, int]
     return lo, hi
 
 
-def export_int8(net: nn.Sequential, calib_x: np.ndarray, num_classes: int, trainable_layers: int) -> ModelSpec:
-    """Quantize `net` (eval mode) with calibration samples `calib_x` (NHWC float32)."""
-    net.eval()
+def float_spec(net: nn.Sequential, calib_x: np.ndarray, num_classes: int) -> ModelSpec:
+    """`net` in the trainer's format with every layer trainable in float32 (the weights copied
+    bit for bit into the trainer's layouts) and int8 inputs quantized over the range of the
+    calibration samples `calib_x` (NHWC float32)."""
     x = to_nchw(calib_x)
-    groups, in_lo, in_hi = _groups(net, x)
-    if not 1 <= trainable_layers <= len(groups):
-        raise ConfigError(f"model.trainable_layers must be in [1, {len(groups)}], got {trainable_layers}")
-    first_trainable = len(groups) - trainable_layers
-    in_scale, in_zp = _asym(in_lo, in_hi)
+    groups = _groups(net, x)
+    in_scale, in_zp = _asym(float(np.min(calib_x)), float(np.max(calib_x)))
     spec = ModelSpec(_nhwc_shape(x), in_scale, in_zp, num_classes)
-    scale, zp = in_scale, in_zp
-    for k, g in enumerate(groups):
-        trainable = k >= first_trainable
+    for g in groups:
         if isinstance(g.module, (nn.AdaptiveAvgPool2d, nn.Flatten)):
             is_pool = isinstance(g.module, nn.AdaptiveAvgPool2d)
-            if is_pool and tuple(g.module.output_size if isinstance(g.module.output_size, tuple) else (g.module.output_size,) * 2) != (1, 1):
+            size = g.module.output_size if is_pool else 1
+            if is_pool and tuple(size if isinstance(size, tuple) else (size, size)) != (1, 1):
                 raise ConfigError("only global average pooling (output size 1) is supported")
             geo = dict(kernel=g.in_shape[:2]) if is_pool else {}
             spec.layers.append(LayerSpec("avgpool" if is_pool else "flatten", g.in_shape, g.out_shape, act=g.act,
-                                         trainable=trainable, out_scale=scale, output_offset=zp, **geo))
+                                         trainable=True, **geo))
             continue
         kind, w, b, geo = _layout(g.module, g.in_shape)
-        if trainable:
-            spec.layers.append(LayerSpec(kind, g.in_shape, g.out_shape, act=g.act, trainable=True,
-                                         weights=w.astype(np.float32), bias=b.astype(np.float32), **geo))
-            continue
-        layer = LayerSpec(kind, g.in_shape, g.out_shape, act=g.act, **geo)
-        quantize_layer(layer, w, b, scale, zp, g.out_min, g.out_max)
-        spec.layers.append(layer)
-        scale, zp = layer.out_scale, layer.output_offset
+        spec.layers.append(LayerSpec(kind, g.in_shape, g.out_shape, act=g.act, trainable=True,
+                                     weights=w.astype(np.float32), bias=b.astype(np.float32), **geo))
+    return spec
+
+
+def to_torch(spec: ModelSpec, net: nn.Sequential) -> nn.Sequential:
+    """Copy the float weights of `spec` (as :func:`float_spec` lays them out) into `net`, bit
+    for bit; returns `net` in eval mode."""
+    layers = iter(spec.layers)
+    with torch.no_grad():
+        for m in net:
+            if _act_name(m) is not None:
+                continue
+            lay = next(layers)
+            if not lay.has_params:
+                continue
+            w = np.asarray(lay.weights, np.float32)
+            if isinstance(m, nn.Linear):
+                h, wd, c = lay.in_shape
+                if h * wd > 1:
+                    w = w.reshape(w.shape[0], h, wd, c).transpose(0, 3, 1, 2).reshape(w.shape[0], -1)
+            elif lay.type == "conv2d":
+                w = w.transpose(0, 3, 1, 2)
+            else:
+                w = w.transpose(2, 0, 1)[:, None]
+            m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+            if m.bias is not None:
+                m.bias.copy_(torch.from_numpy(np.asarray(lay.bias, np.float32)))
+    return net.eval()
+
+
+def _quantize_layers(spec: ModelSpec, calib_q: np.ndarray, start: int, stop: int) -> None:
+    """Make layers start..stop-1 of `spec` frozen int8 layers (:func:`quantize_layer`), each
+    output range taken from the trainer's float forward of `calib_q` (int8 model inputs)
+    through the layers as they are; pooling and flatten keep their input's quantization, as
+    the int8 kernels need."""
+    from fedtiny.trainer import Model
+
+    model = Model(spec)
+    outputs = model.forward(calib_q)
+    scale, zp = model.feature_quant
+    for k in range(start, stop):
+        lay = spec.layers[k]
+        if lay.has_params:
+            real = outputs[k].real
+            quantize_layer(lay, lay.weights, lay.bias, scale, zp, float(real.min()), float(real.max()))
+        else:
+            lay.trainable, lay.out_scale, lay.output_offset = False, float(np.float32(scale)), int(zp)
+            lay.act_min, lay.act_max = activation_range(lay.act, lay.out_scale, lay.output_offset)
+        scale, zp = lay.out_scale, lay.output_offset
+
+
+def export_int8(net: nn.Sequential | ModelSpec, calib_x: np.ndarray, num_classes: int,
+                trainable_layers: int) -> ModelSpec:
+    """Quantize a float backbone — a PyTorch `net`, or an all-float spec (:func:`float_spec`,
+    whose input quantization is kept) — with calibration samples `calib_x` (NHWC float32): the
+    layers before the last `trainable_layers` become the frozen int8 prefix, their activation
+    ranges observed through the trainer's float forward (the same bytes on every machine)."""
+    import copy
+
+    from fedtiny.trainer.runtime import Model
+
+    spec = copy.deepcopy(net) if isinstance(net, ModelSpec) else float_spec(net.eval(), calib_x, num_classes)
+    if not 1 <= trainable_layers <= len(spec.layers):
+        raise ConfigError(f"model.trainable_layers must be in [1, {len(spec.layers)}], got {trainable_layers}")
+    calib_q = Model(spec).quantize_input(calib_x)
+    _quantize_layers(spec, calib_q, 0, len(spec.layers) - trainable_layers)
     return spec
 
 
@@ -176,7 +231,6 @@ def quantize_head(model_bytes: bytes, params: list[tuple[np.ndarray, np.ndarray]
     """The model with its trainable head set to `params` and quantized to int8 like the frozen
     prefix (:func:`quantize_layer`): each head layer's output range from the float forward of
     `calib_q` (int8 model inputs). Every layer of the result is int8."""
-    from fedtiny.trainer import Model
     from fedtiny.trainer.model_format import from_bytes
 
     spec = from_bytes(model_bytes)
@@ -187,15 +241,5 @@ def quantize_head(model_bytes: bytes, params: list[tuple[np.ndarray, np.ndarray]
     for lay, (w, b) in zip(head, params):
         if lay.has_params:
             lay.weights, lay.bias = np.asarray(w, np.float32).reshape(lay.weights.shape), np.asarray(b, np.float32)
-    model = Model(spec)
-    outputs = model.forward(calib_q)
-    scale, zp = model.feature_quant
-    for k, lay in enumerate(head):
-        if lay.has_params:
-            real = outputs[first + k].real
-            quantize_layer(lay, lay.weights, lay.bias, scale, zp, float(real.min()), float(real.max()))
-        else:  # pooling and flatten keep their input's quantization, as the int8 kernels need
-            lay.trainable, lay.out_scale, lay.output_offset = False, float(np.float32(scale)), int(zp)
-            lay.act_min, lay.act_max = activation_range(lay.act, lay.out_scale, lay.output_offset)
-        scale, zp = lay.out_scale, lay.output_offset
+    _quantize_layers(spec, calib_q, first, len(spec.layers))
     return spec

@@ -1,7 +1,10 @@
 """Pretrain a backbone on the vendor data, quantize it to int8 and cache the artefacts.
 
-The cache key hashes everything that determines the artefact (dataset and model settings,
-seed, model-format version), so a changed setting never reuses a stale model::
+Pretraining runs in fedtiny's C float path (:mod:`fedtiny.models.float_train`), so a backbone
+is the same bytes on every machine (any CPU, any thread count) for the same settings. The cache
+key hashes everything that determines the artefact (dataset and model settings, seed,
+model-format version, pretraining recipe, trainer version and the vendor data's digest), so a
+changed setting never reuses a stale model::
 
     python -m fedtiny.models.pretrain                      # default dataset and model
     python -m fedtiny.models.pretrain dataset=fashion model=image_cnn
@@ -12,6 +15,7 @@ data, and the cache directory (``$FEDTINY_CACHE``, default ``~/.cache/fedtiny``)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -22,13 +26,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedtiny._core import TRAINER_VERSION
 from fedtiny.data.base import FederatedTask, Split
-from fedtiny.models.export import export_int8
-from fedtiny.models.nets import build_backbone, model_name, to_nchw
+from fedtiny.models.export import export_int8, float_spec, to_torch
+from fedtiny.models.float_train import RECIPE, fit, float_accuracy, init_params
+from fedtiny.models.nets import build_backbone, model_name
 from fedtiny.trainer import Model, TrainConfig, Trainer
-from fedtiny.trainer.model_format import VERSION, to_bytes
+from fedtiny.trainer.model_format import VERSION, ModelSpec, to_bytes
 
-CACHE_SCHEMA = 2  # 2: int8 requantization from float32 scales, as TFLite computes it
+CACHE_SCHEMA = 3  # 3: pretrained through the C float path (fedtiny.models.float_train)
+WEIGHT_DECAY = 1e-4  # Adam's L2 term in pretraining
 
 
 @dataclass
@@ -45,17 +52,24 @@ class Backbone:
 _NOT_IN_KEY = ("int8_max_drop",)
 
 
-def cache_key(dataset_cfg: dict, model_cfg: dict, seed: int) -> str:
+def data_digest(split: Split) -> str:
+    """SHA-256 of a split's inputs and labels (their dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for a in (np.ascontiguousarray(split.x), np.ascontiguousarray(split.y)):
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def cache_key(dataset_cfg: dict, model_cfg: dict, seed: int, data: str = "") -> str:
+    """What a backbone's bytes depend on: the data set and model settings, the seed, the model
+    format, the cache schema, the pretraining recipe and trainer version, and (`data`) the digest
+    of the vendor data it is trained on."""
     model_cfg = {k: v for k, v in model_cfg.items() if k not in _NOT_IN_KEY}
     blob = json.dumps({"dataset": dataset_cfg, "model": model_cfg, "seed": seed, "format": VERSION,
-                       "schema": CACHE_SCHEMA}, sort_keys=True, default=str)
+                       "schema": CACHE_SCHEMA, "recipe": RECIPE, "trainer": TRAINER_VERSION, "data": data},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def float_accuracy(net: nn.Sequential, split: Split) -> float:
-    net.eval()
-    with torch.no_grad():
-        return float((net(to_nchw(split.x)).argmax(1).numpy() == split.y).mean())
 
 
 def int8_accuracy(model: Model, split: Split) -> float:
@@ -63,30 +77,48 @@ def int8_accuracy(model: Model, split: Split) -> float:
     return Trainer(model, TrainConfig()).evaluate(feats, split.y).accuracy
 
 
-def train_float(task: FederatedTask, model_cfg, seed: int, progress=None) -> nn.Sequential:
-    torch.manual_seed(seed)
+def calibration_inputs(split: Split, model_cfg, seed: int) -> np.ndarray:
+    """The vendor samples that set the int8 input range and calibrate the activation ranges."""
+    rng = np.random.default_rng(seed)
+    return split.x[rng.permutation(len(split))[: int(model_cfg.calibration_samples)]]
+
+
+def train_float(task: FederatedTask, model_cfg, seed: int, progress=None) -> ModelSpec:
+    """The backbone of `model_cfg` pretrained on the task's vendor data in fedtiny's C float
+    path (:mod:`fedtiny.models.float_train`): an all-float spec whose int8 inputs are quantized
+    over the calibration samples' range. The same bytes on every machine for the same settings."""
     net = build_backbone(model_cfg, task.input_shape, task.num_classes)
-    opt = torch.optim.Adam(net.parameters(), lr=model_cfg.pretrain_lr, weight_decay=1e-4)
-    x, y = to_nchw(task.pretrain.x), torch.as_tensor(task.pretrain.y)
-    gen = torch.Generator().manual_seed(seed)
-    bs = model_cfg.pretrain_batch_size
-    for epoch in range(model_cfg.pretrain_epochs):
-        net.train()
-        order = torch.randperm(len(y), generator=gen)
-        for start in range(0, len(y), bs):
-            idx = order[start : start + bs]
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-            opt.step()
-        if progress is not None:
-            progress(epoch + 1, model_cfg.pretrain_epochs)
-    net.eval()
-    return net
+    spec = float_spec(net, calibration_inputs(task.pretrain, model_cfg, seed), task.num_classes)
+    init_params(spec, seed)
+    x = Model(spec).quantize_input(task.pretrain.x)
+    return fit(spec, x, task.pretrain.y, epochs=int(model_cfg.pretrain_epochs), lr=float(model_cfg.pretrain_lr),
+               batch_size=int(model_cfg.pretrain_batch_size), weight_decay=WEIGHT_DECAY, seed=seed,
+               progress=progress)
+
+
+@contextlib.contextmanager
+def epoch_bar(enabled: bool):
+    """A rich progress bar of pretraining epochs (with the mean loss); yields its callback, or
+    None when not `enabled`."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]pretraining"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), transient=True) as bar:
+        task = bar.add_task("", total=None)
+
+        def update(epoch: int, epochs: int, loss: float) -> None:
+            bar.update(task, completed=epoch, total=epochs, description=f"loss {loss:.3f}")
+
+        yield update
 
 
 def get_backbone(task: FederatedTask, dataset_cfg: dict, model_cfg, seed: int, cache_dir: str | Path,
-                 log=print) -> Backbone:
-    """Load the cached backbone for these settings, or pretrain, quantize and cache it."""
+                 log=print, progress: bool = False) -> Backbone:
+    """Load the cached backbone for these settings, or pretrain, quantize and cache it (with a
+    progress bar of the epochs when `progress`)."""
     from omegaconf import OmegaConf
 
     model_dict = OmegaConf.to_container(model_cfg, resolve=True) if not isinstance(model_cfg, dict) else model_cfg
@@ -95,7 +127,8 @@ def get_backbone(task: FederatedTask, dataset_cfg: dict, model_cfg, seed: int, c
     model_dict = {k: v for k, v in model_dict.items() if k != "path" or v is not None}  # keys of before .tflite
     if model_dict.get("_target_") is None:  # a built-in backbone keeps the cache key it had before plugins
         model_dict = {k: v for k, v in model_dict.items() if k != "_target_"}
-    path = Path(cache_dir).expanduser() / f"{task.name}-{model_name(model_dict).rsplit('.', 1)[-1]}-{cache_key(dataset_cfg, model_dict, seed)}"
+    key = cache_key(dataset_cfg, model_dict, seed, data_digest(task.pretrain))
+    path = Path(cache_dir).expanduser() / f"{task.name}-{model_name(model_dict).rsplit('.', 1)[-1]}-{key}"
     net = build_backbone(model_cfg, task.input_shape, task.num_classes)
     if (path / "report.json").exists():
         net.load_state_dict(torch.load(path / "float.pt", weights_only=True))
@@ -105,20 +138,22 @@ def get_backbone(task: FederatedTask, dataset_cfg: dict, model_cfg, seed: int, c
 
     t0 = time.perf_counter()
     log(f"pretraining {model_name(model_cfg)} on {len(task.pretrain)} vendor samples ({model_cfg.pretrain_epochs} epochs)")
-    net = train_float(task, model_cfg, seed)
-    rng = np.random.default_rng(seed)
-    calib = task.pretrain.x[rng.permutation(len(task.pretrain))[: model_cfg.calibration_samples]]
-    spec = export_int8(net, calib, task.num_classes, model_cfg.trainable_layers)
+    with epoch_bar(progress) as update:
+        float_model = train_float(task, model_cfg, seed, update)
+    spec = export_int8(float_model, calibration_inputs(task.pretrain, model_cfg, seed), task.num_classes,
+                       int(model_cfg.trainable_layers))
     data = to_bytes(spec)
     model = Model(data)
+    net = to_torch(float_model, net)
     report = {
-        "float_vendor_val_accuracy": float_accuracy(net, task.pretrain_val),
+        "float_vendor_val_accuracy": float_accuracy(float_model, task.pretrain_val.x, task.pretrain_val.y),
         "int8_vendor_val_accuracy": int8_accuracy(model, task.pretrain_val),
-        "float_field_accuracy": float_accuracy(net, task.server_test),
+        "float_field_accuracy": float_accuracy(float_model, task.server_test.x, task.server_test.y),
         "int8_field_accuracy": int8_accuracy(model, task.server_test),
         "trainable_layers": int(model_cfg.trainable_layers),
         "first_trainable": model.first_trainable,
         "model_bytes": len(data),
+        "model_sha256": hashlib.sha256(data).hexdigest(),
         "pretrain_seconds": round(time.perf_counter() - t0, 2),
     }
     path.mkdir(parents=True, exist_ok=True)
@@ -127,7 +162,8 @@ def get_backbone(task: FederatedTask, dataset_cfg: dict, model_cfg, seed: int, c
     tmp.replace(path / "model.ftm")
     torch.save(net.state_dict(), path / "float.pt")
     (path / "report.json").write_text(json.dumps(report, indent=2))  # written last: marks the entry complete
-    log("backbone: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()))
+    log("backbone: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {str(v)[:16]}"
+                                 for k, v in report.items()))
     return Backbone(data, net, report, path)
 
 

@@ -6,6 +6,7 @@ saying what was chosen. The engines (``fedtiny.engine``) call it before any clie
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -26,7 +27,8 @@ def prepare_output(cfg: DictConfig, out_dir: Path, log=print) -> RunContext:
                           f"for {num_devices(cfg)} (dataset.num_clients); set dataset.num_clients="
                           f"{len(state.task.clients)} or make the task return {num_devices(cfg)}")
     r = state.backbone.report
-    log(f"backbone {model_name(cfg.model)}: field accuracy float {r['float_field_accuracy']:.3f} / int8 "
+    digest = hashlib.sha256(state.backbone.model_bytes).hexdigest()[:16]
+    log(f"backbone {model_name(cfg.model)} (sha256 {digest}): field accuracy float {r['float_field_accuracy']:.3f} / int8 "
         f"{r['int8_field_accuracy']:.3f}; vendor val float {r['float_vendor_val_accuracy']:.3f} / int8 "
         f"{r['int8_vendor_val_accuracy']:.3f}  ({state.backbone.path})")
     warning = int8_warning(r, float(cfg.model.int8_max_drop))
