@@ -89,13 +89,15 @@ def fit(spec: ModelSpec, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float
         weight_decay: float, seed: int, workers: int | None = None, progress=None) -> ModelSpec:
     """Train every layer of the all-float `spec` (in place, and returned) on int8 model inputs
     `x` and labels `y`: Adam over shuffled batches, gradients from the C trainer in chunks of
-    :data:`CHUNK` samples. `progress(epoch, epochs, mean_loss)` is called after each epoch."""
+    :data:`CHUNK` samples, on `workers` threads (default: one per CPU this process may use; the
+    result is the same for any number). `progress(epoch, epochs, mean_loss)` is called after
+    each epoch."""
     if spec.first_trainable != 0:
         raise ValueError("fit trains an all-float model (every layer trainable)")
     model = Model(spec)
     config = TrainConfig(lr=1.0, batch_size=CHUNK, with_prefix=True)
     chunks_per_batch = -(-int(batch_size) // CHUNK)
-    n_workers = max(1, min(int(workers or os.cpu_count() or 1), chunks_per_batch))
+    n_workers = max(1, min(int(workers or _cpus()), chunks_per_batch))
     trainers = [Trainer(model, config) for _ in range(n_workers)]
     params = [np.array(a, dtype=np.float32) for pair in spec_params(spec) for a in pair]
     pairs = [(params[2 * k], params[2 * k + 1]) for k in range(len(params) // 2)]
@@ -135,6 +137,14 @@ def fit(spec: ModelSpec, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float
             lay.weights = params[2 * k].reshape(lay.weights.shape).copy()
             lay.bias = params[2 * k + 1].copy()
     return spec
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def float_accuracy(spec: ModelSpec, x: np.ndarray, y: np.ndarray) -> float:
