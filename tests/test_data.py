@@ -142,3 +142,66 @@ def test_field_shift_is_per_device_and_off_by_default():
     assert [len(c.train) for c in w0.clients] == [len(c.train) for c in w1.clients]
     assert not np.allclose(w0.clients[0].train.x, w1.clients[0].train.x)
     assert np.array_equal(w0.pretrain.x, w1.pretrain.x)  # the vendor's data stay clean
+
+
+def test_deterministic_elementary_functions_against_numpy():
+    """fedtiny's exp, log, sin and cos (basic IEEE operations only) are within a few units in the
+    last place of numpy's over the ranges the data pipeline uses and beyond."""
+    from fedtiny.data import detmath
+
+    x = np.linspace(-40.0, 40.0, 200_001)
+    assert np.max(np.abs(detmath.exp(x) / np.exp(x) - 1.0)) < 4 * np.finfo(float).eps
+    pos = np.exp(np.linspace(-50.0, 50.0, 200_001))
+    assert np.max(np.abs(detmath.log(pos) - np.log(pos)) / np.maximum(1.0, np.abs(np.log(pos)))) < 4e-16
+    t = np.linspace(-30.0, 30.0, 200_001)
+    assert np.max(np.abs(detmath.sin(t) - np.sin(t))) < 4e-16 and np.max(np.abs(detmath.cos(t) - np.cos(t))) < 4e-16
+    assert detmath.exp(0.0) == 1.0 and detmath.log(1.0) == 0.0 and detmath.sin(0.0) == 0.0
+
+
+def test_deterministic_variates_have_their_distributions():
+    """Box-Muller normals, Marsaglia-Tsang gammas (shape below and above 1) and Dirichlet points:
+    moments within 5 standard errors; Kolmogorov-Smirnov against scipy's distributions."""
+    from scipy import stats
+
+    from fedtiny.data import detmath
+
+    rng = np.random.default_rng(7)
+    n = 100_000
+    z = detmath.normal(rng, n, 1.0, 2.0)
+    assert abs(z.mean() - 1.0) < 5 * 2.0 / np.sqrt(n) and abs(z.std() - 2.0) < 0.03
+    assert stats.kstest(z, stats.norm(1.0, 2.0).cdf).pvalue > 1e-3
+    for shape in (0.3, 0.5, 1.0, 4.0):
+        g = detmath.gamma(rng, shape, n)
+        assert g.min() > 0 and abs(g.mean() - shape) < 5 * np.sqrt(shape / n), shape
+        assert stats.kstest(g, stats.gamma(shape).cdf).pvalue > 1e-3, shape
+    d = np.array([detmath.dirichlet(rng, 0.5, 5) for _ in range(2000)])
+    assert np.allclose(d.sum(axis=1), 1.0) and abs(d[:, 0].mean() - 0.2) < 0.02
+
+
+def test_dirichlet_partitions_cover_every_sample_once_with_skew():
+    from fedtiny.data.partition import dirichlet_partitions
+    from fedtiny.errors import ConfigError
+
+    labels = np.repeat(np.arange(10), 200)
+    parts = dirichlet_partitions(labels, 20, 0.3, seed=1)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(labels)))
+    assert min(len(p) for p in parts) >= 10
+    hists = np.array([np.bincount(labels[p], minlength=10) / len(p) for p in parts])
+    assert hists.max(axis=1).mean() > 0.3  # skewed: IID would put about 0.1 in each class
+    assert [p.tolist() for p in dirichlet_partitions(labels, 20, 0.3, seed=1)] == [p.tolist() for p in parts]
+    with pytest.raises(ConfigError, match="no Dirichlet"):
+        dirichlet_partitions(labels[:30], 20, 0.01, seed=1, min_partition_size=5)
+
+
+def test_image_rotation_matches_scipy():
+    """fedtiny's bilinear rotation against scipy.ndimage.rotate(order=1, reshape=False) inside the
+    image (scipy treats the border differently by up to one pixel's blend)."""
+    from scipy.ndimage import rotate
+
+    from fedtiny.data.shift import rotate_images
+
+    x = np.random.default_rng(3).uniform(-0.5, 0.5, (4, 28, 28, 1)).astype(np.float32)
+    for angle in (-5.0, 3.0, 30.0):
+        ours = rotate_images(x, angle, cval=-0.5)
+        ref = rotate(x, angle, axes=(1, 2), reshape=False, order=1, mode="constant", cval=-0.5)
+        assert np.abs(ours - ref)[:, 4:-4, 4:-4].max() < 1e-5, angle

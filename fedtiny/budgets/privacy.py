@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedtiny.data.detmath import normal
 from fedtiny.errors import ConfigError
 
 
@@ -217,7 +218,7 @@ def noisy_sum_mean(reference: dict[str, np.ndarray], global_arrays: dict[str, np
             idx = np.arange(ref.shape[0]) if channels is None else np.asarray(channels)
             total[idx] += np.moveaxis(values.astype(np.float64), axis, 0) - ref[idx]
             count[idx] += 1
-        total += rng.normal(0.0, std, total.shape) if std > 0 else 0.0
+        total += normal(rng, total.shape, 0.0, std) if std > 0 else 0.0  # the same bits on every machine
         den = np.asarray(denominators[key], np.float64).reshape((-1,) + (1,) * (ref.ndim - 1))
         moved_g = np.moveaxis(g.astype(np.float64), axis, 0)
         mean = np.where(den > 0, ref + total / np.maximum(den, 1e-300), moved_g)

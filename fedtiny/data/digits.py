@@ -2,7 +2,7 @@
 
 A fixed share of the images is the vendor's pretraining data, ``holdout_fraction`` of the rest
 is the server's held-out field data, and the remainder is split over ``num_clients`` devices
-with a Dirichlet label skew (flwr-datasets ``DirichletPartitioner``), each with a random local
+with a Dirichlet label skew (:func:`~fedtiny.data.partition.dirichlet_partitions`), each with a random local
 train/test split.
 """
 

@@ -1,7 +1,6 @@
-"""Client partitions through flwr-datasets on local ``datasets.Dataset`` objects (no hub).
-
-The partitioned data sets hold only sample indices and the partitioning column, so the
-arrays themselves never go through Arrow.
+"""Client partitions: natural ids through flwr-datasets' ``NaturalIdPartitioner`` on a local
+``datasets.Dataset`` of sample indices (no hub, the arrays never go through Arrow), and
+Dirichlet label skew with fedtiny's own machine-independent draws.
 """
 
 from __future__ import annotations
@@ -10,6 +9,8 @@ import contextlib
 import io
 
 import numpy as np
+
+from fedtiny.errors import ConfigError
 
 
 def natural_partitions(ids: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
@@ -29,13 +30,41 @@ def natural_partitions(ids: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
 
 
 def dirichlet_partitions(labels: np.ndarray, num_partitions: int, alpha: float, seed: int,
-                         min_partition_size: int = 10) -> list[np.ndarray]:
-    """Label-skewed partitions with ``DirichletPartitioner`` (smaller alpha: more skew)."""
-    from datasets import Dataset
-    from flwr_datasets.partitioner import DirichletPartitioner
+                         min_partition_size: int = 10, max_tries: int = 10) -> list[np.ndarray]:
+    """Label-skewed partitions (smaller alpha: more skew), sorted sample indices per partition.
 
-    ds = Dataset.from_dict({"idx": np.arange(len(labels)), "label": np.asarray(labels, dtype=np.int64)})
-    part = DirichletPartitioner(num_partitions=num_partitions, partition_by="label", alpha=alpha, seed=seed,
-                                min_partition_size=min_partition_size, self_balancing=True)
-    part.dataset = ds
-    return [np.sort(np.asarray(part.load_partition(p)["idx"], dtype=np.int64)) for p in range(num_partitions)]
+    The procedure of flwr-datasets' ``DirichletPartitioner`` with self-balancing: class by
+    class, proportions over the partitions are drawn from a symmetric Dirichlet(alpha);
+    partitions already above the average size get none of the class; the class's indices are
+    cut at the floors of the cumulative proportions. The whole draw repeats until every
+    partition holds `min_partition_size` samples (at most `max_tries` times, else ConfigError).
+    The proportions come from :func:`fedtiny.data.detmath.dirichlet`, so the partitions are the
+    same on every machine.
+    """
+    from fedtiny.data.detmath import dirichlet
+
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0xD1])
+    average = len(labels) / num_partitions
+    for _ in range(max_tries + 1):
+        parts: list[list[int]] = [[] for _ in range(num_partitions)]
+        for cls in np.unique(labels):
+            idx = np.flatnonzero(labels == cls)
+            props = dirichlet(rng, alpha, num_partitions)
+            props = np.where(np.array([len(p) for p in parts]) > average, 0.0, props)
+            total = 0.0
+            for v in props:
+                total += float(v)
+            props = props / total
+            cum = np.empty(num_partitions)
+            acc = 0.0
+            for i, v in enumerate(props):
+                acc += float(v)
+                cum[i] = acc
+            cuts = (cum * len(idx)).astype(np.int64)[:-1]
+            for p, piece in zip(parts, np.split(idx, cuts)):
+                p.extend(piece.tolist())
+        if min(len(p) for p in parts) >= min_partition_size:
+            return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+    raise ConfigError(f"no Dirichlet(alpha={alpha}) draw gave every one of {num_partitions} partitions "
+                     f"{min_partition_size} samples in {max_tries + 1} tries: raise alpha or lower the partition count")

@@ -12,7 +12,9 @@ same distribution, so they measure the fleet, not the vendor.
 * IMU windows (``imu_shift``): mounting rotation (the same 3-D rotation of the accelerometer's
   and the gyroscope's axes, up to an angle), gain (per axis, log-uniform) and offset (per axis).
 
-All zero leaves the data untouched.
+All zero leaves the data untouched. Every draw and transform uses :mod:`fedtiny.data.detmath`
+and explicit sums (no libm, BLAS or SIMD-dispatched transcendental), so a shifted data set is
+the same bytes on every machine.
 """
 
 from __future__ import annotations
@@ -20,6 +22,38 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from fedtiny.data import detmath
+
+_DEG = 0.017453292519943295  # pi / 180
+
+
+def rotate_images(x: np.ndarray, angle: float, cval: float) -> np.ndarray:
+    """Rotate (N, H, W, C) images by `angle` degrees about their centre (from axis 1 towards
+    axis 2, as ``scipy.ndimage.rotate(..., axes=(1, 2), reshape=False, order=1)``), bilinear,
+    with `cval` outside the image."""
+    n, h, w, c = x.shape
+    t = float(angle) * _DEG
+    cs, sn = float(detmath.cos(t)), float(detmath.sin(t))
+    ci, cj = (h - 1) / 2.0, (w - 1) / 2.0
+    di = np.arange(h, dtype=np.float64)[:, None] - ci
+    dj = np.arange(w, dtype=np.float64)[None, :] - cj
+    si = (cs * di + sn * dj) + ci  # source coordinates of each output pixel
+    sj = (cs * dj - sn * di) + cj
+    i0, j0 = np.floor(si), np.floor(sj)
+    fi, fj = si - i0, sj - j0
+    i0, j0 = i0.astype(np.int64), j0.astype(np.int64)
+    src = x.astype(np.float64)
+
+    def tap(ii, jj):
+        inside = (ii >= 0) & (ii < h) & (jj >= 0) & (jj < w)
+        v = src[:, np.clip(ii, 0, h - 1), np.clip(jj, 0, w - 1), :]
+        return np.where(inside[None, :, :, None], v, cval)
+
+    top = tap(i0, j0) * (1.0 - fj)[None, :, :, None] + tap(i0, j0 + 1) * fj[None, :, :, None]
+    bottom = tap(i0 + 1, j0) * (1.0 - fj)[None, :, :, None] + tap(i0 + 1, j0 + 1) * fj[None, :, :, None]
+    out = top * (1.0 - fi)[None, :, :, None] + bottom * fi[None, :, :, None]
+    return out.astype(np.float32).reshape(n, h, w, c)
 
 
 @dataclass(frozen=True)
@@ -32,29 +66,38 @@ class ImageSensor:
     @staticmethod
     def draw(rng: np.random.Generator, exposure, contrast, rotation, noise) -> ImageSensor:
         """A sensor with each parameter uniform in its ``(lo, hi)`` range (contrast: the log gain)."""
-        return ImageSensor(float(rng.uniform(*exposure)), float(np.exp(rng.uniform(*contrast))),
-                           float(rng.uniform(*rotation)), float(rng.uniform(*noise)))
+        return ImageSensor(float(detmath.uniform(rng, *exposure)), float(detmath.exp(detmath.uniform(rng, *contrast))),
+                           float(detmath.uniform(rng, *rotation)), float(detmath.uniform(rng, *noise)))
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """`x`: (N, H, W, C) float32 in [-0.5, 0.5]; the same shape back, clipped to that range."""
         out = x.astype(np.float32)
         if self.angle:
-            from scipy.ndimage import rotate
-
-            out = rotate(out, self.angle, axes=(1, 2), reshape=False, order=1, mode="constant", cval=-0.5)
-        out = out * self.contrast + self.exposure
+            out = rotate_images(out, self.angle, cval=-0.5)
+        out = out * np.float32(self.contrast) + np.float32(self.exposure)
         if self.noise:
-            out = out + rng.normal(0.0, self.noise, out.shape).astype(np.float32)
+            out = out + detmath.normal(rng, out.shape, 0.0, self.noise).astype(np.float32)
         return np.clip(out, -0.5, 0.5).astype(np.float32)
 
 
 def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
     """A rotation by an angle up to `max_deg` about a uniformly random axis (Rodrigues)."""
-    axis = rng.normal(size=3)
-    axis /= np.linalg.norm(axis)
-    theta = np.deg2rad(rng.uniform(-max_deg, max_deg))
+    axis = detmath.normal(rng, 3)
+    axis = axis / np.sqrt((axis[0] * axis[0] + axis[1] * axis[1]) + axis[2] * axis[2])
+    theta = float(detmath.uniform(rng, -max_deg, max_deg)) * _DEG
     k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(theta) * k + (1 - np.cos(theta)) * (k @ k)
+    return np.eye(3) + float(detmath.sin(theta)) * k + (1 - float(detmath.cos(theta))) * _matmul3(k, k)
+
+
+def _matmul3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b for 3x3 matrices with each sum in index order (no BLAS)."""
+    return np.array([[(a[i, 0] * b[0, j] + a[i, 1] * b[1, j]) + a[i, 2] * b[2, j] for j in range(3)] for i in range(3)])
+
+
+def _apply3(v: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """r applied to the 3-vectors of the last axis of v (v @ r.T), each sum in index order."""
+    v = v.astype(np.float64)
+    return np.stack([(v[..., 0] * r[i, 0] + v[..., 1] * r[i, 1]) + v[..., 2] * r[i, 2] for i in range(3)], axis=-1)
 
 
 @dataclass(frozen=True)
@@ -65,11 +108,12 @@ class ImuSensor:
 
     @staticmethod
     def draw(rng: np.random.Generator, rotation: float, gain: float, offset: float) -> ImuSensor:
-        return ImuSensor(_rotation(rng, rotation), np.exp(rng.uniform(-gain, gain, 6)), rng.normal(0.0, offset, 6))
+        return ImuSensor(_rotation(rng, rotation), detmath.exp(detmath.uniform(rng, -gain, gain, 6)),
+                         detmath.normal(rng, 6, 0.0, offset))
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """`x`: (..., 6) raw windows, accelerometer xyz then gyroscope xyz."""
-        acc, gyro = x[..., :3] @ self.rotation.T, x[..., 3:] @ self.rotation.T
+        acc, gyro = _apply3(x[..., :3], self.rotation), _apply3(x[..., 3:], self.rotation)
         return (np.concatenate([acc, gyro], axis=-1) * self.gain + self.offset).astype(x.dtype)
 
 

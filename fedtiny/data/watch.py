@@ -13,6 +13,8 @@ with flwr-datasets' ``NaturalIdPartitioner``. The server's held-out field data i
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from fedtiny.data.base import ClientData, FederatedTask, Split, register_task, temporal_split
@@ -27,6 +29,16 @@ SIDES = {0: "left", 1: "right"}
 def _windows(rec: np.ndarray, length: int, step: int) -> np.ndarray:
     starts = np.arange(0, rec.shape[0] - length + 1, step)
     return np.stack([rec[s : s + length] for s in starts]) if len(starts) else np.zeros((0, length, rec.shape[1]))
+
+
+def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (population) standard deviation of each column, in float64 from exactly
+    rounded sums (``math.fsum``): the same bits whatever order or SIMD width a sum would take."""
+    cols = np.asarray(x, dtype=np.float64).T
+    n = cols.shape[1]
+    mean = np.array([math.fsum(c) / n for c in cols])
+    var = np.array([math.fsum((c - m) * (c - m)) / n for c, m in zip(cols, mean)])
+    return mean, np.sqrt(var)
 
 
 @register_task("watch")
@@ -71,7 +83,8 @@ def build(cfg) -> FederatedTask:
         test_x.append(win[te]); test_y.append(np.full(len(te), int(label))); test_dev += [device] * len(te)
 
     vx, vy, vg = np.concatenate(vendor_x), np.concatenate(vendor_y), np.concatenate(vendor_g)
-    mean, std = vx.reshape(-1, 6).mean(0), vx.reshape(-1, 6).std(0) + 1e-6
+    mean, std = channel_stats(vx.reshape(-1, 6))
+    std = std + 1e-6
 
     def shape(x: np.ndarray) -> np.ndarray:  # (N, T, 6) -> (N, 1, T, 6), standardised
         return ((x - mean) / std).astype(np.float32)[:, None, :, :]
