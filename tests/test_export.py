@@ -7,17 +7,19 @@ import torch
 
 from fedtiny.config import compose
 from fedtiny.data import build_task
-from fedtiny.models.export import export_int8
-from fedtiny.models.nets import to_nchw
-from fedtiny.models.pretrain import float_accuracy, int8_accuracy, train_float
+from fedtiny.models.export import export_int8, to_torch
+from fedtiny.models.float_train import float_accuracy
+from fedtiny.models.nets import build_backbone, to_nchw
+from fedtiny.models.pretrain import int8_accuracy, train_float
 from fedtiny.trainer import Model
 
 
 def test_int8_export_tracks_the_float_net():
     cfg = compose(["experiment=digits_quick"])
     task = build_task("digits", cfg.dataset)
-    net = train_float(task, cfg.model, seed=0)
-    spec = export_int8(net, task.pretrain.x[:256], task.num_classes, trainable_layers=2)
+    float_model = train_float(task, cfg.model, seed=0)
+    net = to_torch(float_model, build_backbone(cfg.model, task.input_shape, task.num_classes))
+    spec = export_int8(float_model, task.pretrain.x[:256], task.num_classes, trainable_layers=2)
     model = Model(spec)
     assert model.first_trainable == len(model.layers) - 2
     # the boundary features (int8, dequantized) follow the float activations at that point
@@ -30,7 +32,8 @@ def test_int8_export_tracks_the_float_net():
     err = np.abs(feats - ref).max()
     assert err < 0.15 * np.abs(ref).max(), err
     assert np.corrcoef(feats.ravel(), ref.ravel())[0, 1] > 0.99
-    f_acc, q_acc = float_accuracy(net, task.server_test), int8_accuracy(model, task.server_test)
+    f_acc = float_accuracy(float_model, task.server_test.x, task.server_test.y)
+    q_acc = int8_accuracy(model, task.server_test)
     assert f_acc > 0.6 and abs(f_acc - q_acc) <= 0.03, (f_acc, q_acc)
 
 

@@ -210,9 +210,15 @@ def fleet_run(tmp_path_factory, cache_dir):
             "budget.memory.precisions=[int8]"]
     cfg = compose(base)
     st = RunContext(cfg)
-    needs = sorted({plan(st.model, scheme_config(st.model, train_config(cfg), s.update, s.precision)).arena_bytes
-                    for s in candidate_schemes(st.model, ("int8",))})
+    need = {s.name: plan(st.model, scheme_config(st.model, train_config(cfg), s.update, s.precision)).arena_bytes
+            for s in candidate_schemes(st.model, ("int8",))}
+    needs = sorted(set(need.values()))
     kbs = [8 + (needs[i] + 1023) // 1024 for i in (0, len(needs) // 2, len(needs) - 1)]
+    # the largest budget trains the best-scoring scheme; it must not fit the smallest, or every
+    # budget would train it (the scores come from the backbone, the same bytes on every machine)
+    scores = st.scheme_scores()
+    best = max(need, key=lambda name: (scores[name], -need[name]))
+    assert need[best] > (kbs[0] - 8) * 1024, (best, need[best], kbs)
     return run([*base[:3], base[4], f"budget.memory.sram_kb=[{','.join(map(str, kbs))}]"],
                tmp_path_factory.mktemp("fleet"), cache_dir)
 
