@@ -46,7 +46,7 @@ def alive(pid: int) -> bool:
 def test_a_signal_stops_the_run_and_every_process_it_started(tmp_path, cache_dir, sig, code, how, engine):
     """Also with Ray: its driver would abort on SIGTERM and leave its agents behind."""
     run_dir = tmp_path / "run"
-    env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0")
+    env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", PYTHONFAULTHANDLER="1")
     proc = subprocess.Popen([sys.executable, "-m", "fedtiny", "experiment=digits_quick", "rounds=5000",
                              engine, f"cache_dir={cache_dir}", "progress=false",
                              f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
@@ -63,7 +63,7 @@ def test_a_signal_stops_the_run_and_every_process_it_started(tmp_path, cache_dir
             os.killpg(proc.pid, sig)  # Ctrl-C in a terminal reaches the whole process group
         else:
             proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
+        _, err = stopped(proc, 60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -80,6 +80,23 @@ def test_a_signal_stops_the_run_and_every_process_it_started(tmp_path, cache_dir
 
     kept = latest(run_dir)  # the checkpoint of the last complete round (or of the one before, if
     assert kept is not None and kept.round in (len(rows) - 2, len(rows) - 3)  # the signal cut its write)
+
+
+def stopped(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """The output of a signalled run once it exits; if it does not within `timeout` s, every
+    thread's stack (faulthandler, on SIGABRT) and the processes left, in the failure."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        left = {p: _cmdline(p).replace(b"\0", b" ")[:120] for p in descendants(proc.pid) if alive(p)}
+        main_alive = alive(proc.pid)
+        proc.send_signal(signal.SIGABRT)
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            err = "(no traceback: the run did not answer SIGABRT)"
+        pytest.fail(f"no exit {timeout:g} s after the signal (main process alive: {main_alive}; left: {left})\n"
+                    f"{err[-6000:]}")
 
 
 def _wait_for(predicate, proc, what: str, timeout: float = 300) -> None:
