@@ -190,6 +190,27 @@ def default_run(tmp_path_factory, cache_dir):
     return run([], tmp_path_factory.mktemp("default"), cache_dir)
 
 
+@pytest.mark.parametrize("page", ["README.md", "docs/user-guide.md"])
+def test_the_docs_print_what_the_default_run_gives(default_run, page):
+    """The default run's figures as the README and the user guide show them: the backbone's
+    SHA-256 and accuracies, and the run's accuracies and bytes (the same on every machine)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / page).read_text()
+    s, b = default_run["summary"], default_run["summary"]["backbone"]
+    m = re.search(r"backbone imu_cnn \(sha256 ([0-9a-f]{16})\): field accuracy float ([0-9.]+) / int8 ([0-9.]+); "
+                  r"vendor val float ([0-9.]+) / int8 ([0-9.]+)", text)
+    assert m, f"{page} shows no backbone line"
+    assert m.groups() == (b["model_sha256"][:16], *(f"{b[k]:.3f}" for k in (
+        "float_field_accuracy", "int8_field_accuracy", "float_vendor_val_accuracy", "int8_vendor_val_accuracy")))
+    m = re.search(r"accuracy ([0-9.]+) -> ([0-9.]+) over 10 rounds; 0 failed, 0 rejected; up ([0-9,]+) B, "
+                  r"down ([0-9,]+) B", text)
+    assert m, f"{page} shows no summary line"
+    assert m.groups() == (f"{s['initial_accuracy']:.3f}", f"{s['final_accuracy']:.3f}", f"{s['bytes_up_total']:,}",
+                          f"{s['bytes_down_total']:,}")
+
+
 def test_default_experiment_improves_on_the_field_devices(default_run):
     s = default_run["summary"]
     assert s["dataset"] == "watch" and s["clients"] == 12 and s["rounds"] == 10
