@@ -16,6 +16,8 @@ from numpy's PCG64, whose integer stream is the same everywhere.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 _LN2_HI = 6.93147180369123816490e-01  # ln 2 split so that k * _LN2_HI is exact for |k| < 2^20
@@ -34,7 +36,7 @@ def _horner(r: np.ndarray, coeffs: list[float]) -> np.ndarray:
     return acc
 
 
-_EXP_TAYLOR = [1.0 / float(np.prod(np.arange(1, n + 1, dtype=np.float64))) for n in range(0, 15)]
+_EXP_TAYLOR = [1 / math.factorial(n) for n in range(15)]
 
 
 def exp(x) -> np.ndarray:
@@ -59,8 +61,8 @@ def log(x) -> np.ndarray:
     return (e * _LN2_HI) + ((e * _LN2_LO) + 2.0 * s * series)
 
 
-_SIN = [(-1.0) ** j / float(np.prod(np.arange(1, 2 * j + 2, dtype=np.float64))) for j in range(10)]
-_COS = [(-1.0) ** j / float(np.prod(np.arange(1, 2 * j + 1, dtype=np.float64))) for j in range(10)]
+_SIN = [(-1) ** j / math.factorial(2 * j + 1) for j in range(10)]  # exact integers, one rounding each
+_COS = [(-1) ** j / math.factorial(2 * j) for j in range(10)]
 
 
 def _quadrant(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ ReLU6 that follows it.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ from torch import nn
 
 from fedtiny.errors import ConfigError
 from fedtiny.models.nets import to_nchw
+from fedtiny.trainer import Model
 from fedtiny.trainer.model_format import LayerSpec, ModelSpec
 from fedtiny.trainer.quant import tflite_multipliers
 
@@ -193,8 +195,6 @@ def _quantize_layers(spec: ModelSpec, calib_q: np.ndarray, start: int, stop: int
     output range taken from the trainer's float forward of `calib_q` (int8 model inputs)
     through the layers as they are; pooling and flatten keep their input's quantization, as
     the int8 kernels need."""
-    from fedtiny.trainer import Model
-
     model = Model(spec)
     outputs = model.forward(calib_q)
     scale, zp = model.feature_quant
@@ -215,10 +215,6 @@ def export_int8(net: nn.Sequential | ModelSpec, calib_x: np.ndarray, num_classes
     whose input quantization is kept) — with calibration samples `calib_x` (NHWC float32): the
     layers before the last `trainable_layers` become the frozen int8 prefix, their activation
     ranges observed through the trainer's float forward (the same bytes on every machine)."""
-    import copy
-
-    from fedtiny.trainer.runtime import Model
-
     spec = copy.deepcopy(net) if isinstance(net, ModelSpec) else float_spec(net.eval(), calib_x, num_classes)
     if not 1 <= trainable_layers <= len(spec.layers):
         raise ConfigError(f"model.trainable_layers must be in [1, {len(spec.layers)}], got {trainable_layers}")
