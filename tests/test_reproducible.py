@@ -103,8 +103,11 @@ def tiny():
 
 
 def test_pretraining_is_adam_as_torch_computes_it(tiny):
-    """Three epochs of one batch each from the same initial weights: the C gradients and the
-    numpy Adam against torch.autograd and torch.optim.Adam in float64 (order of summation aside)."""
+    """Two epochs of shuffled batches of 20 (the last one 10; chunks of 16 and 4) from the same
+    initial weights: the C gradients and the numpy Adam against torch.autograd and
+    torch.optim.Adam in float64 over the same batches (order of summation aside). The weight
+    decay is large enough that a wrongly scaled gradient would show despite Adam's scale
+    invariance."""
     import copy
 
     import torch
@@ -115,24 +118,29 @@ def test_pretraining_is_adam_as_torch_computes_it(tiny):
     from fedtiny.trainer import Model
 
     cfg, task, net, spec0 = tiny
-    n = 48
+    n, batch, seed = 50, 20, 4
     xq = Model(spec0).quantize_input(task.pretrain.x[:n])
-    y = task.pretrain.y[:n]
+    y = torch.as_tensor(task.pretrain.y[:n], dtype=torch.long)
     ref = to_torch(spec0, copy.deepcopy(net)).double().train()
-    opt = torch.optim.Adam(ref.parameters(), lr=0.01, weight_decay=1e-3)
+    opt = torch.optim.Adam(ref.parameters(), lr=0.01, weight_decay=0.05)
     x = (to_nchw(xq.astype(np.float64)).double() - spec0.input_zero_point) * float(np.float32(spec0.input_scale))
-    for _ in range(3):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(ref(x), torch.as_tensor(y, dtype=torch.long)).backward()
-        opt.step()
-    got = fit(copy.deepcopy(spec0), xq, y, epochs=3, lr=0.01, batch_size=n, weight_decay=1e-3, seed=0)
+    order_rng = np.random.default_rng([seed, 0xADA])  # the recipe's sample order
+    for _ in range(2):
+        order = order_rng.permutation(n)
+        for start in range(0, n, batch):
+            idx = torch.as_tensor(order[start : start + batch])
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(ref(x[idx]), y[idx]).backward()
+            opt.step()
+    got = fit(copy.deepcopy(spec0), xq, task.pretrain.y[:n], epochs=2, lr=0.01, batch_size=batch,
+              weight_decay=0.05, seed=seed)
     want = float_spec(ref.float(), task.pretrain.x[:256], task.num_classes)
     for g, w in zip(got.layers, want.layers):
         if g.has_params:
             np.testing.assert_allclose(g.weights, w.weights, rtol=0, atol=2e-5)
             np.testing.assert_allclose(g.bias, w.bias, rtol=0, atol=2e-5)
     moved = max(float(np.abs(g.weights - s.weights).max()) for g, s in zip(got.layers, spec0.layers) if g.has_params)
-    assert moved > 0.02  # three Adam steps of lr 0.01 move the weights by about 0.03
+    assert moved > 0.03  # six Adam steps of lr 0.01 move the weights by about 0.06
 
 
 def test_worker_threads_do_not_change_the_result(tiny):

@@ -40,7 +40,7 @@ _EXP_TAYLOR = [1 / math.factorial(n) for n in range(15)]
 
 
 def exp(x) -> np.ndarray:
-    """e^x for |x| < 700: x = k ln 2 + r, |r| <= ln 2 / 2, a degree-14 Taylor polynomial in r."""
+    """e^x for finite |x| < 700 (the callers' domain): x = k ln 2 + r, |r| <= ln 2 / 2, a degree-14 Taylor polynomial in r."""
     x = np.asarray(x, dtype=np.float64)
     k = np.rint(x * _INV_LN2)
     r = (x - k * _LN2_HI) - k * _LN2_LO
@@ -48,7 +48,7 @@ def exp(x) -> np.ndarray:
 
 
 def log(x) -> np.ndarray:
-    """Natural log for x > 0: x = m 2^e with m in [sqrt(1/2), sqrt(2)), s = (m - 1) / (m + 1),
+    """Natural log for finite x > 0 (the callers' domain): x = m 2^e with m in [sqrt(1/2), sqrt(2)), s = (m - 1) / (m + 1),
     log m = 2 (s + s^3/3 + ... + s^23/23)."""
     x = np.asarray(x, dtype=np.float64)
     m, e = np.frexp(x)  # m in [0.5, 1)
@@ -125,9 +125,11 @@ def gamma(rng: np.random.Generator, shape: float, size: int) -> np.ndarray:
 
 def dirichlet(rng: np.random.Generator, alpha: float, k: int) -> np.ndarray:
     """A point of the symmetric Dirichlet(alpha) simplex in k dimensions (normalised gammas,
-    summed in index order)."""
-    g = gamma(rng, alpha, k)
-    total = 0.0
-    for v in g:
-        total += float(v)
-    return g / total
+    summed in index order; drawn again if every gamma underflows to 0)."""
+    while True:  # with a tiny alpha every gamma can underflow to 0: draw again
+        g = gamma(rng, alpha, k)
+        total = 0.0
+        for v in g:
+            total += float(v)
+        if total > 0.0:
+            return g / total

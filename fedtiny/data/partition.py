@@ -55,6 +55,9 @@ def dirichlet_partitions(labels: np.ndarray, num_partitions: int, alpha: float, 
             total = 0.0
             for v in props:
                 total += float(v)
+            if not total > 0.0:  # every partition left holds a gamma that underflowed: share evenly
+                props = np.where(np.array([len(p) for p in parts]) > average, 0.0, 1.0)
+                total = float(props.sum())
             props = props / total
             cum = np.empty(num_partitions)
             acc = 0.0

@@ -30,8 +30,8 @@ _DEG = 0.017453292519943295  # pi / 180
 
 def rotate_images(x: np.ndarray, angle: float, cval: float) -> np.ndarray:
     """Rotate (N, H, W, C) images by `angle` degrees about their centre (from axis 1 towards
-    axis 2, as ``scipy.ndimage.rotate(..., axes=(1, 2), reshape=False, order=1)``), bilinear,
-    with `cval` outside the image."""
+    axis 2), bilinear, with `cval` outside the image: what ``scipy.ndimage.rotate(x, angle,
+    axes=(1, 2), reshape=False, order=1, mode="grid-constant", cval=cval)`` computes."""
     n, h, w, c = x.shape
     t = float(angle) * _DEG
     cs, sn = float(detmath.cos(t)), float(detmath.sin(t))

@@ -28,13 +28,14 @@ from torch import nn
 
 from fedtiny._core import TRAINER_VERSION
 from fedtiny.data.base import FederatedTask, Split
+from fedtiny.errors import ConfigError
 from fedtiny.models.export import export_int8, float_spec, to_torch
 from fedtiny.models.float_train import RECIPE, fit, float_accuracy, init_params
 from fedtiny.models.nets import build_backbone, model_name
 from fedtiny.trainer import Model, TrainConfig, Trainer
 from fedtiny.trainer.model_format import VERSION, ModelSpec, to_bytes
 
-CACHE_SCHEMA = 3  # 3: pretrained through the C float path (fedtiny.models.float_train)
+CACHE_SCHEMA = 3  # bumped whenever a cached entry's layout or meaning changes
 WEIGHT_DECAY = 1e-4  # Adam's L2 term in pretraining
 
 
@@ -88,6 +89,10 @@ def train_float(task: FederatedTask, model_cfg, seed: int, progress=None) -> Mod
     path (:mod:`fedtiny.models.float_train`): an all-float spec whose int8 inputs are quantized
     over the calibration samples' range. The same bytes on every machine for the same settings."""
     net = build_backbone(model_cfg, task.input_shape, task.num_classes)
+    no_bias = [i for i, m in enumerate(net) if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is None]
+    if no_bias:
+        raise ConfigError(f"model: layers {no_bias} of {model_name(model_cfg)} have no bias; the device trainer "
+                          "trains a bias for every convolution and linear layer (build them with bias=True)")
     spec = float_spec(net, calibration_inputs(task.pretrain, model_cfg, seed), task.num_classes)
     init_params(spec, seed)
     x = Model(spec).quantize_input(task.pretrain.x)
@@ -174,7 +179,6 @@ def tflite_backbone(task: FederatedTask, dataset_cfg: dict, model_cfg: dict, cac
     Nothing is pretrained; ``net`` is None. The report's ``float_*`` accuracies are the file's
     own (every layer int8, as TFLite Micro runs it), ``int8_*`` fedtiny's model (int8 prefix,
     float head); both on the vendor validation split and the held-out field data."""
-    from fedtiny.errors import ConfigError
     from fedtiny.models.tflite import import_tflite
 
     file = Path(str(model_cfg["path"])).expanduser()
