@@ -50,21 +50,12 @@ def dirichlet_partitions(labels: np.ndarray, num_partitions: int, alpha: float, 
         parts: list[list[int]] = [[] for _ in range(num_partitions)]
         for cls in np.unique(labels):
             idx = np.flatnonzero(labels == cls)
-            props = dirichlet(rng, alpha, num_partitions)
-            props = np.where(np.array([len(p) for p in parts]) > average, 0.0, props)
-            total = 0.0
-            for v in props:
-                total += float(v)
+            full = np.array([len(p) for p in parts]) > average
+            props = np.where(full, 0.0, dirichlet(rng, alpha, num_partitions))
+            total = float(np.cumsum(props)[-1])  # summed in index order
             if not total > 0.0:  # every partition left holds a gamma that underflowed: share evenly
-                props = np.where(np.array([len(p) for p in parts]) > average, 0.0, 1.0)
-                total = float(props.sum())
-            props = props / total
-            cum = np.empty(num_partitions)
-            acc = 0.0
-            for i, v in enumerate(props):
-                acc += float(v)
-                cum[i] = acc
-            cuts = (cum * len(idx)).astype(np.int64)[:-1]
+                props, total = np.where(full, 0.0, 1.0), float(np.count_nonzero(~full))
+            cuts = (np.cumsum(props / total) * len(idx)).astype(np.int64)[:-1]
             for p, piece in zip(parts, np.split(idx, cuts)):
                 p.extend(piece.tolist())
         if min(len(p) for p in parts) >= min_partition_size:

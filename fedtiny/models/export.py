@@ -45,10 +45,10 @@ def _act_name(m: nn.Module) -> str | None:
 
 
 def _groups(net: nn.Sequential, x: torch.Tensor) -> list[_Group]:
-    """Group the net's modules with their activation, and their shapes (from one sample)."""
+    """Group the net's modules with their activation, and their shapes (from sample(s) `x`)."""
     mods = list(net)
     groups: list[_Group] = []
-    cur = x[:1]
+    cur = x
     i = 0
     with torch.no_grad():
         while i < len(mods):
@@ -144,7 +144,7 @@ def float_spec(net: nn.Sequential, calib_x: np.ndarray, num_classes: int) -> Mod
     """`net` in the trainer's format with every layer trainable in float32 (the weights copied
     bit for bit into the trainer's layouts) and int8 inputs quantized over the range of the
     calibration samples `calib_x` (NHWC float32)."""
-    x = to_nchw(calib_x)
+    x = to_nchw(calib_x[:1])
     groups = _groups(net, x)
     in_scale, in_zp = _asym(float(np.min(calib_x)), float(np.max(calib_x)))
     spec = ModelSpec(_nhwc_shape(x), in_scale, in_zp, num_classes)

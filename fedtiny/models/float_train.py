@@ -99,10 +99,9 @@ def fit(spec: ModelSpec, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float
     chunks_per_batch = -(-int(batch_size) // CHUNK)
     n_workers = max(1, min(int(workers or _cpus()), chunks_per_batch))
     trainers = [Trainer(model, config) for _ in range(n_workers)]
-    params = [np.array(a, dtype=np.float32) for pair in spec_params(spec) for a in pair]
-    pairs = [(params[2 * k], params[2 * k + 1]) for k in range(len(params) // 2)]
-    live = [i for i, p in enumerate(params) if p.size]
-    opt = Adam([params[i] for i in live], lr, weight_decay=weight_decay)
+    pairs = [(np.array(w, dtype=np.float32), np.array(b, dtype=np.float32)) for w, b in spec_params(spec)]
+    live = [a for pair in pairs for a in pair if a.size]  # in the order gradient_sums gives tensors
+    opt = Adam(live, lr, weight_decay=weight_decay)
     x, y = np.ascontiguousarray(x), np.ascontiguousarray(y, dtype=np.uint8)
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0xADA])
 
@@ -125,17 +124,16 @@ def fit(spec: ModelSpec, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float
                                  key=lambda r: r[0])
                 total = None
                 for _, sums, loss in results:
-                    flat = [g for pair in sums for g in pair]
-                    total = flat if total is None else [a if b is None else a + b for a, b in zip(total, flat)]
+                    grads = [g for pair in sums for g in pair if g is not None]
+                    total = grads if total is None else [a + b for a, b in zip(total, grads)]
                     epoch_loss += loss
                 n = np.float32(len(batch))
-                opt.step([params[i] for i in live], [total[i] / n for i in live])
+                opt.step(live, [g / n for g in total])
             if progress is not None:
                 progress(epoch + 1, int(epochs), epoch_loss / len(y))
-    for k, lay in enumerate(spec.layers):
+    for lay, (w, b) in zip(spec.layers, pairs):
         if lay.has_params:
-            lay.weights = params[2 * k].reshape(lay.weights.shape).copy()
-            lay.bias = params[2 * k + 1].copy()
+            lay.weights, lay.bias = w, b
     return spec
 
 
